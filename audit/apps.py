@@ -1,0 +1,20 @@
+from django.apps import AppConfig
+from django.db.models.signals import post_migrate
+
+
+def _ensure_canary(sender, **kwargs):
+    from audit.keys import canary_write
+    from audit.models import KeyCanary
+
+    if not KeyCanary.objects.filter(pk=1).exists():
+        canary_write()
+
+
+class AuditConfig(AppConfig):
+    name = "audit"
+    verbose_name = "Audit trail"
+
+    def ready(self):
+        from audit import checks, signals  # noqa: F401  (registers checks and receivers)
+
+        post_migrate.connect(_ensure_canary, sender=self, dispatch_uid="audit.ensure_canary")

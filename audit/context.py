@@ -1,0 +1,151 @@
+"""Audit contexts: who is reading, from where, and why.
+
+Rule enforced here: patient plaintext only exists inside an audit context. The request
+middleware, the Celery task base and the management command base each open one; encrypted
+fields refuse to decrypt when none is open (see `audit.fields`).
+
+Each decrypted row is buffered as (model, primary key) -> (patient, field names) and the
+buffer is written in one bulk insert when the context closes (or early when it grows large).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import getpass
+import logging
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from django.conf import settings
+from django.db import transaction
+
+logger = logging.getLogger(__name__)
+
+_current: contextvars.ContextVar[AuditContext | None] = contextvars.ContextVar("audit_context", default=None)
+
+
+class NoAuditContext(RuntimeError):
+    """Raised when something tries to decrypt patient data outside an audit context."""
+
+
+@dataclass(frozen=True)
+class Actor:
+    user_id: int | None
+    username: str
+    role: str
+
+    @classmethod
+    def system(cls, job: str) -> Actor:
+        return cls(user_id=None, username=f"system:{job}", role="system")
+
+    @classmethod
+    def for_user(cls, user) -> Actor:
+        if user is None or not user.is_authenticated:
+            return cls(user_id=None, username="anonymous", role="anonymous")
+        from practice.roles import role_of
+
+        return cls(user_id=user.pk, username=user.get_username(), role=role_of(user))
+
+
+@dataclass
+class _Read:
+    model_label: str
+    object_pk: str
+    patient_id: object
+    fields: set[str]
+
+
+@dataclass
+class AuditContext:
+    """Who reads, from where, for what; plus the buffer of rows decrypted so far."""
+
+    purpose: str
+    actor: Actor | None = None
+    request: object | None = None
+    ip: str | None = None
+    user_agent: str = ""
+    request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    path: str = ""
+    extra: dict = field(default_factory=dict)
+    flush_threshold: int | None = None
+    _reads: dict[tuple[str, str], _Read] = field(default_factory=dict)
+
+    def current_actor(self) -> Actor:
+        # A request's actor is read late: a login view changes the user mid-request.
+        if self.request is not None:
+            return Actor.for_user(getattr(self.request, "user", None))
+        return self.actor or Actor.system("unknown")
+
+    def record_read(self, *, model_label: str, object_pk, patient_id, field_name: str) -> None:
+        key = (model_label, str(object_pk))
+        read = self._reads.get(key)
+        if read is None:
+            read = self._reads[key] = _Read(model_label, str(object_pk), patient_id, set())
+        read.fields.add(field_name)
+        threshold = self.flush_threshold or settings.AUDIT_FLUSH_THRESHOLD
+        if len(self._reads) >= threshold and not transaction.get_connection().in_atomic_block:
+            # Outside a transaction only: a rolled-back transaction must not take the trail with it.
+            self.flush()
+
+    @property
+    def pending(self) -> int:
+        return len(self._reads)
+
+    def flush(self) -> int:
+        """Write every buffered read in one insert. Raises if the trail cannot be written."""
+        if not self._reads:
+            return 0
+        from audit.services import audit_reads_write
+
+        reads = list(self._reads.values())
+        audit_reads_write(context=self, reads=reads)
+        self._reads.clear()
+        return len(reads)
+
+    def discard(self) -> None:
+        self._reads.clear()
+
+
+def current() -> AuditContext | None:
+    return _current.get()
+
+
+def require() -> AuditContext:
+    ctx = _current.get()
+    if ctx is None:
+        raise NoAuditContext(
+            "Patient data can only be decrypted inside an audit context "
+            "(a request, a Celery task, a management command or `audit.context.system_context`)."
+        )
+    return ctx
+
+
+@contextlib.contextmanager
+def opened(ctx: AuditContext) -> Iterator[AuditContext]:
+    """Make `ctx` current; write its buffer when the block ends, even on error."""
+    token = _current.set(ctx)
+    try:
+        yield ctx
+    finally:
+        try:
+            ctx.flush()
+        finally:
+            _current.reset(token)
+
+
+def system_context(job: str, *, purpose: str | None = None, flush_threshold: int | None = None, **extra):
+    """An audit context for a system job: `system:<job>` is the actor."""
+    try:
+        os_user = getpass.getuser()
+    except (KeyError, OSError):
+        os_user = "unknown"
+    ctx = AuditContext(
+        purpose=purpose or job,
+        actor=Actor.system(job),
+        path=f"job:{job}",
+        extra={"os_user": os_user, **extra},
+        flush_threshold=flush_threshold,
+    )
+    return opened(ctx)

@@ -1,0 +1,272 @@
+"""Encrypted model fields: our wrapper around django-encrypted-model-fields.
+
+Rules enforced here (DESIGN.md, Invariant 1):
+
+- Values are Fernet tokens (MultiFernet over ``FIELD_ENCRYPTION_KEY``: the first key
+  encrypts, all decrypt), read from settings when used, never at import time.
+- A token is bound to its row and column: the sealed payload starts with the model label,
+  field name and primary key, and decryption refuses a token whose binding differs
+  (a value copied into another patient's row is refused, not shown).
+- Loading a row does not decrypt it. The column value stays a ``Sealed`` token until the
+  attribute is read on a model instance; that read decrypts, inside an audit context only,
+  and records (model, pk, patient, field) in the context's buffer. Paths that bypass model
+  instances (``values()``, ``values_list()``) get ``Sealed`` objects that refuse to become
+  text, and ``EncryptedQuerySet`` refuses them up front.
+- A token that does not decrypt is an error, loudly (the upstream library passes silently
+  on ``InvalidToken`` and would re-encrypt the token as if it were plaintext: we don't).
+- Filtering on an encrypted column raises: comparing ciphertexts is always wrong. Search
+  goes through blind indexes (``audit.blind``).
+- Writes go through ``Model.save()`` (which knows the row): ``update()`` and ``bulk_update()``
+  with plaintext raise.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import logging
+
+import encrypted_model_fields.fields as upstream
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from django.conf import settings
+from django.core.exceptions import FieldError, ImproperlyConfigured
+from django.db import models
+from django.db.models.query_utils import DeferredAttribute
+
+from audit import context
+
+logger = logging.getLogger("audit.crypto")
+
+_SEP = "\x1f"  # ASCII unit separator: cannot occur in a model label, field name or UUID.
+_FORMAT = "c1"
+
+
+class CiphertextError(Exception):
+    """A stored value does not decrypt, or is bound to another row or column."""
+
+
+class EncryptedLookupError(FieldError):
+    """Filtering on an encrypted column would silently compare ciphertexts."""
+
+
+class PlaintextRefused(TypeError):
+    """A path tried to turn ciphertext into text without going through an audited read."""
+
+
+class Sealed:
+    """A token as loaded from the database: not decrypted, and it never becomes text."""
+
+    __slots__ = ("token",)
+
+    def __init__(self, token: str):
+        self.token = token
+
+    def __repr__(self) -> str:
+        return "<Sealed>"
+
+    def __str__(self) -> str:
+        raise PlaintextRefused(
+            "This encrypted value was loaded without a model instance (values()/values_list()?). "
+            "Load model instances so the read is audited."
+        )
+
+    __format__ = lambda self, spec: self.__str__()  # noqa: E731
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Sealed) and other.token == self.token
+
+    __hash__ = None
+
+
+class Ciphertext(str):
+    """A token ready to be written: passes through get_db_prep_save untouched."""
+
+
+@functools.lru_cache(maxsize=8)
+def _multifernet(keys: tuple[str, ...]) -> MultiFernet:
+    if not keys:
+        raise ImproperlyConfigured("FIELD_ENCRYPTION_KEY holds no key.")
+    return MultiFernet([Fernet(k) for k in keys])
+
+
+def crypter() -> MultiFernet:
+    return _multifernet(tuple(settings.FIELD_ENCRYPTION_KEY))
+
+
+def binding(model_label: str, field_name: str, pk) -> str:
+    if pk is None:
+        raise ImproperlyConfigured(
+            f"{model_label}.{field_name}: encrypted models need a primary key known before insert (UUID)."
+        )
+    return _SEP.join((_FORMAT, model_label, field_name, str(pk))) + _SEP
+
+
+def seal(plaintext: str, bound_to: str) -> Ciphertext:
+    return Ciphertext(crypter().encrypt((bound_to + plaintext).encode()).decode())
+
+
+def unseal(token: str, bound_to: str, *, where: str) -> str:
+    """Decrypt a token and check it belongs where it was found. Never returns a wrong value."""
+    try:
+        payload = crypter().decrypt(token.encode()).decode()
+    except (InvalidToken, UnicodeError, ValueError):
+        logger.error("Refused a value that does not decrypt at %s", where)
+        raise CiphertextError(f"The value stored at {where} does not decrypt with the configured keys.") from None
+    if not payload.startswith(bound_to):
+        logger.error("Refused a value bound to another row or column at %s", where)
+        raise CiphertextError(f"The value stored at {where} belongs to another row or column.")
+    return payload[len(bound_to) :]
+
+
+def rotate_token(token: str) -> Ciphertext:
+    """Re-encrypt a token under the first key without the plaintext leaving the crypter."""
+    return Ciphertext(crypter().rotate(token.encode()).decode())
+
+
+class AuditedAttribute(DeferredAttribute):
+    """Decrypts on first read of the attribute, records the read, then caches the plaintext.
+
+    A data descriptor (it defines __set__), so that reads go through __get__ even when the
+    value sits in the instance __dict__, where Django's loaders put it.
+    """
+
+    def __set__(self, instance, value):
+        instance.__dict__[self.field.attname] = value
+
+    def __get__(self, instance, cls=None):
+        if instance is None:
+            return self
+        value = super().__get__(instance, cls)
+        if isinstance(value, Sealed):
+            value = self.field.decrypt_for(instance, value)
+            instance.__dict__[self.field.attname] = value
+        return value
+
+
+class EncryptedMixin(upstream.EncryptedMixin):
+    descriptor_class = AuditedAttribute
+
+    def from_db_value(self, value, expression, connection):
+        if value is None:
+            return None
+        return Sealed(value)
+
+    def to_python(self, value):
+        if isinstance(value, Sealed):
+            return value
+        # Skip upstream's to_python: it tries to decrypt anything and swallows failures.
+        return super(upstream.EncryptedMixin, self).to_python(value)
+
+    def pre_save(self, model_instance, add):
+        raw = model_instance.__dict__.get(self.attname)
+        if isinstance(raw, Sealed):
+            # Unchanged since load: keep the stored token, no decryption needed.
+            return Ciphertext(raw.token)
+        value = super().pre_save(model_instance, add)
+        if value is None:
+            return None
+        return seal(self.plain_text(value), self.bound_to(model_instance))
+
+    def get_db_prep_save(self, value, connection):
+        if value is None or isinstance(value, Ciphertext):
+            return None if value is None else str(value)
+        raise PlaintextRefused(
+            f"{self.model._meta.label}.{self.name}: encrypted values are written through "
+            "Model.save(), which binds them to their row; update()/bulk_update() cannot."
+        )
+
+    def get_lookup(self, lookup_name):
+        if lookup_name == "isnull":
+            return super().get_lookup(lookup_name)
+        raise EncryptedLookupError(
+            f"{self.model._meta.label}.{self.name} is encrypted: `{lookup_name}` would compare "
+            "ciphertexts. Search through its blind index instead."
+        )
+
+    def get_transform(self, lookup_name):
+        raise EncryptedLookupError(f"{self.model._meta.label}.{self.name} is encrypted: no `{lookup_name}`.")
+
+    def bound_to(self, instance) -> str:
+        return binding(self.model._meta.label, self.name, instance.pk)
+
+    def plain_text(self, value) -> str:
+        return str(value)
+
+    def plain_value(self, text: str):
+        return text
+
+    def decrypt_for(self, instance, sealed: Sealed):
+        """The one place a stored value becomes plaintext: audited or refused."""
+        ctx = context.require()
+        where = f"{self.model._meta.label}.{self.name} pk={instance.pk}"
+        plaintext = self.plain_value(unseal(sealed.token, self.bound_to(instance), where=where))
+        ctx.record_read(
+            model_label=self.model._meta.label,
+            object_pk=instance.pk,
+            patient_id=instance.audit_patient_id(),
+            field_name=self.name,
+        )
+        return plaintext
+
+
+class EncryptedCharField(EncryptedMixin, upstream.EncryptedCharField):
+    pass
+
+
+class EncryptedTextField(EncryptedMixin, upstream.EncryptedTextField):
+    pass
+
+
+class EncryptedEmailField(EncryptedMixin, upstream.EncryptedEmailField):
+    pass
+
+
+class EncryptedDateField(EncryptedMixin, upstream.EncryptedDateField):
+    def plain_text(self, value) -> str:
+        if isinstance(value, datetime.date):
+            return value.isoformat()
+        return str(value)
+
+    def plain_value(self, text: str):
+        return datetime.date.fromisoformat(text) if text else None
+
+
+def encrypted_fields(model) -> list[EncryptedMixin]:
+    return [f for f in model._meta.concrete_fields if isinstance(f, EncryptedMixin)]
+
+
+class EncryptedQuerySet(models.QuerySet):
+    """Refuses values()/values_list() over encrypted columns: they bypass audited reads."""
+
+    def _refuse_encrypted(self, names) -> None:
+        opts = self.model._meta
+        wanted = names or [f.attname for f in opts.concrete_fields]
+        for name in wanted:
+            if not isinstance(name, str):
+                continue
+            target = self._resolve_field(name)
+            if isinstance(target, EncryptedMixin):
+                raise PlaintextRefused(
+                    f"values()/values_list() over {target.model._meta.label}.{target.name} "
+                    "cannot be audited per patient: load model instances instead."
+                )
+
+    def _resolve_field(self, path: str):
+        model = self.model
+        field = None
+        for part in path.split("__"):
+            try:
+                field = model._meta.get_field(part)
+            except Exception:  # a lookup, an annotation or an expression: not a column we own
+                return None
+            if field.is_relation and field.related_model is not None:
+                model = field.related_model
+        return field
+
+    def values(self, *fields, **expressions):
+        self._refuse_encrypted(fields)
+        return super().values(*fields, **expressions)
+
+    def values_list(self, *fields, flat=False, named=False):
+        self._refuse_encrypted(fields)
+        return super().values_list(*fields, flat=flat, named=named)

@@ -1,0 +1,68 @@
+"""The key canary: proof at start-up that the configured keys read what is stored."""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+
+from cryptography.fernet import InvalidToken
+from django.conf import settings
+from django.db import DatabaseError
+
+from audit import blind
+from audit.fields import crypter
+
+CANARY_TEXT = b"cabinet key canary v1"
+
+
+def field_key_fingerprint() -> str:
+    """Identifies the encrypting (first) key without revealing it."""
+    return hashlib.sha256(b"cabinet field key:" + settings.FIELD_ENCRYPTION_KEY[0].encode()).hexdigest()[:16]
+
+
+def canary_write() -> None:
+    """Seal the canary under the current first key (after migrate and after a rotation)."""
+    from audit.models import KeyCanary
+
+    KeyCanary.objects.update_or_create(
+        pk=1,
+        defaults={
+            "token": crypter().encrypt(CANARY_TEXT).decode(),
+            "blind_index_fingerprint": blind.key_fingerprint(),
+        },
+    )
+
+
+def canary_problem() -> str | None:
+    """Why the configured keys cannot be trusted with this database, or None."""
+    from audit.models import KeyCanary
+
+    try:
+        canary = KeyCanary.objects.filter(pk=1).first()
+    except DatabaseError:
+        return None  # not migrated yet: nothing stored to protect
+    if canary is None:
+        return None
+    try:
+        ok = crypter().decrypt(canary.token.encode()) == CANARY_TEXT
+    except InvalidToken:
+        ok = False
+    if not ok:
+        return (
+            "FIELD_ENCRYPTION_KEY cannot decrypt the data in this database (the key canary does not "
+            "decrypt). Deploy the keys this database was encrypted with; during a rotation list the "
+            "new key first and keep the old ones after it."
+        )
+    if canary.blind_index_fingerprint != blind.key_fingerprint():
+        return (
+            "BLIND_INDEX_KEY differs from the key that built the search indexes: searches would find "
+            "nothing. Restore the previous key, or run `manage.py rotate_keys --blind-index` to rebuild."
+        )
+    return None
+
+
+def verify_keys_or_exit() -> None:
+    problem = canary_problem()
+    if problem:
+        sys.stderr.write(f"Cabinet refuses to start: {problem}\n")
+        raise SystemExit(3)

@@ -1,0 +1,90 @@
+"""The request's audit context, and the fail-closed gate on the response."""
+
+import logging
+import time
+import uuid
+
+from django.conf import settings
+from django.contrib.auth import logout
+from django.http import HttpResponse
+from django.template.loader import render_to_string
+
+from audit import context
+
+logger = logging.getLogger("audit")
+
+
+def client_ip(request) -> str | None:
+    """The client address: REMOTE_ADDR, or a header a trusted reverse proxy sets (configured)."""
+    header = settings.AUDIT_CLIENT_IP_HEADER
+    value = request.META.get(header, "") if header else ""
+    if value:
+        # X-Forwarded-For: the proxy appends the address it saw last.
+        return value.split(",")[-1].strip() or None
+    return request.META.get("REMOTE_ADDR") or None
+
+
+def audit_unavailable_response() -> HttpResponse:
+    # Rendered from a fixed template without the view's context: no plaintext can leak.
+    body = render_to_string("audit/unavailable.html")
+    response = HttpResponse(body, status=503)
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+class AuditContextMiddleware:
+    """Opens an audit context per request; writes its reads before the response leaves.
+
+    If the trail cannot be written, the response is replaced by an error page: the
+    plaintext rendered into it never leaves (fail closed). Streaming responses are
+    iterated after this middleware returns, outside the context, so they cannot decrypt.
+    """
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        request.request_id = str(uuid.uuid4())
+        expired = self._session_expired(request)
+        ctx = context.AuditContext(
+            purpose="",
+            request=request,
+            ip=client_ip(request),
+            user_agent=request.META.get("HTTP_USER_AGENT", ""),
+            request_id=request.request_id,
+            path=request.path,  # never the query string: it may hold search terms
+        )
+        token = context._current.set(ctx)
+        try:
+            if expired:
+                logout(request)
+            response = self.get_response(request)
+            try:
+                ctx.flush()
+            except Exception:
+                logger.exception("Audit trail write failed; response withheld (request %s)", ctx.request_id)
+                ctx.discard()
+                response = audit_unavailable_response()
+        finally:
+            context._current.reset(token)
+        response["X-Request-ID"] = request.request_id
+        return response
+
+    def process_view(self, request, view_func, view_args, view_kwargs):
+        ctx = context.current()
+        if ctx is not None and not ctx.purpose and request.resolver_match:
+            ctx.purpose = request.resolver_match.view_name
+        return None
+
+    @staticmethod
+    def _session_expired(request) -> bool:
+        """Absolute lifetime: a session ends after SESSION_ABSOLUTE_SECONDS, active or not."""
+        user = getattr(request, "user", None)
+        if user is None or not user.is_authenticated:
+            return False
+        started = request.session.get("auth_started_at")
+        now = time.time()
+        if started is None:
+            request.session["auth_started_at"] = now
+            return False
+        return now - started > settings.SESSION_ABSOLUTE_SECONDS

@@ -1,0 +1,124 @@
+import uuid
+
+from django.core.exceptions import ImproperlyConfigured
+from django.db import models
+from django.utils.translation import gettext_lazy as _
+
+from audit.fields import EncryptedQuerySet
+
+
+class EncryptedModel(models.Model):
+    """Base for models with encrypted fields.
+
+    UUID primary keys: known before insert (ciphertexts are bound to them) and not guessable.
+    Subclasses say which patient a row belongs to with ``audit_patient_id()`` so that every
+    decrypted read names the patient. ``__str__`` never decrypts: Django writes ``str(obj)``
+    into admin logs, messages and error reports, none of which may hold plaintext.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+
+    objects = EncryptedQuerySet.as_manager()
+
+    class Meta:
+        abstract = True
+
+    def __str__(self) -> str:
+        return f"{self._meta.verbose_name} {str(self.pk)[:8]}"
+
+    def audit_patient_id(self):
+        raise ImproperlyConfigured(f"{type(self).__name__} must say which patient its rows belong to.")
+
+
+class EventType(models.IntegerChoices):
+    READ = 1, _("Decrypted read")
+    CREATE = 10, _("Created")
+    CHANGE = 11, _("Changed")
+    ARCHIVE = 12, _("Archived")
+    RESTORE = 13, _("Restored")
+    MERGE = 14, _("Merged")
+    EXPORT = 15, _("Exported")
+    LOGIN = 20, _("Login")
+    LOGIN_FAILED = 21, _("Login failed")
+    LOCKOUT = 22, _("Locked out")
+    LOGOUT = 23, _("Logout")
+    UNLOCK = 24, _("Unlocked")
+    OTP_VERIFIED = 25, _("Second factor verified")
+    OTP_FAILED = 26, _("Second factor failed")
+    BREAK_GLASS = 30, _("Break-the-glass access")
+    BUDGET_BLOCK = 31, _("Read budget exceeded")
+    CIPHERTEXT_REFUSED = 40, _("Stored value refused")
+    KEY_ROTATION = 50, _("Key rotation")
+    BLIND_INDEX_REBUILD = 51, _("Blind index rebuild")
+
+
+class AuditEvent(models.Model):
+    """One row of the audit trail.
+
+    Like Zulip's RealmAuditLog: the actor and the subject are copied, never cascaded, so
+    deleting a user or archiving a patient never removes history. Values are never stored:
+    a read row names the fields decrypted, not what they held.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    occurred_at = models.DateTimeField(db_index=True)
+    event_type = models.PositiveSmallIntegerField(choices=EventType.choices)
+    actor_user_id = models.IntegerField(null=True, blank=True)
+    actor_username = models.CharField(max_length=150)
+    actor_role = models.CharField(max_length=40)
+    ip = models.GenericIPAddressField(null=True, blank=True)
+    user_agent = models.CharField(max_length=300, blank=True)
+    request_id = models.CharField(max_length=64, blank=True)
+    path = models.CharField(max_length=300, blank=True)
+    purpose = models.CharField(max_length=120, blank=True)
+    model_label = models.CharField(max_length=100, blank=True)
+    object_pk = models.CharField(max_length=64, blank=True)
+    patient_id = models.UUIDField(null=True, blank=True)
+    fields = models.JSONField(default=list, blank=True)
+    extra = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-occurred_at", "-id"]
+        indexes = [
+            models.Index(fields=["patient_id", "occurred_at"], name="audit_patient_time"),
+            models.Index(fields=["actor_user_id", "occurred_at"], name="audit_actor_time"),
+            models.Index(fields=["event_type", "occurred_at"], name="audit_type_time"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_event_type_display()} by {self.actor_username} at {self.occurred_at:%Y-%m-%d %H:%M:%S}"
+
+
+class KeyCanary(models.Model):
+    """A known value sealed under the field keys and fingerprints of the active keys.
+
+    Start-up decrypts it: a deploy with the wrong keys fails at start instead of showing
+    garbage. It also remembers which blind-index key built the indexes.
+    """
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1)
+    token = models.TextField()
+    blind_index_fingerprint = models.CharField(max_length=64)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return "key canary"
+
+
+class RotationProgress(models.Model):
+    """Where a key rotation stopped, per model, so an interrupted run resumes."""
+
+    job = models.CharField(max_length=20)  # "encrypt" or "blind-index"
+    key_fingerprint = models.CharField(max_length=64)
+    model_label = models.CharField(max_length=100)
+    last_pk = models.CharField(max_length=64, blank=True)
+    done = models.BooleanField(default=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["job", "key_fingerprint", "model_label"], name="rotation_once_per_key")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.job} {self.model_label} after {self.last_pk or 'start'}"

@@ -1,0 +1,101 @@
+"""Shared test personas and helpers: the clinic's people, built in code.
+
+Every test runs against the settings of production (DEBUG off) except for TLS redirects
+(TLS ends at the proxy) and the static manifest (built by collectstatic at deploy).
+"""
+
+import datetime
+
+import pytest
+from django.contrib.auth.models import Group, User
+from django.test import Client
+
+from audit.context import system_context
+from practice.roles import PRACTICE_ADMIN, PRACTITIONER, SECRETARY, roles_sync
+
+PASSWORD = "correct horse battery staple 42"
+
+
+@pytest.fixture(autouse=True)
+def _test_settings(settings):
+    settings.SECURE_SSL_REDIRECT = False
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    }
+
+
+@pytest.fixture
+def roles(db):
+    return roles_sync()
+
+
+def _user(username: str, role: str | None, **extra) -> User:
+    user = User.objects.create_user(username=username, password=PASSWORD, **extra)
+    if role:
+        user.groups.add(Group.objects.get(name=role))
+    return user
+
+
+@pytest.fixture
+def secretary(roles):
+    return _user("sophie.secretary", SECRETARY)
+
+
+@pytest.fixture
+def practitioner(roles):
+    return _user("dr.martin", PRACTITIONER)
+
+
+@pytest.fixture
+def other_practitioner(roles):
+    return _user("dr.bernard", PRACTITIONER)
+
+
+@pytest.fixture
+def practice_admin(roles):
+    return _user("alice.admin", PRACTICE_ADMIN, is_staff=True)
+
+
+@pytest.fixture
+def outsider(roles):
+    return _user("olivier.outsider", None)
+
+
+def client_for(user) -> Client:
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+@pytest.fixture
+def audit_ctx():
+    """An open audit context for tests that read encrypted fields outside a request."""
+    with system_context("tests") as ctx:
+        yield ctx
+
+
+def make_patient(**overrides):
+    """A patient created through the service (as the front desk would)."""
+    from patients.services import patient_create
+
+    data = {
+        "last_name": "Lefèvre",
+        "first_names": "Anne-Marie",
+        "sex": "F",
+        "birth_date": datetime.date(1984, 3, 9),
+        "phone_mobile": "+33612345678",
+        "email": "anne-marie.lefevre@example.fr",
+        "nir": "284037511512331",
+        "address": "12 rue des Lilas",
+        "postal_code": "75011",
+        "city": "Paris",
+    }
+    data.update(overrides)
+    with system_context("tests:fixture"):
+        return patient_create(data=data, actor=None)
+
+
+@pytest.fixture
+def patient(db):
+    return make_patient()

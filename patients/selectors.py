@@ -1,0 +1,101 @@
+"""Reads of patient records for the views. Each loads only the fields its page shows,
+and decrypts only the rows it returns (plus blind-index false candidates, discarded)."""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass
+
+from django.db.models import Q, QuerySet
+
+from audit import blind
+from patients.models import Patient, full_name_index
+
+# What a search result shows: enough to pick the right person, nothing more.
+RESULT_FIELDS = ("id", "last_name", "first_names", "birth_name", "birth_date", "is_archived")
+SEARCH_LIMIT = 50
+
+
+@dataclass(frozen=True)
+class PatientQuery:
+    last_name: str = ""
+    first_name: str = ""
+    birth_date: datetime.date | None = None
+    phone: str = ""
+    email: str = ""
+    include_archived: bool = False
+
+    def is_empty(self) -> bool:
+        return not (self.last_name or self.birth_date or self.phone or self.email)
+
+
+def _candidates(query: PatientQuery) -> QuerySet[Patient] | None:
+    qs = Patient.objects.all()
+    if query.last_name and query.first_name:
+        qs = qs.filter(bidx_full_name=full_name_index(query.last_name, query.first_name))
+    elif query.last_name:
+        qs = qs.filter(bidx_last_name=blind.blind_index("last_name", blind.normalize_name(query.last_name)))
+    if query.birth_date:
+        qs = qs.filter(bidx_birth_date=blind.blind_index("birth_date", blind.normalize_date(query.birth_date)))
+    if query.phone:
+        phone = blind.blind_index("phone", blind.normalize_phone(query.phone))
+        if phone is None:
+            return None
+        qs = qs.filter(Q(bidx_phone_mobile=phone) | Q(bidx_phone_other=phone))
+    if query.email:
+        qs = qs.filter(bidx_email=blind.blind_index("email", blind.normalize_email(query.email)))
+    if not query.include_archived:
+        qs = qs.filter(is_archived=False)
+    return qs
+
+
+def _matches(patient: Patient, query: PatientQuery) -> bool:
+    """Drop blind-index false candidates (truncated HMACs collide by design)."""
+    if query.last_name and blind.normalize_name(patient.last_name) != blind.normalize_name(query.last_name):
+        return False
+    if query.first_name:
+        wanted = blind.normalize_name(query.first_name).split(" ")[0]
+        if blind.normalize_name(patient.first_names).split(" ")[0] != wanted:
+            return False
+    if query.birth_date and patient.birth_date != query.birth_date:
+        return False
+    if query.phone:
+        wanted = blind.normalize_phone(query.phone)
+        if wanted not in (blind.normalize_phone(patient.phone_mobile), blind.normalize_phone(patient.phone_other)):
+            return False
+    return not query.email or blind.normalize_email(patient.email) == blind.normalize_email(query.email)
+
+
+def patient_search(query: PatientQuery) -> list[Patient]:
+    """Patients matching every given criterion, by blind index; never scans the table."""
+    if query.is_empty():
+        return []
+    candidates = _candidates(query)
+    if candidates is None:
+        return []
+    fields = list(RESULT_FIELDS)
+    if query.phone:
+        fields += ["phone_mobile", "phone_other"]
+    if query.email:
+        fields.append("email")
+    rows = candidates.only(*fields)[: SEARCH_LIMIT + 1]
+    found = [p for p in rows if _matches(p, query)]
+    return sorted(found, key=lambda p: (blind.normalize_name(p.last_name), blind.normalize_name(p.first_names)))
+
+
+def patient_duplicates(*, last_name: str, first_names: str, birth_date, exclude_pk=None) -> list[Patient]:
+    """Existing patients with the same normalized name and birth date."""
+    if not (last_name and first_names and birth_date):
+        return []
+    return [
+        p
+        for p in patient_search(
+            PatientQuery(last_name=last_name, first_name=first_names, birth_date=birth_date, include_archived=True)
+        )
+        if p.pk != exclude_pk
+    ]
+
+
+def patient_recent(*, limit: int = 50) -> QuerySet[Patient]:
+    """The list page: recently changed active patients, name columns only."""
+    return Patient.objects.filter(is_archived=False).only(*RESULT_FIELDS).order_by("-updated_at")[:limit]

@@ -1,0 +1,14 @@
+from django.urls import path
+
+from patients import views
+
+app_name = "patients"
+
+urlpatterns = [
+    path("", views.patient_list, name="list"),
+    path("new/", views.patient_create, name="create"),
+    path("<uuid:pk>/", views.patient_detail, name="detail"),
+    path("<uuid:pk>/edit/", views.patient_edit, name="edit"),
+    path("<uuid:pk>/archive/", views.patient_archive, name="archive"),
+    path("<uuid:pk>/restore/", views.patient_restore, name="restore"),
+]

@@ -1,0 +1,23 @@
+from django.apps import AppConfig, apps
+from django.db.models.signals import post_migrate
+
+
+def _sync_roles(sender, using="default", **kwargs):
+    from django.contrib.auth.management import create_permissions
+
+    from practice.roles import roles_sync
+
+    if sender is not list(apps.get_app_configs())[-1]:
+        return  # post_migrate is sent once per app: sync once, after the last one.
+    # Permissions come from another post_migrate receiver that may not have run yet.
+    for app_config in apps.get_app_configs():
+        create_permissions(app_config, verbosity=0, using=using)
+    roles_sync()
+
+
+class PracticeConfig(AppConfig):
+    name = "practice"
+    verbose_name = "Practice"
+
+    def ready(self):
+        post_migrate.connect(_sync_roles, dispatch_uid="practice.sync_roles")

@@ -1,0 +1,17 @@
+from practice.roles import PRACTICE_ADMIN, PRACTITIONER, SECRETARY, role_of
+
+
+def navigation(request) -> dict:
+    """Which menu entries this user sees. Menus are a convenience: views check access themselves."""
+    user = getattr(request, "user", None)
+    if user is None or not user.is_authenticated:
+        return {"nav": {}}
+    role = role_of(user)
+    return {
+        "nav": {
+            "role": role,
+            "patients": role in (SECRETARY, PRACTICE_ADMIN, "superuser"),
+            "admin": role in (PRACTICE_ADMIN, "superuser") and user.is_staff,
+            "practitioner": role == PRACTITIONER,
+        }
+    }

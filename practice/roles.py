@@ -1,0 +1,68 @@
+"""The clinic's roles, as groups with permissions defined in code (idempotent)."""
+
+from django.contrib.auth.models import Group, Permission
+
+SECRETARY = "Secretary"
+PRACTITIONER = "Practitioner"
+PRACTICE_ADMIN = "Practice admin"
+
+ROLE_PERMISSIONS: dict[str, list[str]] = {
+    SECRETARY: [
+        "patients.view_patient",
+        "patients.add_patient",
+        "patients.change_patient",
+        "patients.search_patient",
+    ],
+    PRACTITIONER: [
+        "patients.view_patient",
+    ],
+    PRACTICE_ADMIN: [
+        "patients.view_patient",
+        "patients.change_patient",
+        "audit.view_auditevent",
+        "auth.view_user",
+        "auth.add_user",
+        "auth.change_user",
+        "auth.view_group",
+    ],
+}
+
+# Checked in this order: a user holding several roles is named by the strongest.
+ROLE_ORDER = [PRACTICE_ADMIN, PRACTITIONER, SECRETARY]
+
+
+def roles_sync() -> dict[str, Group]:
+    """Create the groups and set exactly their permissions. Safe to run any number of times."""
+    groups = {}
+    for name, perms in ROLE_PERMISSIONS.items():
+        group, _ = Group.objects.get_or_create(name=name)
+        wanted = []
+        for dotted in perms:
+            app_label, codename = dotted.split(".")
+            wanted.append(Permission.objects.get(content_type__app_label=app_label, codename=codename))
+        group.permissions.set(wanted)
+        groups[name] = group
+    return groups
+
+
+def role_of(user) -> str:
+    """The user's role name; cached on the user object for the request."""
+    cached = getattr(user, "_cabinet_role", None)
+    if cached is None:
+        cached = _role_lookup(user)
+        user._cabinet_role = cached
+    return cached
+
+
+def _role_lookup(user) -> str:
+    if user.is_superuser:
+        return "superuser"
+    names = set(user.groups.values_list("name", flat=True))
+    for role in ROLE_ORDER:
+        if role in names:
+            return role
+    return "none"
+
+
+def has_role(user, *roles: str) -> bool:
+    return user.is_authenticated and (user.is_superuser or role_of(user) in roles)
