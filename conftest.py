@@ -19,6 +19,7 @@ PASSWORD = "correct horse battery staple 42"
 @pytest.fixture(autouse=True)
 def _test_settings(settings):
     settings.SECURE_SSL_REDIRECT = False
+    settings.LANGUAGE_CODE = "en"  # assertions read English; French has its own tests
     settings.STORAGES = {
         **settings.STORAGES,
         "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},

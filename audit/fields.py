@@ -22,6 +22,8 @@ Rules enforced here (DESIGN.md, Invariant 1):
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import datetime
 import functools
 import logging
@@ -123,6 +125,20 @@ def rotate_token(token: str) -> Ciphertext:
     return Ciphertext(crypter().rotate(token.encode()).decode())
 
 
+# Set while Model.refresh_from_db() copies values from a fresh instance with getattr():
+# the copy moves sealed tokens, it does not read them (see EncryptedModel.refresh_from_db).
+_copying_sealed = contextvars.ContextVar("copying_sealed", default=False)
+
+
+@contextlib.contextmanager
+def copying_sealed():
+    token = _copying_sealed.set(True)
+    try:
+        yield
+    finally:
+        _copying_sealed.reset(token)
+
+
 class AuditedAttribute(DeferredAttribute):
     """Decrypts on first read of the attribute, records the read, then caches the plaintext.
 
@@ -137,7 +153,7 @@ class AuditedAttribute(DeferredAttribute):
         if instance is None:
             return self
         value = super().__get__(instance, cls)
-        if isinstance(value, Sealed):
+        if isinstance(value, Sealed) and not _copying_sealed.get():
             value = self.field.decrypt_for(instance, value)
             instance.__dict__[self.field.attname] = value
         return value

@@ -4,7 +4,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import models
 from django.utils.translation import gettext_lazy as _
 
-from audit.fields import EncryptedQuerySet
+from audit.fields import EncryptedQuerySet, copying_sealed
 
 
 class EncryptedModel(models.Model):
@@ -25,6 +25,12 @@ class EncryptedModel(models.Model):
 
     def __str__(self) -> str:
         return f"{self._meta.verbose_name} {str(self.pk)[:8]}"
+
+    def refresh_from_db(self, using=None, fields=None, from_queryset=None):
+        # Django copies each refreshed value with getattr(), which would decrypt (and audit)
+        # every field; copy the sealed tokens instead: nothing is read until it is used.
+        with copying_sealed():
+            super().refresh_from_db(using=using, fields=fields, from_queryset=from_queryset)
 
     def audit_patient_id(self):
         raise ImproperlyConfigured(f"{type(self).__name__} must say which patient its rows belong to.")
