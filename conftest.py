@@ -13,7 +13,7 @@ from django.test import Client
 from audit.context import system_context
 from practice.roles import PRACTICE_ADMIN, PRACTITIONER, SECRETARY, roles_sync
 
-PASSWORD = "correct horse battery staple 42"
+PASSWORD = "correct horse battery staple 42"  # noqa: S105 (test persona)
 
 
 @pytest.fixture(autouse=True)
