@@ -1,5 +1,7 @@
 """Security events go to the same trail as reads and writes."""
 
+import time
+
 from axes.signals import user_locked_out
 from django.contrib.auth.signals import user_logged_in, user_logged_out, user_login_failed
 from django.dispatch import receiver
@@ -11,6 +13,9 @@ from audit.services import audit_event_write
 
 @receiver(user_logged_in, dispatch_uid="audit.login")
 def _logged_in(sender, request, user, **kwargs):
+    if request is not None and hasattr(request, "session"):
+        # Start of the absolute session lifetime (see AuditContextMiddleware).
+        request.session["auth_started_at"] = time.time()
     audit_event_write(event_type=EventType.LOGIN, actor=Actor.for_user(user))
 
 
