@@ -1,0 +1,298 @@
+"""Keys: the canary check at start-up, key rotation and blind-index rebuilds (DESIGN.md, Keys).
+
+Everything runs on the real components: the system check framework, the `rotate_keys`
+command, the database. Ciphertexts are compared as stored, read with raw SQL.
+"""
+
+import datetime
+import io
+import os
+import uuid
+
+import pytest
+from cryptography.fernet import Fernet, InvalidToken
+from django.conf import settings
+from django.contrib.auth.models import User
+from django.core.management import CommandError, call_command
+from django.core.management.base import SystemCheckError
+from django.db import connection
+from django.test import override_settings
+from django.utils import timezone
+
+from audit.context import system_context
+from audit.fields import Ciphertext, CiphertextError, encrypted_fields
+from audit.keys import canary_problem, canary_write, verify_keys_or_exit
+from audit.models import AuditEvent, EventType, RotationProgress
+from conftest import make_patient
+from patients.models import Patient
+from patients.selectors import PatientQuery, patient_search
+from practice.models import Practitioner, Specialty
+from scheduling.models import Appointment
+
+ROTATOR = "system:command:rotate_keys"
+INDEXED_FIELDS = {"last_name", "first_names", "birth_date", "phone_mobile", "phone_other", "email"}
+
+PEOPLE = [
+    {"last_name": "Lefèvre", "first_names": "Anne-Marie", "phone_mobile": "+33612345678"},
+    {"last_name": "Martin", "first_names": "Paul", "phone_mobile": "+33611111111", "email": "paul@example.fr"},
+    {"last_name": "Nguyễn", "first_names": "Thị Mai", "phone_other": "+33145454545", "nir": ""},
+    {"last_name": "Dubois", "first_names": "Léa", "birth_date": datetime.date(2001, 12, 31), "nir": ""},
+    {"last_name": "O'Brien", "first_names": "Seán", "notes": "Allergie pénicilline", "nir": ""},
+    {"last_name": "Petit", "first_names": "Jules", "address": "3 impasse du Nord\n2e étage", "nir": ""},
+]
+
+
+def fresh_key() -> str:
+    return Fernet.generate_key().decode()
+
+
+@pytest.fixture
+def clinic(db):
+    """Six patients and an appointment (the other model with encrypted columns)."""
+    patients = [make_patient(**person) for person in PEOPLE]
+    user = User.objects.create_user(username="dr.rotation")
+    practitioner = Practitioner.objects.create(
+        user=user, display_name="Dr Rotation", specialty=Specialty.objects.create(name="Médecine générale")
+    )
+    start = timezone.now().replace(microsecond=0)
+    appointment = Appointment.objects.create(
+        practitioner=practitioner,
+        patient=patients[0],
+        start=start,
+        end=start + datetime.timedelta(minutes=20),
+        reason="Douleur thoracique",
+        internal_note="Rappeler après les résultats",
+    )
+    canary_write()
+    return {"patients": patients, "appointment": appointment}
+
+
+def raw_tokens(model) -> dict[uuid.UUID, tuple]:
+    """The encrypted columns exactly as stored, by primary key."""
+    qn = connection.ops.quote_name
+    columns = [f.column for f in encrypted_fields(model)]
+    sql = f"SELECT {qn('id')}, {', '.join(qn(c) for c in columns)} FROM {qn(model._meta.db_table)}"  # noqa: S608
+    with connection.cursor() as cursor:
+        cursor.execute(sql)
+        return {uuid.UUID(str(row[0])): tuple(row[1:]) for row in cursor.fetchall()}
+
+
+def plaintexts(model) -> dict[uuid.UUID, dict]:
+    """Every encrypted field of every row, decrypted (audited, as a system job)."""
+    with system_context("tests:read-back"):
+        return {
+            obj.pk: {f.name: getattr(obj, f.name) for f in encrypted_fields(model)}
+            for obj in model._base_manager.order_by("pk")
+        }
+
+
+def rotate(*args) -> str:
+    out = io.StringIO()
+    call_command("rotate_keys", "--no-progress", *args, stdout=out, stderr=io.StringIO())
+    return out.getvalue()
+
+
+def check() -> None:
+    call_command("check", stdout=io.StringIO(), stderr=io.StringIO())
+
+
+def all_differ(before: tuple, after: tuple) -> bool:
+    return all(a != b for a, b in zip(before, after, strict=True) if a is not None)
+
+
+# --- The canary at start-up ------------------------------------------------------------
+
+
+def test_it_fails_start_up_with_a_wrong_field_key(db, capsys):
+    canary_write()
+    check()
+    verify_keys_or_exit()
+
+    with override_settings(FIELD_ENCRYPTION_KEY=[fresh_key()]):
+        with pytest.raises(SystemCheckError, match="FIELD_ENCRYPTION_KEY"):
+            check()
+        with pytest.raises(SystemExit) as exited:
+            verify_keys_or_exit()
+    assert exited.value.code not in (0, None)
+    assert "FIELD_ENCRYPTION_KEY" in capsys.readouterr().err
+
+
+def test_it_starts_during_a_rotation_with_the_new_key_first_and_the_old_kept(db):
+    canary_write()
+    with override_settings(FIELD_ENCRYPTION_KEY=[fresh_key(), *settings.FIELD_ENCRYPTION_KEY]):
+        check()
+        verify_keys_or_exit()
+        assert canary_problem() is None
+
+
+def test_it_fails_start_up_when_the_old_key_was_dropped_before_rotating(db):
+    """New key alone, nothing re-encrypted yet: the canary still needs the old key."""
+    canary_write()
+    wrong = override_settings(FIELD_ENCRYPTION_KEY=[fresh_key(), fresh_key()])
+    with wrong, pytest.raises(SystemCheckError, match="FIELD_ENCRYPTION_KEY"):
+        check()
+
+
+def test_it_reports_a_changed_blind_index_key(db, capsys):
+    canary_write()
+    with override_settings(BLIND_INDEX_KEY=os.urandom(32)):
+        with pytest.raises(SystemCheckError, match="BLIND_INDEX_KEY"):
+            check()
+        with pytest.raises(SystemExit):
+            verify_keys_or_exit()
+    assert "rotate_keys --blind-index" in capsys.readouterr().err
+    check()
+
+
+# --- Rotation of the field key ----------------------------------------------------------
+
+
+def test_it_rotates_every_encrypted_column_to_the_new_key(clinic):
+    old, new = list(settings.FIELD_ENCRYPTION_KEY), fresh_key()
+    before = {model: (raw_tokens(model), plaintexts(model)) for model in (Patient, Appointment)}
+    assert len(before[Patient][0]) == len(PEOPLE)
+
+    with override_settings(FIELD_ENCRYPTION_KEY=[new, *old]):
+        output = rotate("--batch-size", "2")
+    assert f"{len(PEOPLE) + 1} rows done" in output
+
+    with override_settings(FIELD_ENCRYPTION_KEY=[new]):
+        check()
+        assert canary_problem() is None
+        for model, (tokens, values) in before.items():
+            after = raw_tokens(model)
+            assert after.keys() == tokens.keys()
+            for pk, row in after.items():
+                assert all_differ(tokens[pk], row), f"{model._meta.label} {pk} kept a token"
+            assert plaintexts(model) == values
+
+    # The old key alone no longer reads anything: the data really moved.
+    with override_settings(FIELD_ENCRYPTION_KEY=old):
+        with pytest.raises(SystemCheckError, match="FIELD_ENCRYPTION_KEY"):
+            check()
+        with system_context("tests"), pytest.raises(CiphertextError):
+            _ = Patient.objects.get(pk=clinic["patients"][0].pk).last_name
+
+    events = AuditEvent.objects.filter(event_type=EventType.KEY_ROTATION)
+    assert [(e.actor_username, e.actor_role) for e in events] == [(ROTATOR, "system")]
+    assert events[0].extra["rows"] == len(PEOPLE) + 1
+    # Re-encryption never decrypts into our code: no read is recorded for the rotation.
+    assert not AuditEvent.objects.filter(event_type=EventType.READ, actor_username=ROTATOR).exists()
+
+
+def test_it_resumes_an_interrupted_rotation_where_it_stopped(clinic):
+    old, new = list(settings.FIELD_ENCRYPTION_KEY), fresh_key()
+    values = {model: plaintexts(model) for model in (Patient, Appointment)}
+    original = raw_tokens(Patient)
+    pks = sorted(original)  # rotation walks rows in primary-key order
+    notes_at = [f.name for f in encrypted_fields(Patient)].index("notes")
+
+    # A row in the second batch holds a value no key opens: the first run stops there.
+    broken = pks[3]
+    Patient.objects.filter(pk=broken).update(notes=Ciphertext("gAAAAA-not-a-fernet-token"))
+    rotating = override_settings(FIELD_ENCRYPTION_KEY=[new, *old])
+    with rotating, pytest.raises((InvalidToken, CiphertextError, CommandError)):
+        rotate("--batch-size", "2")
+
+    progress = RotationProgress.objects.get(job="encrypt", model_label="patients.Patient")
+    assert (progress.done, progress.last_pk) == (False, str(pks[1]))
+    first_run = raw_tokens(Patient)
+    for pk in pks[:2]:
+        assert all_differ(original[pk], first_run[pk])
+    for pk in pks[2:]:  # the failed batch rolled back; later rows untouched
+        if pk != broken:
+            assert first_run[pk] == original[pk]
+    assert first_run[broken][notes_at] == "gAAAAA-not-a-fernet-token"  # never "re-encrypted" as plaintext
+
+    # The operator repairs the row (restores its backup) and runs the command again.
+    Patient.objects.filter(pk=broken).update(notes=Ciphertext(original[broken][notes_at]))
+    with override_settings(FIELD_ENCRYPTION_KEY=[new, *old]):
+        output = rotate("--batch-size", "2")
+    assert f"encrypt: {len(pks) - 2 + 1} rows done" in output  # the rest of the patients + the appointment
+
+    second_run = raw_tokens(Patient)
+    for pk in pks[:2]:
+        assert second_run[pk] == first_run[pk], "a row done by the first run was rotated again"
+    for pk in pks[2:]:
+        assert all_differ(original[pk], second_run[pk])
+
+    with override_settings(FIELD_ENCRYPTION_KEY=[new]):
+        check()
+        for model, expected in values.items():
+            assert plaintexts(model) == expected
+
+
+def test_it_rotates_again_to_a_key_that_was_used_before(clinic):
+    """K0 -> A -> B -> A: the saved progress of the first move to A must not skip the third."""
+    k0, a, b = list(settings.FIELD_ENCRYPTION_KEY), fresh_key(), fresh_key()
+    values = plaintexts(Patient)
+    for keys in ([a, *k0], [b, a], [a, b]):
+        with override_settings(FIELD_ENCRYPTION_KEY=keys):
+            rotate()
+    with override_settings(FIELD_ENCRYPTION_KEY=[a]):
+        check()
+        assert plaintexts(Patient) == values
+
+
+def test_it_keeps_the_canary_honest_when_only_blind_indexes_were_rebuilt(clinic):
+    """A blind-index rebuild during a field-key rotation must not vouch for data it did not
+    re-encrypt: dropping the old field key afterwards still fails start-up."""
+    old, new, blind_key = list(settings.FIELD_ENCRYPTION_KEY), fresh_key(), os.urandom(32)
+    with override_settings(FIELD_ENCRYPTION_KEY=[new, *old], BLIND_INDEX_KEY=blind_key):
+        rotate("--blind-index")
+    old_key_dropped = override_settings(FIELD_ENCRYPTION_KEY=[new], BLIND_INDEX_KEY=blind_key)
+    with old_key_dropped, pytest.raises(SystemCheckError, match="FIELD_ENCRYPTION_KEY"):
+        check()
+
+
+def test_it_keeps_reporting_stale_blind_indexes_after_a_field_key_rotation(clinic):
+    """Rotating the field key does not rebuild blind indexes, so it must not mark them current."""
+    new = fresh_key()
+    with override_settings(FIELD_ENCRYPTION_KEY=[new, *settings.FIELD_ENCRYPTION_KEY], BLIND_INDEX_KEY=os.urandom(32)):
+        rotate()
+        with pytest.raises(SystemCheckError, match="BLIND_INDEX_KEY"):
+            check()
+
+
+# --- Blind-index rebuild ----------------------------------------------------------------
+
+
+def search(**criteria) -> set:
+    with system_context("tests:search"):
+        return {p.pk for p in patient_search(PatientQuery(**criteria))}
+
+
+def test_it_rebuilds_blind_indexes_after_the_blind_index_key_changed(clinic):
+    lefevre, martin, nguyen = clinic["patients"][:3]
+    queries = [
+        ({"last_name": "LEFEVRE"}, lefevre.pk),
+        ({"last_name": "lefevre", "first_name": "anne marie"}, lefevre.pk),
+        ({"phone": "06 11 11 11 11"}, martin.pk),
+        ({"email": "PAUL@example.fr"}, martin.pk),
+        ({"phone": "01 45 45 45 45"}, nguyen.pk),
+        ({"last_name": "Nguyen", "birth_date": nguyen.birth_date}, nguyen.pk),
+    ]
+    for criteria, pk in queries:
+        assert search(**criteria) == {pk}
+
+    with override_settings(BLIND_INDEX_KEY=os.urandom(32)):
+        with pytest.raises(SystemCheckError, match="BLIND_INDEX_KEY"):
+            check()
+        for criteria, _ in queries:
+            assert search(**criteria) == set()
+
+        output = rotate("--blind-index", "--batch-size", "4")
+        assert f"blind-index: {len(PEOPLE)} rows done" in output
+
+        for criteria, pk in queries:
+            assert search(**criteria) == {pk}
+        check()
+
+    rebuild = AuditEvent.objects.filter(actor_username=ROTATOR)
+    assert rebuild.filter(event_type=EventType.BLIND_INDEX_REBUILD).count() == 1
+    reads = {e.patient_id: set(e.fields) for e in rebuild.filter(event_type=EventType.READ)}
+    assert reads.keys() == {p.pk for p in clinic["patients"]}
+    for fields in reads.values():
+        assert fields == INDEXED_FIELDS  # what the indexes need, never the NIR, notes or address
+    for event in rebuild.filter(event_type=EventType.READ):
+        assert (event.actor_role, event.model_label) == ("system", "patients.Patient")
