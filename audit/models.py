@@ -67,23 +67,25 @@ class AuditEvent(models.Model):
     """
 
     id = models.BigAutoField(primary_key=True)
-    occurred_at = models.DateTimeField(db_index=True)
-    event_type = models.PositiveSmallIntegerField(choices=EventType.choices)
-    actor_user_id = models.IntegerField(null=True, blank=True)
-    actor_username = models.CharField(max_length=150)
-    actor_role = models.CharField(max_length=40)
-    ip = models.GenericIPAddressField(null=True, blank=True)
-    user_agent = models.CharField(max_length=300, blank=True)
-    request_id = models.CharField(max_length=64, blank=True)
-    path = models.CharField(max_length=300, blank=True)
-    purpose = models.CharField(max_length=120, blank=True)
-    model_label = models.CharField(max_length=100, blank=True)
-    object_pk = models.CharField(max_length=64, blank=True)
-    patient_id = models.UUIDField(null=True, blank=True)
-    fields = models.JSONField(default=list, blank=True)
-    extra = models.JSONField(default=dict, blank=True)
+    occurred_at = models.DateTimeField(_("when"), db_index=True)
+    event_type = models.PositiveSmallIntegerField(_("event"), choices=EventType.choices)
+    actor_user_id = models.IntegerField(_("user id"), null=True, blank=True)
+    actor_username = models.CharField(_("who"), max_length=150)
+    actor_role = models.CharField(_("role"), max_length=40)
+    ip = models.GenericIPAddressField(_("IP address"), null=True, blank=True)
+    user_agent = models.CharField(_("browser"), max_length=300, blank=True)
+    request_id = models.CharField(_("request id"), max_length=64, blank=True)
+    path = models.CharField(_("page"), max_length=300, blank=True)
+    purpose = models.CharField(_("purpose"), max_length=120, blank=True)
+    model_label = models.CharField(_("record type"), max_length=100, blank=True)
+    object_pk = models.CharField(_("record id"), max_length=64, blank=True)
+    patient_id = models.UUIDField(_("patient id"), null=True, blank=True)
+    fields = models.JSONField(_("fields"), default=list, blank=True)
+    extra = models.JSONField(_("details"), default=dict, blank=True)
 
     class Meta:
+        verbose_name = _("audit event")
+        verbose_name_plural = _("audit trail")
         ordering = ["-occurred_at", "-id"]
         indexes = [
             models.Index(fields=["patient_id", "occurred_at"], name="audit_patient_time"),

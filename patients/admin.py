@@ -1,4 +1,5 @@
 from django.contrib import admin
+from django.utils.translation import gettext_lazy as _
 
 from patients import services
 from patients.forms import PatientForm
@@ -18,7 +19,7 @@ class PatientAdmin(admin.ModelAdmin):
     list_per_page = 50
     show_full_result_count = False
     search_fields = ["last_name"]  # handled by get_search_results below (blind index)
-    search_help_text = "Exact last name (accents and case ignored), optionally followed by “, first name”."
+    search_help_text = _("Exact last name (accents and case ignored), optionally followed by “, first name”.")
     readonly_fields = ["created_at", "created_by", "updated_at", "updated_by", "archived_at"]
 
     def get_queryset(self, request):

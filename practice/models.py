@@ -21,9 +21,13 @@ class Specialty(models.Model):
 class Practitioner(models.Model):
     """A practitioner of the clinic, linked to the user account they log in with."""
 
-    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="practitioner")
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, verbose_name=_("user account"), on_delete=models.PROTECT, related_name="practitioner"
+    )
     display_name = models.CharField(_("display name"), max_length=150)
-    specialty = models.ForeignKey(Specialty, on_delete=models.PROTECT, related_name="practitioners")
+    specialty = models.ForeignKey(
+        Specialty, verbose_name=_("specialty"), on_delete=models.PROTECT, related_name="practitioners"
+    )
     colour = models.CharField(_("colour"), max_length=7, default="#0b6bcb", validators=[colour_validator])
     is_active = models.BooleanField(_("active"), default=True)
 

@@ -1,6 +1,7 @@
 """The clinic's roles, as groups with permissions defined in code (idempotent)."""
 
 from django.contrib.auth.models import Group, Permission
+from django.utils.translation import gettext_lazy as _
 
 SECRETARY = "Secretary"
 PRACTITIONER = "Practitioner"
@@ -25,6 +26,16 @@ ROLE_PERMISSIONS: dict[str, list[str]] = {
         "auth.change_user",
         "auth.view_group",
     ],
+}
+
+ROLE_LABELS = {
+    SECRETARY: _("Secretary"),
+    PRACTITIONER: _("Practitioner"),
+    PRACTICE_ADMIN: _("Practice admin"),
+    "superuser": _("Superuser"),
+    "system": _("System job"),
+    "anonymous": _("Anonymous"),
+    "none": _("No role"),
 }
 
 # Checked in this order: a user holding several roles is named by the strongest.
@@ -66,3 +77,8 @@ def _role_lookup(user) -> str:
 
 def has_role(user, *roles: str) -> bool:
     return user.is_authenticated and (user.is_superuser or role_of(user) in roles)
+
+
+def role_label(role: str) -> str:
+    """Group names are database keys; this is what people read."""
+    return str(ROLE_LABELS.get(role, role))

@@ -20,16 +20,25 @@ class AppointmentStatus(models.TextChoices):
 class Appointment(EncryptedModel):
     """An appointment. The reason and the internal note are patient data: encrypted."""
 
-    practitioner = models.ForeignKey("practice.Practitioner", on_delete=models.PROTECT, related_name="appointments")
-    patient = models.ForeignKey("patients.Patient", on_delete=models.PROTECT, related_name="appointments")
+    practitioner = models.ForeignKey(
+        "practice.Practitioner", verbose_name=_("practitioner"), on_delete=models.PROTECT, related_name="appointments"
+    )
+    patient = models.ForeignKey(
+        "patients.Patient", verbose_name=_("patient"), on_delete=models.PROTECT, related_name="appointments"
+    )
     start = models.DateTimeField(_("start"), db_index=True)
     end = models.DateTimeField(_("end"))
     status = models.CharField(_("status"), max_length=20, choices=AppointmentStatus.choices, default="booked")
     reason = EncryptedTextField(_("reason"), blank=True)
     internal_note = EncryptedTextField(_("internal note"), blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
+    created_at = models.DateTimeField(_("created at"), auto_now_add=True)
     created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+        settings.AUTH_USER_MODEL,
+        verbose_name=_("created by"),
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
     )
 
     class Meta:

@@ -13,10 +13,10 @@ def test_it_lists_who_opened_a_record_for_a_practice_admin(secretary, practice_a
     assert response.status_code == 200
     assert "no-store" in response["Cache-Control"]
     assert secretary.username in body
-    assert "Secretary" in body
+    assert "Secretary" in body  # the role label
     assert "192.0.2.10" in body
     assert f"/patients/{patient.pk}/" in body
-    assert "last_name" in body and "nir" in body
+    assert "last name" in body and "social security number (NIR)" in body
     read = AuditEvent.objects.get(event_type=EventType.READ, actor_user_id=secretary.pk)
     assert read.user_agent == "FrontDesk/1"
     assert read.actor_role == "Secretary"

@@ -1,0 +1,43 @@
+"""The project's template filters."""
+
+import datetime
+import math
+
+from django import template
+from django.core.exceptions import FieldDoesNotExist
+
+from practice.roles import role_label
+
+register = template.Library()
+
+
+@register.filter
+def minutes(value: datetime.timedelta | None) -> int:
+    """Whole minutes of a duration, rounded up (a lockout of 14m30s reads as 15 minutes)."""
+    if not value:
+        return 0
+    return math.ceil(value.total_seconds() / 60)
+
+
+@register.filter
+def role(value: str) -> str:
+    """The translated label of a role name stored in the trail or on a group."""
+    return role_label(value)
+
+
+@register.filter
+def field_labels(names, model_label: str) -> str:
+    """Field names recorded in the trail, as the model's (translated) verbose names."""
+    from django.apps import apps
+
+    try:
+        model = apps.get_model(model_label)
+    except (LookupError, ValueError):
+        return ", ".join(names)
+    labels = []
+    for name in names:
+        try:
+            labels.append(str(model._meta.get_field(name).verbose_name))
+        except FieldDoesNotExist:  # a field removed since the event: show its name
+            labels.append(name)
+    return ", ".join(labels)
