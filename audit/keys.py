@@ -7,7 +7,7 @@ import sys
 
 from cryptography.fernet import InvalidToken
 from django.conf import settings
-from django.db import DatabaseError
+from django.db import DatabaseError, connection
 
 from audit import blind
 from audit.fields import crypter
@@ -20,17 +20,22 @@ def field_key_fingerprint() -> str:
     return hashlib.sha256(b"cabinet field key:" + settings.FIELD_ENCRYPTION_KEY[0].encode()).hexdigest()[:16]
 
 
-def canary_write() -> None:
-    """Seal the canary under the current first key (after migrate and after a rotation)."""
+def canary_write(*, field_key: bool = True, blind_index_key: bool = True) -> None:
+    """Vouch for the keys a job has actually applied to the data, and only those.
+
+    A field-key rotation re-seals the canary; a blind-index rebuild records the new index
+    key's fingerprint. Neither vouches for the other's key.
+    """
     from audit.models import KeyCanary
 
-    KeyCanary.objects.update_or_create(
-        pk=1,
-        defaults={
-            "token": crypter().encrypt(CANARY_TEXT).decode(),
-            "blind_index_fingerprint": blind.key_fingerprint(),
-        },
-    )
+    canary = KeyCanary.objects.filter(pk=1).first()
+    if canary is None:
+        canary, field_key, blind_index_key = KeyCanary(pk=1), True, True
+    if field_key:
+        canary.token = crypter().encrypt(CANARY_TEXT).decode()
+    if blind_index_key:
+        canary.blind_index_fingerprint = blind.key_fingerprint()
+    canary.save()
 
 
 def canary_problem() -> str | None:
@@ -38,9 +43,11 @@ def canary_problem() -> str | None:
     from audit.models import KeyCanary
 
     try:
-        canary = KeyCanary.objects.filter(pk=1).first()
-    except DatabaseError:
-        return None  # not migrated yet: nothing stored to protect
+        if KeyCanary._meta.db_table not in connection.introspection.table_names():
+            return None  # not migrated yet: nothing stored to protect
+    except DatabaseError as exc:
+        return f"The database cannot be reached to check the keys: {exc.__class__.__name__}."
+    canary = KeyCanary.objects.filter(pk=1).first()
     if canary is None:
         return None
     try:

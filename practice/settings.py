@@ -45,7 +45,7 @@ def _secret_bytes(name: str) -> bytes:
     """A 32-byte (or longer) secret, url-safe base64 encoded."""
     raw = _required(name)
     try:
-        decoded = base64.urlsafe_b64decode(raw.encode() + b"=" * (-len(raw) % 4))
+        decoded = base64.b64decode(raw.encode() + b"=" * (-len(raw) % 4), altchars=b"-_", validate=True)
     except (ValueError, binascii.Error):
         decoded = b""
     if len(decoded) < 32:
@@ -61,7 +61,7 @@ AUDIT_CHAIN_KEY = _secret_bytes("AUDIT_CHAIN_KEY")
 _all_field_keys = {base64.urlsafe_b64decode(k) for k in FIELD_ENCRYPTION_KEY}
 if BLIND_INDEX_KEY in _all_field_keys or AUDIT_CHAIN_KEY in _all_field_keys or BLIND_INDEX_KEY == AUDIT_CHAIN_KEY:
     raise ImproperlyConfigured(
-        "FIELD_ENCRYPTION_KEY, BLIND_INDEX_KEY and AUDIT_CHAIN_KEY must be three different secrets."
+        f"FIELD_ENCRYPTION_KEY, BLIND_INDEX_KEY and AUDIT_CHAIN_KEY must be three different secrets. {KEYGEN_HINT}"
     )
 
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost"] if DEBUG else [])

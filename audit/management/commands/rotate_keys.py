@@ -45,7 +45,10 @@ class Command(AuditedCommand):
             if blind_index and not hasattr(model, "blind_indexes_update"):
                 continue
             total += self._run_model(model, job, fingerprint, batch_size, disable=no_progress)
-        canary_write()
+        canary_write(field_key=not blind_index, blind_index_key=blind_index)
+        # Progress only serves to resume an interrupted run: a later rotation back to this
+        # same key must start over, not skip everything as "done".
+        RotationProgress.objects.filter(job=job, key_fingerprint=fingerprint).delete()
         audit_event_write(
             event_type=EventType.BLIND_INDEX_REBUILD if blind_index else EventType.KEY_ROTATION,
             extra={"rows": total, "key_fingerprint": fingerprint},
