@@ -1,8 +1,14 @@
 # Cabinet: `make run` serves a demo clinic locally; `make test` runs the whole suite.
+# CI runs `.ci/run` (lint, migrations, deploy check, smoke test, then `make test`).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# Extra pytest arguments, e.g. `make test PYTEST_ARGS="-k search -x"`.
+PYTEST_ARGS ?=
+
+# Commands that need settings but not the keys of `make run` get a throwaway set.
+THROWAWAY_KEYS = $(PY) -m practice.keygen > $(VENV)/throwaway.env && set -a && . $(VENV)/throwaway.env && set +a
 
 .PHONY: run test install env migrate seed lint messages clean
 
@@ -23,25 +29,28 @@ env: .env
 migrate: install .env
 	$(PY) manage.py migrate --noinput
 
+# Idempotent: creates what is missing (accounts, practitioners, patients up to 200).
 seed: migrate
 	$(PY) manage.py seed_demo
 
 run: seed
-	@echo "Cabinet on http://127.0.0.1:8000/ (log in as secretary, doctor, doctor2 or admin)"
+	@echo "Cabinet on http://127.0.0.1:8000/ (log in as secretary, doctor, doctor2, doctor3 or admin)"
 	$(PY) manage.py runserver 127.0.0.1:8000
 
 # The suite needs keys too: tests use a throwaway set, never the .env of `make run`.
+# DATABASE_URL and CELERY_BROKER_URL come from the environment (default: SQLite, eager).
 test: install
-	$(PY) -m practice.keygen > $(VENV)/test.env
-	set -a && . $(VENV)/test.env && set +a && DEBUG=0 $(PY) -m pytest $(PYTEST_ARGS)
+	$(THROWAWAY_KEYS) && DEBUG=0 $(PY) -m pytest $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# Extract UI strings into locale/fr/LC_MESSAGES/django.po and compile the .mo.
+# Commit both: the app reads the .mo at run time and never compiles anything.
 messages: install
-	$(PY) manage.py makemessages -l fr --ignore=.venv --ignore=bench
-	$(PY) manage.py compilemessages --ignore=.venv
+	$(THROWAWAY_KEYS) && $(PY) manage.py makemessages -l fr --ignore=.venv --ignore=bench --ignore=staticfiles
+	$(THROWAWAY_KEYS) && $(PY) manage.py compilemessages --ignore=.venv
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache staticfiles
