@@ -20,6 +20,8 @@ PASSWORD = "correct horse battery staple 42"  # noqa: S105 (test persona)
 def _test_settings(settings):
     settings.SECURE_SSL_REDIRECT = False
     settings.LANGUAGE_CODE = "en"  # assertions read English; French has its own tests
+    # Password hashing strength is not under test here; the default hasher costs 0.3 s a user.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     settings.STORAGES = {
         **settings.STORAGES,
         "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},

@@ -32,7 +32,7 @@ import encrypted_model_fields.fields as upstream
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from django.conf import settings
 from django.core.exceptions import FieldError, ImproperlyConfigured
-from django.db import models
+from django.db import DatabaseError, models, transaction
 from django.db.models.query_utils import DeferredAttribute
 
 from audit import context
@@ -215,7 +215,11 @@ class EncryptedMixin(upstream.EncryptedMixin):
         """The one place a stored value becomes plaintext: audited or refused."""
         ctx = context.require()
         where = f"{self.model._meta.label}.{self.name} pk={instance.pk}"
-        plaintext = self.plain_value(unseal(sealed.token, self.bound_to(instance), where=where))
+        try:
+            plaintext = self.plain_value(unseal(sealed.token, self.bound_to(instance), where=where))
+        except CiphertextError:
+            self._record_refusal(instance)
+            raise
         ctx.record_read(
             model_label=self.model._meta.label,
             object_pk=instance.pk,
@@ -223,6 +227,24 @@ class EncryptedMixin(upstream.EncryptedMixin):
             field_name=self.name,
         )
         return plaintext
+
+
+    def _record_refusal(self, instance) -> None:
+        """Put the refusal in the trail (never the value). The error itself still propagates."""
+        from audit.models import EventType
+        from audit.services import audit_event_write
+
+        try:
+            with transaction.atomic():
+                audit_event_write(
+                    event_type=EventType.CIPHERTEXT_REFUSED,
+                    patient_id=instance.audit_patient_id(),
+                    model_label=self.model._meta.label,
+                    object_pk=instance.pk,
+                    fields=[self.name],
+                )
+        except DatabaseError:
+            logger.exception("Could not record a refused value in the audit trail")
 
 
 class EncryptedCharField(EncryptedMixin, upstream.EncryptedCharField):
