@@ -228,7 +228,6 @@ class EncryptedMixin(upstream.EncryptedMixin):
         )
         return plaintext
 
-
     def _record_refusal(self, instance) -> None:
         """Put the refusal in the trail (never the value). The error itself still propagates."""
         from audit.models import EventType

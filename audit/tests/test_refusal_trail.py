@@ -1,6 +1,7 @@
 """A refused stored value is in the trail (where, never what), and still refused."""
 
 import pytest
+
 from audit.context import system_context
 from audit.fields import CiphertextError
 from audit.models import AuditEvent, EventType
