@@ -65,7 +65,7 @@ class Command(AuditedCommand):
         qs = model._base_manager.order_by("pk")
         remaining = qs.filter(pk__gt=progress.last_pk).count() if progress.last_pk else qs.count()
         done = 0
-        with tqdm(total=remaining, desc=model._meta.label, unit="row", disable=disable, file=self.stderr) as bar:
+        with tqdm(total=remaining, desc=model._meta.label, unit="row", disable=disable, file=self.stderr._out) as bar:
             while True:
                 batch_qs = qs.filter(pk__gt=progress.last_pk) if progress.last_pk else qs
                 batch = list(batch_qs[:batch_size])
