@@ -19,15 +19,15 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from django.conf import settings
 
-# Bits kept per index, sized for about 1,000,000 patients (see SECURITY.md): at 24 bits a
-# lookup meets on average 1e6 / 2**24 = 0.06 unrelated rows, which are decrypted (audited)
-# and discarded; fewer bits would leak less equality but decrypt more bystanders.
+# Bits kept per index, sized for about 1,000,000 patients with CipherSweet's planner as the
+# reference (SECURITY.md): between 2 and sqrt(rows) coincidences per index. At 19 bits a
+# lookup meets about 1e6 / 2**19 = 1.9 unrelated rows, decrypted (audited) and discarded.
 INDEX_BITS = {
-    "last_name": 24,
-    "full_name": 24,
-    "birth_date": 20,
-    "phone": 24,
-    "email": 24,
+    "last_name": 19,
+    "full_name": 19,
+    "birth_date": 16,
+    "phone": 19,
+    "email": 19,
 }
 
 _FOLD = re.compile(r"[\s\-\u2010-\u2015'\u2019.]+")
@@ -78,7 +78,8 @@ def blind_index(name: str, normalized: str) -> int | None:
 
 
 def key_fingerprint() -> str:
-    """Identifies the blind-index key without revealing it."""
-    return hmac.new(bytes(settings.BLIND_INDEX_KEY), b"cabinet blind index fingerprint", hashlib.sha256).hexdigest()[
-        :16
-    ]
+    """Identifies the blind-index key and the index sizes without revealing the key:
+    a change of either makes stored indexes stale."""
+    sizes = ",".join(f"{name}={bits}" for name, bits in sorted(INDEX_BITS.items()))
+    message = b"cabinet blind index fingerprint:" + sizes.encode()
+    return hmac.new(bytes(settings.BLIND_INDEX_KEY), message, hashlib.sha256).hexdigest()[:16]

@@ -62,8 +62,9 @@ def canary_problem() -> str | None:
         )
     if canary.blind_index_fingerprint != blind.key_fingerprint():
         return (
-            "BLIND_INDEX_KEY differs from the key that built the search indexes: searches would find "
-            "nothing. Restore the previous key, or run `manage.py rotate_keys --blind-index` to rebuild."
+            "BLIND_INDEX_KEY (or the index sizes in audit/blind.py) differ from those that built the "
+            "search indexes: searches would find nothing. Restore the previous key, or run "
+            "`manage.py rotate_keys --blind-index` to rebuild."
         )
     return None
 

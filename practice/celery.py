@@ -3,6 +3,7 @@
 import os
 
 from celery import Celery, Task
+from celery.signals import worker_init
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "practice.settings")
 
@@ -24,3 +25,11 @@ class AuditedTask(Task):
 app = Celery("practice", task_cls=AuditedTask)
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+@worker_init.connect
+def _check_keys(**kwargs):
+    """A worker with the wrong keys must not start (gunicorn does the same in wsgi.py)."""
+    from audit.keys import verify_keys_or_exit
+
+    verify_keys_or_exit()

@@ -180,14 +180,18 @@ X_FRAME_OPTIONS = "DENY"
 if env.bool("USE_X_FORWARDED_PROTO", default=False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
+# Behind a reverse proxy: the META name of the header it sets (e.g. HTTP_X_FORWARDED_FOR),
+# whose last address is the client. Unset: REMOTE_ADDR. Never set it without such a proxy.
+AUDIT_CLIENT_IP_HEADER = env.str("CLIENT_IP_HEADER", default="")
+
 # django-axes: lock by username and by IP after repeated failures.
 AXES_FAILURE_LIMIT = env.int("AXES_FAILURE_LIMIT", default=5)
 AXES_COOLOFF_TIME = env.float("AXES_COOLOFF_MINUTES", default=15) / 60  # hours
 AXES_LOCKOUT_PARAMETERS = [["username"], ["ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
-AXES_IPWARE_PROXY_COUNT = env.int("AXES_PROXY_COUNT", default=0) or None
-AXES_IPWARE_META_PRECEDENCE_ORDER = env.list("AXES_IP_HEADERS", default=["REMOTE_ADDR"])
+# The lockout and the audit trail agree on the client address (CLIENT_IP_HEADER below).
+AXES_CLIENT_IP_CALLABLE = "audit.middleware.client_ip"
 
 # Celery: no broker means eager execution (the embedded default).
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="")
@@ -216,4 +220,3 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
-AUDIT_CLIENT_IP_HEADER = env.str("CLIENT_IP_HEADER", default="")

@@ -23,6 +23,9 @@ INDEXED_FIELDS = {"last_name", "first_names", "birth_date", "phone_mobile", "pho
 
 def _drop_broker_connections(app) -> None:
     """Connections are pooled per app: drop them so the next use reads the broker URL afresh."""
+    from kombu import pools
+
+    pools.reset()
     if app._pool is not None:
         app._pool.force_close_all()
     app._pool = None
