@@ -6,6 +6,7 @@ a wrong deploy must fail at start, never show garbage at 3 a.m.
 
 import base64
 import binascii
+import datetime
 from pathlib import Path
 
 import environ
@@ -203,6 +204,11 @@ CELERY_TIMEZONE = TIME_ZONE
 
 # Audit: records buffered per context are written in one insert; large buffers flush early.
 AUDIT_FLUSH_THRESHOLD = env.int("AUDIT_FLUSH_THRESHOLD", default=2000)
+
+# Agenda grid: rows of AGENDA_SLOT_MINUTES between these wall-clock hours (practice time).
+AGENDA_SLOT_MINUTES = env.int("AGENDA_SLOT_MINUTES", default=5)
+AGENDA_DAY_START = datetime.time(env.int("AGENDA_DAY_START_HOUR", default=7))
+AGENDA_DAY_END = datetime.time(env.int("AGENDA_DAY_END_HOUR", default=20))
 
 EMAIL_BACKEND = env.str("EMAIL_BACKEND", default="django.core.mail.backends.console.EmailBackend")
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="cabinet@localhost")

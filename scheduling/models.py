@@ -1,11 +1,111 @@
-"""Appointments, kept small until the agenda work (issue 3) builds on them."""
+"""Appointment types, working hours, absences and appointments.
+
+Times are stored aware, in UTC; working hours are wall-clock times in the practice's time
+zone (settings.TIME_ZONE), so a 9:00 start stays 9:00 across the DST change.
+"""
 
 from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils.translation import gettext_lazy as _
 
 from audit.fields import EncryptedTextField
 from audit.models import EncryptedModel
+from practice.models import colour_validator
+
+
+class AppointmentType(models.Model):
+    name = models.CharField(_("name"), max_length=100)
+    duration_minutes = models.PositiveSmallIntegerField(
+        _("duration (minutes)"), default=20, validators=[MinValueValidator(5), MaxValueValidator(480)]
+    )
+    colour = models.CharField(_("colour"), max_length=7, default="#5b8def", validators=[colour_validator])
+    practitioners = models.ManyToManyField(
+        "practice.Practitioner", verbose_name=_("offered by"), related_name="appointment_types", blank=True
+    )
+    is_active = models.BooleanField(_("active"), default=True)
+
+    class Meta:
+        verbose_name = _("appointment type")
+        verbose_name_plural = _("appointment types")
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.duration_minutes} min)"
+
+
+class Weekday(models.IntegerChoices):
+    MONDAY = 0, _("Monday")
+    TUESDAY = 1, _("Tuesday")
+    WEDNESDAY = 2, _("Wednesday")
+    THURSDAY = 3, _("Thursday")
+    FRIDAY = 4, _("Friday")
+    SATURDAY = 5, _("Saturday")
+    SUNDAY = 6, _("Sunday")
+
+
+class WorkingHours(models.Model):
+    """One range of a practitioner's week (several per day allowed), valid between two dates."""
+
+    practitioner = models.ForeignKey(
+        "practice.Practitioner", verbose_name=_("practitioner"), on_delete=models.CASCADE, related_name="working_hours"
+    )
+    weekday = models.PositiveSmallIntegerField(_("day"), choices=Weekday.choices)
+    start_time = models.TimeField(_("from"))
+    end_time = models.TimeField(_("to"))
+    valid_from = models.DateField(_("valid from"), null=True, blank=True)
+    valid_until = models.DateField(_("valid until"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("working hours")
+        verbose_name_plural = _("working hours")
+        ordering = ["practitioner", "weekday", "start_time"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(end_time__gt=models.F("start_time")), name="hours_end_after_start"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_weekday_display()} {self.start_time:%H:%M}–{self.end_time:%H:%M}"
+
+
+class AbsenceKind(models.TextChoices):
+    HOLIDAY = "holiday", _("Holiday")
+    TRAINING = "training", _("Training")
+    SICK = "sick", _("Sick leave")
+    CLOSURE = "closure", _("Practice closed")
+    OTHER = "other", _("Other")
+
+
+class Absence(models.Model):
+    """A practitioner away, or (no practitioner) the whole practice closed."""
+
+    practitioner = models.ForeignKey(
+        "practice.Practitioner",
+        verbose_name=_("practitioner"),
+        on_delete=models.CASCADE,
+        related_name="absences",
+        null=True,
+        blank=True,
+        help_text=_("Leave empty when the whole practice is closed."),
+    )
+    start = models.DateTimeField(_("from"))
+    end = models.DateTimeField(_("until"))
+    kind = models.CharField(_("kind"), max_length=20, choices=AbsenceKind.choices, default=AbsenceKind.HOLIDAY)
+    label = models.CharField(_("label"), max_length=100, blank=True)
+
+    class Meta:
+        verbose_name = _("absence")
+        verbose_name_plural = _("absences")
+        ordering = ["start"]
+        indexes = [models.Index(fields=["practitioner", "start"], name="absence_practitioner_start")]
+        constraints = [
+            models.CheckConstraint(condition=models.Q(end__gt=models.F("start")), name="absence_ends_after_start")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} {self.start:%Y-%m-%d}"
 
 
 class AppointmentStatus(models.TextChoices):
@@ -17,8 +117,36 @@ class AppointmentStatus(models.TextChoices):
     CANCELLED = "cancelled", _("Cancelled")
 
 
+# Statuses that hold the practitioner's time. A cancelled appointment or a no-show frees it.
+ACTIVE_STATUSES = [
+    AppointmentStatus.BOOKED,
+    AppointmentStatus.ARRIVED,
+    AppointmentStatus.IN_CONSULTATION,
+    AppointmentStatus.DONE,
+]
+
+# The status flow: what each status may become.
+TRANSITIONS = {
+    AppointmentStatus.BOOKED: {AppointmentStatus.ARRIVED, AppointmentStatus.NO_SHOW, AppointmentStatus.CANCELLED},
+    AppointmentStatus.ARRIVED: {
+        AppointmentStatus.IN_CONSULTATION,
+        AppointmentStatus.BOOKED,
+        AppointmentStatus.CANCELLED,
+    },
+    AppointmentStatus.IN_CONSULTATION: {AppointmentStatus.DONE, AppointmentStatus.ARRIVED},
+    AppointmentStatus.DONE: {AppointmentStatus.IN_CONSULTATION},
+    AppointmentStatus.NO_SHOW: {AppointmentStatus.BOOKED},
+    AppointmentStatus.CANCELLED: set(),
+}
+
+
 class Appointment(EncryptedModel):
-    """An appointment. The reason and the internal note are patient data: encrypted."""
+    """An appointment. Nothing is hard-deleted: cancelling records who, when and why.
+
+    The reason, the internal note and the cancellation reason are patient data: encrypted.
+    No two active appointments of a practitioner overlap: an exclusion constraint on
+    PostgreSQL (migration 0003), immediate transactions on SQLite (scheduling.services).
+    """
 
     practitioner = models.ForeignKey(
         "practice.Practitioner", verbose_name=_("practitioner"), on_delete=models.PROTECT, related_name="appointments"
@@ -26,15 +154,51 @@ class Appointment(EncryptedModel):
     patient = models.ForeignKey(
         "patients.Patient", verbose_name=_("patient"), on_delete=models.PROTECT, related_name="appointments"
     )
+    appointment_type = models.ForeignKey(
+        AppointmentType,
+        verbose_name=_("appointment type"),
+        on_delete=models.PROTECT,
+        related_name="appointments",
+        null=True,
+        blank=True,
+    )
     start = models.DateTimeField(_("start"), db_index=True)
     end = models.DateTimeField(_("end"))
-    status = models.CharField(_("status"), max_length=20, choices=AppointmentStatus.choices, default="booked")
+    status = models.CharField(
+        _("status"), max_length=20, choices=AppointmentStatus.choices, default=AppointmentStatus.BOOKED
+    )
     reason = EncryptedTextField(_("reason"), blank=True)
     internal_note = EncryptedTextField(_("internal note"), blank=True)
+    forced = models.BooleanField(
+        _("booked outside opening hours"), default=False, help_text=_("Set when a secretary overrode the hours check.")
+    )
+    arrived_at = models.DateTimeField(_("arrived at"), null=True, blank=True)
+    consultation_started_at = models.DateTimeField(_("consultation started at"), null=True, blank=True)
+    done_at = models.DateTimeField(_("done at"), null=True, blank=True)
+    cancelled_at = models.DateTimeField(_("cancelled at"), null=True, blank=True)
+    cancelled_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        verbose_name=_("cancelled by"),
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    # Nullable: encrypted columns added to a table with rows cannot take a (plaintext) default.
+    cancellation_reason = EncryptedTextField(_("cancellation reason"), blank=True, null=True)
     created_at = models.DateTimeField(_("created at"), auto_now_add=True)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL,
         verbose_name=_("created by"),
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    updated_at = models.DateTimeField(_("updated at"), auto_now=True)
+    updated_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        verbose_name=_("updated by"),
         null=True,
         blank=True,
         on_delete=models.SET_NULL,
@@ -45,10 +209,25 @@ class Appointment(EncryptedModel):
         verbose_name = _("appointment")
         verbose_name_plural = _("appointments")
         ordering = ["start"]
-        indexes = [models.Index(fields=["practitioner", "start"], name="appointment_practitioner_start")]
+        indexes = [
+            models.Index(fields=["practitioner", "start"], name="appointment_practitioner_start"),
+            models.Index(fields=["patient", "start"], name="appointment_patient_start"),
+        ]
         constraints = [
             models.CheckConstraint(condition=models.Q(end__gt=models.F("start")), name="appointment_ends_after_start")
         ]
 
+    def get_absolute_url(self) -> str:
+        from django.urls import reverse
+
+        return reverse("scheduling:appointment", args=[self.pk])
+
     def audit_patient_id(self):
         return self.patient_id
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in ACTIVE_STATUSES
+
+    def can_become(self, status: str) -> bool:
+        return status in TRANSITIONS.get(self.status, set())

@@ -1,0 +1,145 @@
+"""When a practitioner can be booked: working hours, absences, appointments, free slots.
+
+All inputs and outputs are aware datetimes. Working hours are wall-clock times in the
+practice's time zone and are turned into aware datetimes per local day, so DST change days
+get their real length (23 or 25 hours) and a 9:00 start stays 9:00.
+"""
+
+from __future__ import annotations
+
+import datetime
+import zoneinfo
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.db.models import Q
+
+from scheduling.models import ACTIVE_STATUSES, Absence, Appointment, WorkingHours
+
+Interval = tuple[datetime.datetime, datetime.datetime]
+
+
+def practice_tz() -> zoneinfo.ZoneInfo:
+    return zoneinfo.ZoneInfo(settings.TIME_ZONE)
+
+
+def local_day_bounds(day: datetime.date) -> Interval:
+    """Start of `day` and of the next day in the practice's zone (23 or 25 hours on DST days)."""
+    tz = practice_tz()
+    start = datetime.datetime.combine(day, datetime.time.min, tzinfo=tz)
+    end = datetime.datetime.combine(day + datetime.timedelta(days=1), datetime.time.min, tzinfo=tz)
+    return start, end
+
+
+def hours_for_days(practitioner_ids, first: datetime.date, last: datetime.date) -> dict:
+    """{(practitioner_id, date): [(start, end), ...]} for every day from first to last."""
+    rows = WorkingHours.objects.filter(practitioner_id__in=list(practitioner_ids)).filter(
+        Q(valid_from__isnull=True) | Q(valid_from__lte=last), Q(valid_until__isnull=True) | Q(valid_until__gte=first)
+    )
+    tz = practice_tz()
+    ranges: dict = {}
+    day = first
+    while day <= last:
+        for row in rows:
+            if row.weekday != day.weekday():
+                continue
+            if (row.valid_from and day < row.valid_from) or (row.valid_until and day > row.valid_until):
+                continue
+            ranges.setdefault((row.practitioner_id, day), []).append(
+                (
+                    datetime.datetime.combine(day, row.start_time, tzinfo=tz),
+                    datetime.datetime.combine(day, row.end_time, tzinfo=tz),
+                )
+            )
+        day += datetime.timedelta(days=1)
+    for key in ranges:
+        ranges[key].sort()
+    return ranges
+
+
+def absences_between(practitioner_ids, start, end):
+    """Absences of these practitioners, and practice closures, overlapping [start, end)."""
+    return Absence.objects.filter(
+        Q(practitioner_id__in=list(practitioner_ids)) | Q(practitioner__isnull=True), start__lt=end, end__gt=start
+    ).order_by("start")
+
+
+def active_appointments_between(practitioner_ids, start, end):
+    return Appointment.objects.filter(
+        practitioner_id__in=list(practitioner_ids), status__in=ACTIVE_STATUSES, start__lt=end, end__gt=start
+    )
+
+
+def within_working_hours(practitioner_id: int, start, end) -> bool:
+    local_start = start.astimezone(practice_tz())
+    local_end = end.astimezone(practice_tz())
+    days = hours_for_days([practitioner_id], local_start.date(), local_end.date())
+    ranges = [r for (pid, _), rs in days.items() if pid == practitioner_id for r in rs]
+    return any(r_start <= start and end <= r_end for r_start, r_end in ranges)
+
+
+def subtract(free: list[Interval], busy: list[Interval]) -> list[Interval]:
+    """The parts of `free` not covered by any `busy` interval (all half-open)."""
+    result = []
+    for f_start, f_end in free:
+        pieces = [(f_start, f_end)]
+        for b_start, b_end in busy:
+            next_pieces = []
+            for p_start, p_end in pieces:
+                if b_end <= p_start or b_start >= p_end:
+                    next_pieces.append((p_start, p_end))
+                    continue
+                if p_start < b_start:
+                    next_pieces.append((p_start, b_start))
+                if b_end < p_end:
+                    next_pieces.append((b_end, p_end))
+            pieces = next_pieces
+        result.extend(pieces)
+    return result
+
+
+@dataclass(frozen=True)
+class Slot:
+    start: datetime.datetime
+    end: datetime.datetime
+
+
+def _round_up(moment: datetime.datetime, minutes: int) -> datetime.datetime:
+    moment = moment.replace(second=0, microsecond=0) + (
+        datetime.timedelta(minutes=1) if moment.second or moment.microsecond else datetime.timedelta()
+    )
+    overshoot = moment.minute % minutes
+    return moment + datetime.timedelta(minutes=(minutes - overshoot) % minutes)
+
+
+def free_slots(
+    *, practitioner_id: int, duration_minutes: int, after: datetime.datetime, count: int = 10, horizon_days: int = 62
+) -> list[Slot]:
+    """The next `count` free slots of `duration_minutes`: inside working hours, outside
+    absences and active appointments. Three queries whatever the horizon."""
+    tz = practice_tz()
+    first = after.astimezone(tz).date()
+    last = first + datetime.timedelta(days=horizon_days)
+    window_start, _ = local_day_bounds(first)
+    _, window_end = local_day_bounds(last)
+    hours = hours_for_days([practitioner_id], first, last)
+    busy = [(a.start, a.end) for a in absences_between([practitioner_id], window_start, window_end)]
+    busy += [
+        (a.start, a.end)
+        for a in active_appointments_between([practitioner_id], window_start, window_end).only("start", "end")
+    ]
+    busy.sort()
+    step = datetime.timedelta(minutes=duration_minutes)
+    earliest = _round_up(after, settings.AGENDA_SLOT_MINUTES)
+    slots: list[Slot] = []
+    day = first
+    while day <= last and len(slots) < count:
+        for free_start, free_end in subtract(hours.get((practitioner_id, day), []), busy):
+            moment = max(free_start, earliest)
+            if moment != free_start:
+                moment = _round_up(moment, settings.AGENDA_SLOT_MINUTES)
+            while moment + step <= free_end and len(slots) < count:
+                slots.append(Slot(moment, moment + step))
+                moment += step
+        day += datetime.timedelta(days=1)
+    return slots

@@ -1,0 +1,151 @@
+"""Reads the agenda pages need. Each loads only the columns its page shows, in a fixed
+number of queries whatever the number of appointments or practitioners; the only fields
+decrypted are the patient's last name and first names (plus what a page says it shows)."""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass, field
+
+from django.conf import settings
+from django.db.models import QuerySet
+from django.utils import timezone
+
+from practice.models import Practitioner
+from scheduling import availability
+from scheduling.models import Appointment, AppointmentStatus
+
+# What a grid cell or a list line shows. The patient's two name fields are the only
+# encrypted columns loaded (and so the only ones that can be decrypted).
+AGENDA_FIELDS = (
+    "id",
+    "practitioner_id",
+    "patient_id",
+    "start",
+    "end",
+    "status",
+    "forced",
+    "arrived_at",
+    "appointment_type__id",
+    "appointment_type__name",
+    "appointment_type__colour",
+    "patient__id",
+    "patient__last_name",
+    "patient__first_names",
+)
+
+
+def agenda_appointments(practitioner_ids, start, end, *, include_cancelled: bool = False) -> QuerySet[Appointment]:
+    qs = Appointment.objects.filter(practitioner_id__in=practitioner_ids, start__lt=end, end__gt=start)
+    if not include_cancelled:
+        qs = qs.exclude(status=AppointmentStatus.CANCELLED)
+    return qs.select_related("patient", "appointment_type").only(*AGENDA_FIELDS).order_by("start")
+
+
+@dataclass
+class Column:
+    """One practitioner on one day: working ranges, absences, appointments."""
+
+    practitioner: Practitioner
+    day: datetime.date
+    hours: list = field(default_factory=list)
+    absences: list = field(default_factory=list)
+    appointments: list = field(default_factory=list)
+
+
+@dataclass
+class Grid:
+    """A time grid: rows of AGENDA_SLOT_MINUTES from the first to the last hour shown."""
+
+    day_start: datetime.time
+    day_end: datetime.time
+    columns: list[Column]
+
+    @property
+    def slot_minutes(self) -> int:
+        return settings.AGENDA_SLOT_MINUTES
+
+    def row(self, moment: datetime.datetime, day: datetime.date) -> int:
+        """1-based grid row of a moment on `day`, clamped to the grid."""
+        local = timezone.localtime(moment, availability.practice_tz())
+        minutes = (local.date() - day).days * 1440 + local.hour * 60 + local.minute
+        first = self.day_start.hour * 60 + self.day_start.minute
+        last = self.day_end.hour * 60 + self.day_end.minute
+        minutes = min(max(minutes, first), last)
+        return (minutes - first) // self.slot_minutes + 1
+
+    @property
+    def rows(self) -> int:
+        first = self.day_start.hour * 60 + self.day_start.minute
+        last = self.day_end.hour * 60 + self.day_end.minute
+        return (last - first) // self.slot_minutes
+
+    def hour_marks(self) -> list[tuple[int, str]]:
+        marks = []
+        for hour in range(self.day_start.hour, self.day_end.hour):
+            row = (hour * 60 - (self.day_start.hour * 60 + self.day_start.minute)) // self.slot_minutes + 1
+            marks.append((row, f"{hour:02d}:00"))
+        return marks
+
+
+def _columns(practitioners: list[Practitioner], days: list[datetime.date]) -> list[Column]:
+    ids = [p.pk for p in practitioners]
+    start, _ = availability.local_day_bounds(days[0])
+    _, end = availability.local_day_bounds(days[-1])
+    hours = availability.hours_for_days(ids, days[0], days[-1])
+    absences = list(availability.absences_between(ids, start, end))
+    appointments = list(agenda_appointments(ids, start, end))
+    columns = []
+    for day in days:
+        day_start, day_end = availability.local_day_bounds(day)
+        for practitioner in practitioners:
+            columns.append(
+                Column(
+                    practitioner=practitioner,
+                    day=day,
+                    hours=hours.get((practitioner.pk, day), []),
+                    absences=[
+                        a
+                        for a in absences
+                        if a.practitioner_id in (None, practitioner.pk) and a.start < day_end and a.end > day_start
+                    ],
+                    appointments=[
+                        a
+                        for a in appointments
+                        if a.practitioner_id == practitioner.pk and a.start < day_end and a.end > day_start
+                    ],
+                )
+            )
+    return columns
+
+
+def _grid(columns: list[Column]) -> Grid:
+    return Grid(day_start=settings.AGENDA_DAY_START, day_end=settings.AGENDA_DAY_END, columns=columns)
+
+
+def agenda_day(day: datetime.date) -> Grid:
+    """The front desk's day: every active practitioner side by side. Four queries."""
+    practitioners = list(Practitioner.objects.filter(is_active=True).select_related("specialty"))
+    if not practitioners:
+        return _grid([])
+    return _grid(_columns(practitioners, [day]))
+
+
+def agenda_week(practitioner: Practitioner, monday: datetime.date) -> Grid:
+    days = [monday + datetime.timedelta(days=i) for i in range(7)]
+    return _grid(_columns([practitioner], days))
+
+
+def my_day(practitioner: Practitioner, day: datetime.date) -> list[Appointment]:
+    start, end = availability.local_day_bounds(day)
+    return list(agenda_appointments([practitioner.pk], start, end))
+
+
+def waiting_room(*, practitioner: Practitioner | None = None) -> list[Appointment]:
+    """Patients who arrived today and are not yet in consultation, longest wait first."""
+    start, end = availability.local_day_bounds(timezone.localdate())
+    ids = [practitioner.pk] if practitioner else Practitioner.objects.values_list("pk", flat=True)
+    qs = agenda_appointments(ids, start, end).filter(status=AppointmentStatus.ARRIVED)
+    return list(
+        qs.select_related("practitioner").only(*AGENDA_FIELDS, "practitioner__display_name").order_by("arrived_at")
+    )

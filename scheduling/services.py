@@ -1,0 +1,235 @@
+"""Booking and changing appointments. One transaction per write, with its audit row.
+
+No double booking: the overlap is checked inside the transaction (a clear message), and the
+database has the last word: an exclusion constraint on PostgreSQL (two concurrent bookings
+cannot both commit), immediate transactions on SQLite (writers are serialized, so the check
+and the insert cannot interleave).
+"""
+
+from __future__ import annotations
+
+import datetime
+
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+from django.utils.translation import gettext as _
+
+from audit.models import EventType
+from audit.services import audit_event_write
+from scheduling import availability
+from scheduling.models import Appointment, AppointmentStatus, AppointmentType
+
+
+class BookingError(ValidationError):
+    """A booking or a change that cannot be made as asked. `forceable` ones can be forced."""
+
+    forceable = False
+
+
+class SlotTaken(BookingError):
+    pass
+
+
+class OutsideWorkingHours(BookingError):
+    forceable = True
+
+
+class PractitionerAbsent(BookingError):
+    forceable = True
+
+
+def _audit(appointment: Appointment, event_type: EventType, *, fields=(), **extra) -> None:
+    audit_event_write(
+        event_type=event_type,
+        patient_id=appointment.patient_id,
+        model_label=Appointment._meta.label,
+        object_pk=appointment.pk,
+        fields=fields,
+        extra=extra,
+    )
+
+
+def _check_slot(*, practitioner_id: int, start, end, exclude_pk=None, force: bool) -> list[str]:
+    """Raise if the slot cannot be booked; return what was overridden by `force`."""
+    if timezone.is_naive(start) or timezone.is_naive(end):
+        raise ValueError("Appointment times must be aware datetimes.")
+    clashes = availability.active_appointments_between([practitioner_id], start, end)
+    if exclude_pk is not None:
+        clashes = clashes.exclude(pk=exclude_pk)
+    if clashes.exists():
+        raise SlotTaken(_("This slot is already taken. Pick another time."), code="slot_taken")
+    overridden = []
+    if availability.absences_between([practitioner_id], start, end).exists():
+        if not force:
+            raise PractitionerAbsent(_("The practitioner is away at that time."), code="absent")
+        overridden.append("absence")
+    if not availability.within_working_hours(practitioner_id, start, end):
+        if not force:
+            raise OutsideWorkingHours(_("This time is outside the practitioner's working hours."), code="outside_hours")
+        overridden.append("working_hours")
+    return overridden
+
+
+def _save_guarded(appointment: Appointment, **save_kwargs) -> None:
+    """Save; an exclusion-constraint violation (a concurrent booking won) becomes SlotTaken."""
+    try:
+        with transaction.atomic():
+            appointment.save(**save_kwargs)
+    except IntegrityError as exc:
+        if "appointment_no_overlap" in str(exc):
+            raise SlotTaken(
+                _("This slot was just taken by another booking. Pick another time."), code="slot_taken"
+            ) from None
+        raise
+
+
+@transaction.atomic
+def appointment_book(
+    *,
+    practitioner,
+    patient,
+    appointment_type: AppointmentType,
+    start: datetime.datetime,
+    actor,
+    reason: str = "",
+    internal_note: str = "",
+    force: bool = False,
+) -> Appointment:
+    if not appointment_type.practitioners.filter(pk=practitioner.pk).exists():
+        raise BookingError(_("This practitioner does not offer this appointment type."), code="type_not_offered")
+    end = start + datetime.timedelta(minutes=appointment_type.duration_minutes)
+    overridden = _check_slot(practitioner_id=practitioner.pk, start=start, end=end, force=force)
+    appointment = Appointment(
+        practitioner=practitioner,
+        patient=patient,
+        appointment_type=appointment_type,
+        start=start,
+        end=end,
+        reason=reason,
+        internal_note=internal_note,
+        forced=bool(overridden),
+        created_by=actor,
+        updated_by=actor,
+    )
+    _save_guarded(appointment)
+    fields = ["start", "practitioner", "appointment_type"] + [
+        n for n, v in (("reason", reason), ("internal_note", internal_note)) if v
+    ]
+    _audit(appointment, EventType.CREATE, fields=fields, forced=overridden)
+    return appointment
+
+
+@transaction.atomic
+def appointment_move(
+    *, appointment: Appointment, start: datetime.datetime, actor, practitioner=None, force: bool = False
+) -> Appointment:
+    """Move to a new start (and optionally another practitioner), keeping the duration."""
+    if not appointment.is_active or appointment.status != AppointmentStatus.BOOKED:
+        raise BookingError(_("Only a booked appointment can be moved."), code="not_movable")
+    practitioner = practitioner or appointment.practitioner
+    duration = appointment.end - appointment.start
+    end = start + duration
+    overridden = _check_slot(
+        practitioner_id=practitioner.pk, start=start, end=end, exclude_pk=appointment.pk, force=force
+    )
+    previous = {"start": appointment.start.isoformat(), "practitioner": appointment.practitioner_id}
+    appointment.practitioner = practitioner
+    appointment.start, appointment.end = start, end
+    appointment.forced = bool(overridden)
+    appointment.updated_by = actor
+    _save_guarded(appointment, update_fields=["practitioner", "start", "end", "forced", "updated_by", "updated_at"])
+    _audit(appointment, EventType.CHANGE, fields=["start", "practitioner"], moved_from=previous, forced=overridden)
+    return appointment
+
+
+@transaction.atomic
+def appointment_change_type(
+    *, appointment: Appointment, appointment_type: AppointmentType, actor, force: bool = False
+) -> Appointment:
+    """A new type changes the duration: the new end must fit like a new booking."""
+    if appointment.status != AppointmentStatus.BOOKED:
+        raise BookingError(_("Only a booked appointment can change type."), code="not_changeable")
+    if not appointment_type.practitioners.filter(pk=appointment.practitioner_id).exists():
+        raise BookingError(_("This practitioner does not offer this appointment type."), code="type_not_offered")
+    end = appointment.start + datetime.timedelta(minutes=appointment_type.duration_minutes)
+    overridden = _check_slot(
+        practitioner_id=appointment.practitioner_id,
+        start=appointment.start,
+        end=end,
+        exclude_pk=appointment.pk,
+        force=force,
+    )
+    appointment.appointment_type, appointment.end = appointment_type, end
+    appointment.forced = bool(overridden)
+    appointment.updated_by = actor
+    _save_guarded(appointment, update_fields=["appointment_type", "end", "forced", "updated_by", "updated_at"])
+    _audit(appointment, EventType.CHANGE, fields=["appointment_type", "end"], forced=overridden)
+    return appointment
+
+
+@transaction.atomic
+def appointment_cancel(*, appointment: Appointment, reason: str, actor) -> Appointment:
+    """Cancel with who, when and why. The slot is free again; the record stays."""
+    if not appointment.can_become(AppointmentStatus.CANCELLED):
+        raise BookingError(_("This appointment can no longer be cancelled."), code="not_cancellable")
+    if not reason.strip():
+        raise BookingError(_("Say why the appointment is cancelled."), code="reason_required")
+    previous = appointment.status
+    appointment.status = AppointmentStatus.CANCELLED
+    appointment.cancelled_at = timezone.now()
+    appointment.cancelled_by = actor
+    appointment.cancellation_reason = reason.strip()
+    appointment.updated_by = actor
+    appointment.save(
+        update_fields=["status", "cancelled_at", "cancelled_by", "cancellation_reason", "updated_by", "updated_at"]
+    )
+    _audit(
+        appointment,
+        EventType.CHANGE,
+        fields=["status", "cancellation_reason"],
+        status_from=previous,
+        status_to="cancelled",
+    )
+    return appointment
+
+
+_STATUS_TIMESTAMPS = {
+    AppointmentStatus.ARRIVED: "arrived_at",
+    AppointmentStatus.IN_CONSULTATION: "consultation_started_at",
+    AppointmentStatus.DONE: "done_at",
+}
+
+
+@transaction.atomic
+def appointment_set_status(*, appointment: Appointment, status: str, actor) -> Appointment:
+    """Follow the status flow (booked, arrived, in consultation, done; no-show).
+    Cancelling has its own service: it needs a reason."""
+    if status == AppointmentStatus.CANCELLED:
+        raise BookingError(_("Cancel with a reason."), code="reason_required")
+    if not appointment.can_become(status):
+        raise BookingError(
+            _("An appointment that is “%(current)s” cannot become “%(wanted)s”.")
+            % {"current": appointment.get_status_display(), "wanted": AppointmentStatus(status).label},
+            code="bad_transition",
+        )
+    if status == AppointmentStatus.BOOKED and appointment.status == AppointmentStatus.NO_SHOW:
+        # Back from no-show: the slot must still be free.
+        _check_slot(
+            practitioner_id=appointment.practitioner_id,
+            start=appointment.start,
+            end=appointment.end,
+            exclude_pk=appointment.pk,
+            force=True,
+        )
+    previous = appointment.status
+    appointment.status = status
+    fields = ["status", "updated_by", "updated_at"]
+    stamp = _STATUS_TIMESTAMPS.get(status)
+    if stamp and getattr(appointment, stamp) is None:
+        setattr(appointment, stamp, timezone.now())
+        fields.append(stamp)
+    appointment.updated_by = actor
+    _save_guarded(appointment, update_fields=fields)
+    _audit(appointment, EventType.CHANGE, fields=["status"], status_from=previous, status_to=status)
+    return appointment
