@@ -1,0 +1,90 @@
+"""Fifty people book the same slot at the same instant: exactly one gets it.
+
+Real threads, each with its own database connection, released together by a barrier.
+PostgreSQL relies on the exclusion constraint; SQLite on immediate transactions.
+"""
+
+import threading
+
+import pytest
+from django.db import connection
+
+from audit.context import system_context
+from conftest import make_patient
+from scheduling import services
+from scheduling.models import Appointment
+from scheduling.tests.factories import make_practitioner, make_type, paris
+
+ATTEMPTS = 50
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_gives_a_contested_slot_to_exactly_one_booking(roles):
+    doctor = make_practitioner()
+    consultation = make_type(doctor)
+    patients = [make_patient(last_name=f"Concurrent{i}") for i in range(ATTEMPTS)]
+    barrier = threading.Barrier(ATTEMPTS)
+    outcomes: list[str] = []
+    lock = threading.Lock()
+
+    def attempt(patient):
+        try:
+            barrier.wait()
+            with system_context("tests:concurrency"):
+                services.appointment_book(
+                    practitioner=doctor,
+                    patient=patient,
+                    appointment_type=consultation,
+                    start=paris(2026, 3, 2, 9, 0),
+                    actor=None,
+                )
+            result = "booked"
+        except services.SlotTaken as exc:
+            result = "taken: " + exc.messages[0]
+        except Exception as exc:  # noqa: BLE001 - any other outcome is a failure we want to see
+            result = f"error: {exc!r}"
+        finally:
+            connection.close()
+        with lock:
+            outcomes.append(result)
+
+    threads = [threading.Thread(target=attempt, args=(p,)) for p in patients]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+
+    assert len(outcomes) == ATTEMPTS
+    assert outcomes.count("booked") == 1, [o for o in outcomes if o.startswith("error")][:3]
+    refused = [o for o in outcomes if o.startswith("taken: ")]
+    assert len(refused) == ATTEMPTS - 1
+    assert all("taken" in o for o in refused)
+    assert Appointment.objects.count() == 1
+
+
+def test_it_has_the_database_refuse_an_overlap_that_skips_the_service(roles, patient):
+    """On PostgreSQL the exclusion constraint has the last word, even against code that
+    forgets the service; SQLite has no such constraint, which is why booking serializes."""
+    from django.db import IntegrityError, transaction
+
+    doctor = make_practitioner()
+    consultation = make_type(doctor)
+    first = services_book(doctor, patient, consultation)
+    with system_context("tests"):
+        clash = Appointment(
+            practitioner=doctor, patient=patient, start=first.start, end=first.end, appointment_type=consultation
+        )
+        if connection.vendor == "postgresql":
+            with pytest.raises(IntegrityError, match="appointment_no_overlap"), transaction.atomic():
+                clash.save()
+            clash.status = "cancelled"
+            clash.save()  # cancelled appointments do not hold the slot
+        else:
+            assert connection.settings_dict["OPTIONS"]["transaction_mode"] == "IMMEDIATE"
+
+
+def services_book(doctor, patient, consultation):
+    with system_context("tests"):
+        return services.appointment_book(
+            practitioner=doctor, patient=patient, appointment_type=consultation, start=paris(2026, 3, 2, 9), actor=None
+        )
