@@ -13,6 +13,7 @@ urlpatterns = [
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("i18n/", include("django.conf.urls.i18n")),
     path("patients/", include("patients.urls")),
+    path("", include("scheduling.urls")),
     path("audit/", include("audit.urls")),
     path("admin/", admin.site.urls),
 ]

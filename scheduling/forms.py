@@ -1,0 +1,201 @@
+"""Forms of the agenda pages. Dates and times are typed in the practice's time zone and
+combined here into aware datetimes (zoneinfo), so a DST change day books what was typed."""
+
+from __future__ import annotations
+
+import datetime
+import re
+
+from django import forms
+from django.utils.translation import gettext_lazy as _
+
+from patients.forms import DateInput, PatientForm
+from practice.models import Practitioner
+from scheduling.availability import practice_tz
+from scheduling.models import AppointmentType
+
+
+class TimeInput(forms.TimeInput):
+    input_type = "time"
+
+
+def local_datetime(day: datetime.date, time: datetime.time) -> datetime.datetime:
+    """The aware moment for a wall-clock day and time in the practice's zone.
+
+    Raises ValidationError for a time the clock skips (the spring DST change: 02:30 does
+    not exist in Paris that night). An ambiguous autumn time takes its first occurrence.
+    """
+    tz = practice_tz()
+    moment = datetime.datetime.combine(day, time.replace(second=0, microsecond=0), tzinfo=tz)
+    round_trip = moment.astimezone(datetime.UTC).astimezone(tz)
+    if round_trip.replace(tzinfo=None) != moment.replace(tzinfo=None):
+        raise forms.ValidationError(
+            _("This time does not exist on that day (the clocks change). Pick another time."), code="no_such_time"
+        )
+    return moment
+
+
+def _practitioners():
+    return Practitioner.objects.filter(is_active=True).order_by("display_name")
+
+
+def _types():
+    return AppointmentType.objects.filter(is_active=True).order_by("name")
+
+
+class ForceMixin(forms.Form):
+    """`force`: a secretary books anyway outside working hours or during an absence (recorded).
+
+    Rendered only after the service refused with a forceable error (`offer_force`)."""
+
+    force = forms.BooleanField(
+        label=_("Book anyway (outside working hours or during an absence; this is recorded)"), required=False
+    )
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.offer_force = bool(self.data.get(self.add_prefix("force")))
+
+
+class WhenMixin(forms.Form):
+    date = forms.DateField(label=_("Date"), widget=DateInput(format="%Y-%m-%d"))
+    time = forms.TimeField(label=_("Time"), widget=TimeInput(format="%H:%M", attrs={"step": 300}))
+
+    def clean(self):
+        cleaned = super().clean()
+        day = cleaned.get("date")
+        if day and not FIRST_DAY <= day <= LAST_DAY:
+            self.add_error("date", _("Enter a date the agenda covers."))
+        elif day and cleaned.get("time"):
+            try:
+                cleaned["start"] = local_datetime(cleaned["date"], cleaned["time"])
+            except forms.ValidationError as exc:
+                self.add_error("time", exc)
+        return cleaned
+
+
+class BookingForm(ForceMixin, WhenMixin, forms.Form):
+    """The slot part of booking: who, what, when, and the (encrypted) reason and note."""
+
+    practitioner = forms.ModelChoiceField(label=_("Practitioner"), queryset=Practitioner.objects.none())
+    appointment_type = forms.ModelChoiceField(label=_("Appointment type"), queryset=AppointmentType.objects.none())
+    reason = forms.CharField(
+        label=_("Reason"),
+        required=False,
+        max_length=500,
+        widget=forms.Textarea(attrs={"rows": 2}),
+        help_text=_("Seen by the practitioner; the patient's own words are fine."),
+    )
+    internal_note = forms.CharField(
+        label=_("Internal note"),
+        required=False,
+        max_length=2000,
+        widget=forms.Textarea(attrs={"rows": 2}),
+        help_text=_("For the practice only."),
+    )
+
+    field_order = ["practitioner", "appointment_type", "date", "time", "reason", "internal_note", "force"]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["practitioner"].queryset = _practitioners()
+        self.fields["appointment_type"].queryset = _types()
+
+    def clean(self):
+        cleaned = super().clean()
+        practitioner, kind = cleaned.get("practitioner"), cleaned.get("appointment_type")
+        if practitioner and kind and not kind.practitioners.filter(pk=practitioner.pk).exists():
+            self.add_error("appointment_type", _("This practitioner does not offer this appointment type."))
+        return cleaned
+
+
+class PatientFindForm(forms.Form):
+    """Find the patient to book for: last name and/or birth date, by blind index (POSTed)."""
+
+    last_name = forms.CharField(label=_("Last name"), max_length=100, required=False)
+    birth_date = forms.DateField(label=_("Birth date"), required=False, widget=DateInput(format="%Y-%m-%d"))
+
+    def clean(self):
+        cleaned = super().clean()
+        empty = not (cleaned.get("last_name") or "").strip() and not cleaned.get("birth_date")
+        if empty and not self.has_error("birth_date"):
+            raise forms.ValidationError(_("Enter a last name or a birth date."), code="empty")
+        return cleaned
+
+
+class NewPatientForm(PatientForm):
+    """A new patient created while booking: the few fields the front desk asks on the phone."""
+
+    class Meta(PatientForm.Meta):
+        fields = ["last_name", "first_names", "sex", "birth_date", "phone_mobile"]
+
+
+class MoveForm(ForceMixin, WhenMixin, forms.Form):
+    practitioner = forms.ModelChoiceField(
+        label=_("Practitioner"),
+        queryset=Practitioner.objects.none(),
+        required=False,
+        empty_label=_("(same practitioner)"),
+    )
+
+    field_order = ["date", "time", "practitioner", "force"]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["practitioner"].queryset = _practitioners()
+
+
+class ChangeTypeForm(ForceMixin, forms.Form):
+    appointment_type = forms.ModelChoiceField(label=_("Appointment type"), queryset=AppointmentType.objects.none())
+
+    def __init__(self, *args, practitioner_id: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["appointment_type"].queryset = _types().filter(practitioners=practitioner_id)
+
+
+class CancelForm(forms.Form):
+    reason = forms.CharField(
+        label=_("Why is it cancelled?"),
+        max_length=500,
+        widget=forms.Textarea(attrs={"rows": 2}),
+        error_messages={"required": _("Say why the appointment is cancelled.")},
+    )
+
+    def clean_reason(self):
+        reason = self.cleaned_data["reason"].strip()
+        if not reason:
+            raise forms.ValidationError(_("Say why the appointment is cancelled."), code="required")
+        return reason
+
+
+class FreeSlotsForm(forms.Form):
+    practitioner = forms.ModelChoiceField(label=_("Practitioner"), queryset=Practitioner.objects.none())
+    appointment_type = forms.ModelChoiceField(label=_("Appointment type"), queryset=AppointmentType.objects.none())
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["practitioner"].queryset = _practitioners()
+        self.fields["appointment_type"].queryset = _types()
+
+    def clean(self):
+        cleaned = super().clean()
+        practitioner, kind = cleaned.get("practitioner"), cleaned.get("appointment_type")
+        if practitioner and kind and not kind.practitioners.filter(pk=practitioner.pk).exists():
+            self.add_error("appointment_type", _("This practitioner does not offer this appointment type."))
+        return cleaned
+
+
+# The agenda's reach: far enough for any real booking, near enough that day arithmetic
+# (previous/next day and week) never overflows. Outside it, a date in a URL is a 404.
+FIRST_DAY = datetime.date(1900, 1, 8)
+LAST_DAY = datetime.date(2199, 12, 24)
+
+
+def parse_day(value: str) -> datetime.date:
+    """A yyyy-mm-dd date within the agenda's reach; ValueError otherwise."""
+    if not isinstance(value, str) or not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+        raise ValueError("not a yyyy-mm-dd date")
+    day = datetime.date.fromisoformat(value)
+    if not FIRST_DAY <= day <= LAST_DAY:
+        raise ValueError("date outside the agenda")
+    return day

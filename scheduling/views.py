@@ -1,0 +1,696 @@
+"""The agenda pages: the front desk's day, a practitioner's week, "my day", the waiting room,
+next free slots, booking, the appointment page and its actions, the printable day sheet.
+
+Access is decided at the top of every view (scheduling.access) on plaintext columns, before
+anything is decrypted. Grid and list pages read through scheduling.selectors, which load the
+patient's two name fields and nothing else encrypted: those pages decrypt `last_name` and
+`first_names` once per patient shown, and never the reason or the internal note. The
+appointment page is the one place that shows (and so decrypts) those.
+
+No inline script or style (a strict CSP is coming): blocks are placed on the grid with the
+generated row classes of static/css/agenda.css, and coloured by /agenda/colours.css.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import re
+import uuid
+from urllib.parse import urlencode
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import transaction
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
+from django.views.decorators.cache import cache_control, never_cache
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from patients import services as patient_services
+from patients.models import Patient
+from patients.selectors import SEARCH_LIMIT, PatientQuery, patient_duplicates, patient_search
+from practice.models import Practitioner
+from scheduling import availability, selectors, services
+from scheduling.access import (
+    FRONT_DESK_STATUSES,
+    PRACTITIONER_STATUSES,
+    allowed_statuses,
+    get_appointment_for,
+    get_practitioner_for,
+    is_front_desk,
+    own_practitioner,
+    require_agenda_role,
+    require_front_desk,
+)
+from scheduling.forms import (
+    BookingForm,
+    CancelForm,
+    ChangeTypeForm,
+    FreeSlotsForm,
+    MoveForm,
+    NewPatientForm,
+    PatientFindForm,
+    parse_day,
+)
+from scheduling.models import Appointment, AppointmentStatus, AppointmentType
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _today() -> datetime.date:
+    return timezone.localdate(timezone=availability.practice_tz())
+
+
+def _monday(day: datetime.date) -> datetime.date:
+    return day - datetime.timedelta(days=day.weekday())
+
+
+def _span(grid: selectors.Grid, day: datetime.date, start, end) -> tuple[int, int]:
+    """Grid lines (start, end) of [start, end) on `day`: at least one row, inside the grid."""
+    last_line = grid.rows + 1
+    first = grid.row(start, day)
+    # The end line rounds up: a block ending at 9:07 covers the 9:05 row.
+    last = min(grid.row(end - datetime.timedelta(microseconds=1), day) + 1, last_line)
+    if first >= last_line:
+        first = last_line - 1
+    return first, max(last, first + 1)
+
+
+def _layout(grid: selectors.Grid, *, today: datetime.date) -> list[dict]:
+    """What the grid template draws, column by column, with grid lines computed here."""
+    now = timezone.now()
+    columns = []
+    for column in grid.columns:
+        appointments = []
+        for appointment in column.appointments:
+            first, last = _span(grid, column.day, appointment.start, appointment.end)
+            appointments.append(
+                {"appt": appointment, "rs": first, "re": last, "compact": (last - first) * grid.slot_minutes < 20}
+            )
+        now_row = None
+        if column.day == today:
+            row = grid.row(now, column.day)
+            if 1 < row <= grid.rows:
+                now_row = row
+        columns.append(
+            {
+                "practitioner": column.practitioner,
+                "day": column.day,
+                "hours": [_span(grid, column.day, start, end) for start, end in column.hours],
+                "absences": [{"span": _span(grid, column.day, a.start, a.end), "absence": a} for a in column.absences],
+                "appointments": appointments,
+                "now_row": now_row,
+                "is_today": column.day == today,
+            }
+        )
+    return columns
+
+
+def _grid_context(grid: selectors.Grid, *, today: datetime.date) -> dict:
+    return {
+        "grid": grid,
+        "columns": _layout(grid, today=today),
+        "marks": grid.hour_marks(),
+        "last_line": grid.rows + 1,
+    }
+
+
+def _safe_next(request: HttpRequest, fallback: str) -> str:
+    target = request.POST.get("next") or ""
+    if target and url_has_allowed_host_and_scheme(
+        target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
+        return target
+    return fallback
+
+
+def _as_uuid(value) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(str(value))
+    except (TypeError, ValueError, AttributeError):
+        return None
+
+
+def _as_int(value) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+# The day flow, forward: what a list page offers as one-click buttons. The appointment page
+# offers every allowed transition, including the ones that undo a click.
+NEXT_STEPS = {
+    AppointmentStatus.BOOKED: [AppointmentStatus.ARRIVED, AppointmentStatus.NO_SHOW],
+    AppointmentStatus.ARRIVED: [AppointmentStatus.IN_CONSULTATION],
+    AppointmentStatus.IN_CONSULTATION: [AppointmentStatus.DONE],
+}
+
+# Button labels: what the click does ("Mark arrived"), not the status name.
+STATUS_ACTIONS = {
+    AppointmentStatus.BOOKED: gettext_lazy("Back to booked"),
+    AppointmentStatus.ARRIVED: gettext_lazy("Arrived"),
+    AppointmentStatus.IN_CONSULTATION: gettext_lazy("In consultation"),
+    AppointmentStatus.DONE: gettext_lazy("Done"),
+    AppointmentStatus.NO_SHOW: gettext_lazy("No-show"),
+}
+
+
+def _status_buttons(statuses) -> list[tuple[str, str]]:
+    return [(s, str(STATUS_ACTIONS[s])) for s in statuses if s in STATUS_ACTIONS]
+
+
+def _quick_actions(user, appointment: Appointment) -> list[tuple[str, str]]:
+    allowed = set(allowed_statuses(user, appointment))
+    return _status_buttons([s for s in NEXT_STEPS.get(appointment.status, []) if s in allowed])
+
+
+# ---------------------------------------------------------------------------------------------
+# Agenda grids
+
+
+@never_cache
+@login_required
+@require_GET
+def day_view(request: HttpRequest, day: datetime.date | None = None) -> HttpResponse:
+    """The front desk's day: every active practitioner side by side. Front desk only."""
+    require_front_desk(request)
+    today = _today()
+    if day is None:
+        picked = request.GET.get("day")
+        if picked:
+            try:
+                return redirect("scheduling:day", day=parse_day(picked))
+            except ValueError:
+                messages.error(request, _("Enter a date as yyyy-mm-dd."))
+        day = today
+    grid = selectors.agenda_day(day)
+    context = {
+        "day": day,
+        "today": today,
+        "previous": day - datetime.timedelta(days=1),
+        "next": day + datetime.timedelta(days=1),
+        **_grid_context(grid, today=today),
+    }
+    return render(request, "scheduling/day.html", context)
+
+
+@never_cache
+@login_required
+@require_GET
+def week_view(request: HttpRequest, pk: int, day: datetime.date | None = None) -> HttpResponse:
+    """One practitioner's week (Monday to Sunday). The front desk sees anyone's; a practitioner
+    their own (another's answers 404, like one that does not exist)."""
+    practitioner = get_practitioner_for(request, pk)
+    today = _today()
+    monday = _monday(day or today)
+    grid = selectors.agenda_week(practitioner, monday)
+    context = {
+        "practitioner": practitioner,
+        "monday": monday,
+        "sunday": monday + datetime.timedelta(days=6),
+        "today": today,
+        "previous": monday - datetime.timedelta(days=7),
+        "next": monday + datetime.timedelta(days=7),
+        "this_week": _monday(today),
+        "front_desk": is_front_desk(request.user),
+        **_grid_context(grid, today=today),
+    }
+    return render(request, "scheduling/week.html", context)
+
+
+_COLOUR = re.compile(r"#[0-9a-fA-F]{6}")
+
+
+def _tint(colour: str, share: float = 0.22) -> str:
+    """`colour` mixed with white: a light background that dark text reads well on."""
+    r, g, b = (int(colour[i : i + 2], 16) for i in (1, 3, 5))
+    return "#{:02x}{:02x}{:02x}".format(*(round(255 - (255 - c) * share) for c in (r, g, b)))
+
+
+@login_required
+@require_GET
+@cache_control(private=True, max_age=300)
+def colours_css(request: HttpRequest) -> HttpResponse:
+    """Type and practitioner colours as CSS classes, so pages need no inline style.
+
+    Only strict #rrggbb values are written: anything else in the database is skipped, so a
+    stored value can never inject CSS."""
+    require_agenda_role(request)
+    lines = ["/* Agenda colours: .type-<id> (appointment types), .prac-<id> (practitioners). */"]
+    for kind in AppointmentType.objects.only("id", "colour").order_by("pk"):
+        if _COLOUR.fullmatch(kind.colour or ""):
+            colour = kind.colour.lower()
+            lines.append(f".type-{kind.pk} {{ background: {_tint(colour)}; border-color: {colour}; }}")
+    for practitioner in Practitioner.objects.only("id", "colour").order_by("pk"):
+        if _COLOUR.fullmatch(practitioner.colour or ""):
+            lines.append(f".prac-{practitioner.pk} {{ border-color: {practitioner.colour.lower()}; }}")
+    return HttpResponse("\n".join(lines) + "\n", content_type="text/css; charset=utf-8")
+
+
+# ---------------------------------------------------------------------------------------------
+# Lists: my day, waiting room, print sheet
+
+
+@never_cache
+@login_required
+@require_GET
+def my_day(request: HttpRequest) -> HttpResponse:
+    """Today's patients of the logged-in practitioner, in order, with waiting times."""
+    require_agenda_role(request)
+    practitioner = own_practitioner(request.user)
+    if practitioner is None:
+        raise PermissionDenied
+    today = _today()
+    now = timezone.now()
+    rows = []
+    for appointment in selectors.my_day(practitioner, today):
+        waited = None
+        if appointment.status == AppointmentStatus.ARRIVED and appointment.arrived_at:
+            waited = max(now - appointment.arrived_at, datetime.timedelta())
+        rows.append({"appt": appointment, "waited": waited, "actions": _quick_actions(request.user, appointment)})
+    counts = {
+        "total": sum(1 for r in rows if r["appt"].status != AppointmentStatus.NO_SHOW),
+        "waiting": sum(1 for r in rows if r["appt"].status == AppointmentStatus.ARRIVED),
+        "done": sum(1 for r in rows if r["appt"].status == AppointmentStatus.DONE),
+    }
+    context = {"practitioner": practitioner, "today": today, "rows": rows, "counts": counts}
+    return render(request, "scheduling/my_day.html", context)
+
+
+@never_cache
+@login_required
+@require_GET
+def waiting_room(request: HttpRequest) -> HttpResponse:
+    """Arrived patients, longest wait first: all of them for the front desk, a practitioner's own."""
+    require_agenda_role(request)
+    front_desk = is_front_desk(request.user)
+    if front_desk:
+        appointments = selectors.waiting_room()
+    else:
+        practitioner = own_practitioner(request.user)
+        if practitioner is None:
+            raise PermissionDenied
+        appointments = selectors.waiting_room(practitioner=practitioner)
+    now = timezone.now()
+    rows = [
+        {
+            "appt": a,
+            "waited": max(now - a.arrived_at, datetime.timedelta()) if a.arrived_at else None,
+            "actions": _quick_actions(request.user, a),
+        }
+        for a in appointments
+    ]
+    return render(request, "scheduling/waiting_room.html", {"rows": rows, "front_desk": front_desk})
+
+
+@never_cache
+@login_required
+@require_GET
+def print_day(request: HttpRequest, day: datetime.date, pk: int) -> HttpResponse:
+    """A practitioner's day on paper: hours, absences, the ordered list of patients."""
+    practitioner = get_practitioner_for(request, pk)
+    start, end = availability.local_day_bounds(day)
+    hours = availability.hours_for_days([practitioner.pk], day, day).get((practitioner.pk, day), [])
+    context = {
+        "practitioner": practitioner,
+        "day": day,
+        "previous": day - datetime.timedelta(days=1),
+        "next": day + datetime.timedelta(days=1),
+        "hours": hours,
+        "absences": list(availability.absences_between([practitioner.pk], start, end)),
+        "appointments": selectors.my_day(practitioner, day),
+        "printed_at": timezone.now(),
+    }
+    return render(request, "scheduling/print_day.html", context)
+
+
+# ---------------------------------------------------------------------------------------------
+# Free slots and booking
+
+
+@never_cache
+@login_required
+@require_GET
+def free_slots(request: HttpRequest) -> HttpResponse:
+    """The next free slots of a practitioner for an appointment type, each one click from booking."""
+    require_front_desk(request)
+    if "appointment_type" in request.GET:
+        form = FreeSlotsForm(request.GET)
+    else:
+        form = FreeSlotsForm(initial={"practitioner": _as_int(request.GET.get("practitioner"))})
+    days = []
+    if form.is_bound and form.is_valid():
+        practitioner, kind = form.cleaned_data["practitioner"], form.cleaned_data["appointment_type"]
+        slots = availability.free_slots(
+            practitioner_id=practitioner.pk, duration_minutes=kind.duration_minutes, after=timezone.now()
+        )
+        book_url = reverse("scheduling:book")
+        tz = availability.practice_tz()
+        for slot in slots:
+            local = slot.start.astimezone(tz)
+            query = urlencode({"practitioner": practitioner.pk, "type": kind.pk, "start": local.isoformat()})
+            entry = {"slot": slot, "url": f"{book_url}?{query}"}
+            if days and days[-1]["day"] == local.date():
+                days[-1]["slots"].append(entry)
+            else:
+                days.append({"day": local.date(), "slots": [entry]})
+    return render(request, "scheduling/free_slots.html", {"form": form, "days": days})
+
+
+def _booking_initial(params) -> dict:
+    """Prefill from the free-slot links: ?practitioner=..&type=..&start=<iso>[&patient=<uuid>].
+    Anything that does not parse is ignored."""
+    initial = {}
+    if (pk := _as_int(params.get("practitioner"))) is not None:
+        initial["practitioner"] = pk
+    if (pk := _as_int(params.get("type"))) is not None:
+        initial["appointment_type"] = pk
+    try:
+        start = datetime.datetime.fromisoformat(params.get("start") or "")
+        local = timezone.localtime(start, availability.practice_tz()) if timezone.is_aware(start) else start
+        day = parse_day(local.date().isoformat())
+    except (TypeError, ValueError, OverflowError):
+        with contextlib.suppress(ValueError):
+            initial["date"] = parse_day(params.get("date") or "")
+    else:
+        initial["date"], initial["time"] = day, local.time().replace(second=0, microsecond=0)
+    return initial
+
+
+def _unprefixed(data, prefix: str) -> dict:
+    """A bound form's typed values as `initial` for an unbound copy (shown, not validated)."""
+    start = f"{prefix}-"
+    return {k[len(start) :]: v for k, v in data.items() if k.startswith(start)}
+
+
+def _chosen_patient(pk) -> Patient | None:
+    """A patient picked in the booking flow (the front desk may book for any active patient)."""
+    if pk is None:
+        return None
+    return Patient.objects.filter(pk=pk, is_archived=False).only("id", "last_name", "first_names", "birth_date").first()
+
+
+def _search(find: PatientFindForm) -> list[Patient]:
+    if not find.is_valid():
+        return []
+    query = PatientQuery(last_name=find.cleaned_data["last_name"].strip(), birth_date=find.cleaned_data["birth_date"])
+    return patient_search(query)[:SEARCH_LIMIT]
+
+
+def _book_with(request: HttpRequest, form: BookingForm, patient: Patient) -> Appointment:
+    """Book from a valid form; services.BookingError propagates."""
+    data = form.cleaned_data
+    return services.appointment_book(
+        practitioner=data["practitioner"],
+        patient=patient,
+        appointment_type=data["appointment_type"],
+        start=data["start"],
+        actor=request.user,
+        reason=data["reason"].strip(),
+        internal_note=data["internal_note"].strip(),
+        force=data["force"],
+    )
+
+
+def _booking_refused(form: BookingForm, exc: services.BookingError) -> None:
+    form.add_error(None, exc)
+    if exc.forceable:
+        form.offer_force = True
+
+
+@never_cache
+@login_required
+@require_http_methods(["GET", "POST"])
+def book(request: HttpRequest) -> HttpResponse:
+    """Book an appointment: pick the patient (search by last name and birth date, POSTed so
+    names stay out of URLs and logs) or create one, then the slot. Front desk only.
+
+    One page, three buttons: `search`, `book_existing`, `book_new`. Whatever was typed is kept
+    when the page comes back with errors. A new patient and the booking commit together: a
+    refused booking creates no patient."""
+    require_front_desk(request)
+    can_create = request.user.has_perm("patients.add_patient")
+    action = request.POST.get("action", "") if request.method == "POST" else ""
+    data = request.POST
+
+    if request.method == "GET":
+        form = BookingForm(initial=_booking_initial(request.GET))
+        find = PatientFindForm(prefix="find")
+        new = NewPatientForm(prefix="new")
+        selected = _chosen_patient(_as_uuid(request.GET.get("patient")))
+        return _render_book(request, form, find, new, results=[selected] if selected else [], selected=selected)
+
+    selected_pk = _as_uuid(data.get("patient"))
+    searching = action == "search"
+    form = BookingForm(data) if action in ("book_existing", "book_new") else BookingForm(initial=data.dict())
+    find = PatientFindForm(data, prefix="find") if searching else PatientFindForm(initial=_unprefixed(data, "find"))
+    new = (
+        NewPatientForm(data, prefix="new")
+        if action == "book_new"
+        else NewPatientForm(prefix="new", initial=_unprefixed(data, "new"))
+    )
+    if not searching and any(_unprefixed(data, "find").values()):
+        # Show the last search's results again so the choice survives an error.
+        results = _search(PatientFindForm(data, prefix="find"))
+    else:
+        results = _search(find) if searching else []
+    selected = next((p for p in results if p.pk == selected_pk), None) or _chosen_patient(selected_pk)
+    if selected is not None and selected not in results:
+        results = [selected, *results]
+
+    if action == "book_existing":
+        if selected is None:
+            find.add_error(None, _("Pick a patient in the list, or create a new one."))
+        if form.is_valid() and selected is not None:
+            try:
+                appointment = _book_with(request, form, selected)
+            except services.BookingError as exc:
+                _booking_refused(form, exc)
+            else:
+                messages.success(request, _("Appointment booked."))
+                return redirect(appointment)
+    elif action == "book_new":
+        if not can_create:
+            raise PermissionDenied
+        slot_ok = form.is_valid()
+        if new.is_valid() and slot_ok and not _new_patient_duplicates(new, results):
+            try:
+                with transaction.atomic():
+                    patient = patient_services.patient_create(data=new.cleaned_data, actor=request.user)
+                    appointment = _book_with(request, form, patient)
+            except services.BookingError as exc:
+                _booking_refused(form, exc)
+            except ValidationError as exc:
+                new.add_error(None, exc)
+            else:
+                messages.success(request, _("Patient record created and appointment booked."))
+                return redirect(appointment)
+        results = [*results, *(d for d in new.duplicates if d not in results)]
+    return _render_book(request, form, find, new, results=results, selected=selected, searched=searching)
+
+
+def _new_patient_duplicates(new: NewPatientForm, results: list[Patient]) -> bool:
+    """Same name and birth date as an existing record: offer it first; booking a new one needs
+    the "different person" confirmation."""
+    data = new.cleaned_data
+    new.duplicates = patient_duplicates(
+        last_name=data["last_name"], first_names=data["first_names"], birth_date=data["birth_date"]
+    )
+    new.duplicates = [d for d in new.duplicates if not d.is_archived]
+    if new.duplicates and not data.get("confirm_duplicate"):
+        new.add_error(
+            None,
+            _("A patient with the same name and birth date already exists: pick them above, or confirm below."),
+        )
+        return True
+    return False
+
+
+def _render_book(request, form, find, new, *, results, selected, searched: bool = False) -> HttpResponse:
+    context = {
+        "form": form,
+        "find": find,
+        "new": new,
+        "results": results,
+        "selected_pk": selected.pk if selected else None,
+        "searched": searched,
+        "can_create": request.user.has_perm("patients.add_patient"),
+    }
+    return render(request, "scheduling/book.html", context)
+
+
+# ---------------------------------------------------------------------------------------------
+# The appointment page and its actions
+
+# What the appointment page shows: the appointment (reason, internal note and cancellation
+# reason included: decrypted and audited), the patient's name, who did what.
+PAGE_FIELDS = (
+    "id",
+    "practitioner",
+    "patient",
+    "appointment_type",
+    "start",
+    "end",
+    "status",
+    "reason",
+    "internal_note",
+    "forced",
+    "arrived_at",
+    "consultation_started_at",
+    "done_at",
+    "cancelled_at",
+    "cancelled_by",
+    "cancellation_reason",
+    "created_at",
+    "created_by",
+    "updated_at",
+    "updated_by",
+    "practitioner__id",
+    "practitioner__display_name",
+    "appointment_type__id",
+    "appointment_type__name",
+    "appointment_type__duration_minutes",
+    "patient__id",
+    "patient__last_name",
+    "patient__first_names",
+    "cancelled_by__id",
+    "cancelled_by__username",
+    "created_by__id",
+    "created_by__username",
+    "updated_by__id",
+    "updated_by__username",
+)
+PAGE_RELATED = ("practitioner", "appointment_type", "patient", "cancelled_by", "created_by", "updated_by")
+
+
+def _render_appointment(request: HttpRequest, pk, *, forms: dict | None = None, status: int = 200) -> HttpResponse:
+    appointment = get_appointment_for(request, pk, related=PAGE_RELATED, only=PAGE_FIELDS)
+    front_desk = is_front_desk(request.user)
+    local = timezone.localtime(appointment.start, availability.practice_tz())
+    forms = forms or {}
+    context = {
+        "appointment": appointment,
+        "front_desk": front_desk,
+        "status_buttons": _status_buttons(allowed_statuses(request.user, appointment)),
+        "can_change": front_desk and appointment.status == AppointmentStatus.BOOKED,
+        "can_cancel": front_desk and appointment.can_become(AppointmentStatus.CANCELLED),
+        "move_form": forms.get("move")
+        or MoveForm(initial={"date": local.date(), "time": local.time().replace(second=0, microsecond=0)}),
+        "type_form": forms.get("type")
+        or ChangeTypeForm(
+            practitioner_id=appointment.practitioner_id, initial={"appointment_type": appointment.appointment_type_id}
+        ),
+        "cancel_form": forms.get("cancel") or CancelForm(),
+        "open_form": next(iter(forms), None),
+    }
+    return render(request, "scheduling/appointment.html", context, status=status)
+
+
+@never_cache
+@login_required
+@require_GET
+def appointment_detail(request: HttpRequest, pk: uuid.UUID) -> HttpResponse:
+    return _render_appointment(request, pk)
+
+
+def _front_desk_appointment(request: HttpRequest, pk) -> Appointment:
+    """For moves, type changes and cancellations: the front desk only. A practitioner gets 403 on
+    their own appointment and 404 on anyone else's (no existence oracle)."""
+    appointment = get_appointment_for(request, pk)
+    require_front_desk(request)
+    return appointment
+
+
+@never_cache
+@login_required
+@require_POST
+def appointment_move(request: HttpRequest, pk: uuid.UUID) -> HttpResponse:
+    appointment = _front_desk_appointment(request, pk)
+    form = MoveForm(request.POST)
+    if form.is_valid():
+        try:
+            services.appointment_move(
+                appointment=appointment,
+                start=form.cleaned_data["start"],
+                practitioner=form.cleaned_data["practitioner"],
+                actor=request.user,
+                force=form.cleaned_data["force"],
+            )
+        except services.BookingError as exc:
+            _booking_refused(form, exc)
+        else:
+            messages.success(request, _("Appointment moved."))
+            return redirect(appointment)
+    return _render_appointment(request, pk, forms={"move": form})
+
+
+@never_cache
+@login_required
+@require_POST
+def appointment_change_type(request: HttpRequest, pk: uuid.UUID) -> HttpResponse:
+    appointment = _front_desk_appointment(request, pk)
+    form = ChangeTypeForm(request.POST, practitioner_id=appointment.practitioner_id)
+    if form.is_valid():
+        try:
+            services.appointment_change_type(
+                appointment=appointment,
+                appointment_type=form.cleaned_data["appointment_type"],
+                actor=request.user,
+                force=form.cleaned_data["force"],
+            )
+        except services.BookingError as exc:
+            _booking_refused(form, exc)
+        else:
+            messages.success(request, _("Appointment type changed."))
+            return redirect(appointment)
+    return _render_appointment(request, pk, forms={"type": form})
+
+
+@never_cache
+@login_required
+@require_POST
+def appointment_cancel(request: HttpRequest, pk: uuid.UUID) -> HttpResponse:
+    appointment = _front_desk_appointment(request, pk)
+    form = CancelForm(request.POST)
+    if form.is_valid():
+        try:
+            services.appointment_cancel(appointment=appointment, reason=form.cleaned_data["reason"], actor=request.user)
+        except services.BookingError as exc:
+            form.add_error(None, exc)
+        else:
+            messages.success(request, _("Appointment cancelled."))
+            return redirect(appointment)
+    return _render_appointment(request, pk, forms={"cancel": form})
+
+
+@never_cache
+@login_required
+@require_POST
+def appointment_status(request: HttpRequest, pk: uuid.UUID) -> HttpResponse:
+    """Move along the day's flow. Practitioners: their own appointments, arrived / in
+    consultation / done / no-show. The front desk: any, and back to booked."""
+    appointment = get_appointment_for(request, pk)
+    wanted = request.POST.get("status", "")
+    back = _safe_next(request, appointment.get_absolute_url())
+    if wanted not in FRONT_DESK_STATUSES:
+        # Unknown values, and "cancelled" (it needs a reason: its own form).
+        messages.error(request, _("This status cannot be set here."))
+        return redirect(back)
+    if wanted not in (FRONT_DESK_STATUSES if is_front_desk(request.user) else PRACTITIONER_STATUSES):
+        raise PermissionDenied
+    try:
+        services.appointment_set_status(appointment=appointment, status=wanted, actor=request.user)
+    except services.BookingError as exc:
+        messages.error(request, " ".join(exc.messages))
+    else:
+        messages.success(request, _("Status changed to “%(status)s”.") % {"status": AppointmentStatus(wanted).label})
+    return redirect(back)
