@@ -26,6 +26,7 @@ import time
 import types
 import unicodedata
 import uuid
+import warnings
 from pathlib import Path
 from time import perf_counter
 
@@ -988,6 +989,8 @@ def main(argv=None) -> int:
 
     import django
 
+    # whitenoise warns that STATIC_ROOT does not exist: collectstatic is a deploy step, not ours.
+    warnings.filterwarnings("ignore", message="No directory at", module="django.core.handlers.base")
     django.setup()
 
     from django.conf import settings
