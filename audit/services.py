@@ -3,6 +3,8 @@ at once, inside the caller's transaction, so a write and its audit row commit to
 
 from __future__ import annotations
 
+import contextlib
+import json
 from collections.abc import Iterable
 
 from django.db import transaction
@@ -35,27 +37,61 @@ def _context_columns(ctx: context.AuditContext | None) -> dict:
 
 def audit_reads_write(*, context: context.AuditContext, reads: Iterable) -> None:
     """Write buffered reads in one INSERT. Any database error propagates (fail closed)."""
+    reads = list(reads)
     now = timezone.now()
     columns = _context_columns(context)
     extra = context.extra or {}
-    rows = [
-        AuditEvent(
-            occurred_at=now,
-            event_type=EventType.READ,
-            model_label=read.model_label,
-            object_pk=read.object_pk,
-            patient_id=read.patient_id,
-            fields=sorted(read.fields),
-            extra=extra,
-            **columns,
-        )
-        for read in reads
+    connection = transaction.get_connection()
+    # Inside a transaction, a savepoint keeps a failed insert from poisoning the caller's
+    # transaction (the caller still sees the error). Outside, one statement is atomic.
+    guard = transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext()
+    with guard:
+        if connection.vendor == "postgresql":
+            _insert_reads_postgresql(connection, now, columns, extra, reads)
+        else:
+            AuditEvent.objects.bulk_create(
+                [
+                    AuditEvent(
+                        occurred_at=now,
+                        event_type=EventType.READ,
+                        model_label=read.model_label,
+                        object_pk=read.object_pk,
+                        patient_id=read.patient_id,
+                        fields=sorted(read.fields),
+                        extra=extra,
+                        **columns,
+                    )
+                    for read in reads
+                ]
+            )
+
+
+_COMMON = ("actor_user_id", "actor_username", "actor_role", "ip", "user_agent", "request_id", "path", "purpose")
+
+
+def _insert_reads_postgresql(connection, now, columns: dict, extra: dict, reads: list) -> None:
+    """One INSERT ... SELECT FROM unnest(arrays): a third of bulk_create's cost per row, which
+    matters because every page that shows patients pays it before its response leaves."""
+    common = {name: columns.get(name) for name in _COMMON}
+    sql = (
+        'INSERT INTO "audit_auditevent" (occurred_at, event_type, extra, '
+        + ", ".join(_COMMON)
+        + ", model_label, object_pk, patient_id, fields) "
+        "SELECT %s, %s, %s::jsonb, %s, %s, %s, %s::inet, %s, %s, %s, %s, t.m, t.o, t.p, t.f::jsonb "
+        "FROM unnest(%s::varchar[], %s::varchar[], %s::uuid[], %s::text[]) AS t(m, o, p, f)"
+    )
+    params = [
+        now,
+        int(EventType.READ),
+        json.dumps(extra),
+        *(common[name] for name in _COMMON),
+        [r.model_label for r in reads],
+        [r.object_pk for r in reads],
+        [r.patient_id for r in reads],
+        [json.dumps(sorted(r.fields)) for r in reads],
     ]
-    # A savepoint: a failed insert must not poison the caller's transaction, and the
-    # caller must still see the error. batch_size=None lets Django use one statement
-    # where the backend allows it.
-    with transaction.atomic():
-        AuditEvent.objects.bulk_create(rows)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
 
 
 def audit_event_write(
