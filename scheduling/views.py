@@ -467,9 +467,10 @@ def book(request: HttpRequest) -> HttpResponse:
     if selected is not None and selected not in results:
         results = [selected, *results]
 
+    patient_errors = []
     if action == "book_existing":
         if selected is None:
-            find.add_error(None, _("Pick a patient in the list, or create a new one."))
+            patient_errors.append(_("Pick a patient in the list, or create a new one."))
         if form.is_valid() and selected is not None:
             try:
                 appointment = _book_with(request, form, selected)
@@ -495,7 +496,9 @@ def book(request: HttpRequest) -> HttpResponse:
                 messages.success(request, _("Patient record created and appointment booked."))
                 return redirect(appointment)
         results = [*results, *(d for d in new.duplicates if d not in results)]
-    return _render_book(request, form, find, new, results=results, selected=selected, searched=searching)
+    return _render_book(
+        request, form, find, new, results=results, selected=selected, searched=searching, patient_errors=patient_errors
+    )
 
 
 def _new_patient_duplicates(new: NewPatientForm, results: list[Patient]) -> bool:
@@ -515,8 +518,11 @@ def _new_patient_duplicates(new: NewPatientForm, results: list[Patient]) -> bool
     return False
 
 
-def _render_book(request, form, find, new, *, results, selected, searched: bool = False) -> HttpResponse:
+def _render_book(
+    request, form, find, new, *, results, selected, searched: bool = False, patient_errors=()
+) -> HttpResponse:
     context = {
+        "patient_errors": patient_errors,
         "form": form,
         "find": find,
         "new": new,
