@@ -16,6 +16,14 @@ from practice.roles import PRACTICE_ADMIN, PRACTITIONER, SECRETARY, roles_sync
 PASSWORD = "correct horse battery staple 42"  # noqa: S105 (test persona)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _no_tls_redirect_for_live_server():
+    # The live server's middleware is built once per session, before function fixtures.
+    from django.conf import settings
+
+    settings.SECURE_SSL_REDIRECT = False
+
+
 @pytest.fixture(autouse=True)
 def _test_settings(settings):
     settings.SECURE_SSL_REDIRECT = False
