@@ -1,6 +1,7 @@
 from django.contrib import admin
 
 from practice.models import Practitioner, Specialty
+from scheduling.admin import AbsenceInline, WorkingHoursInline
 
 
 @admin.register(Specialty)
@@ -10,7 +11,12 @@ class SpecialtyAdmin(admin.ModelAdmin):
 
 @admin.register(Practitioner)
 class PractitionerAdmin(admin.ModelAdmin):
-    list_display = ["display_name", "specialty", "user", "is_active"]
+    """A practitioner with their weekly hours and coming absences on one page."""
+
+    list_display = ["display_name", "specialty", "user", "colour", "is_active"]
     list_filter = ["is_active", "specialty"]
+    list_select_related = ["specialty", "user"]
+    search_fields = ["display_name"]
     autocomplete_fields = ["specialty"]
     raw_id_fields = ["user"]
+    inlines = [WorkingHoursInline, AbsenceInline]

@@ -13,9 +13,17 @@ ROLE_PERMISSIONS: dict[str, list[str]] = {
         "patients.add_patient",
         "patients.change_patient",
         "patients.search_patient",
+        "scheduling.view_appointment",
+        "scheduling.add_appointment",
+        "scheduling.change_appointment",
+        "scheduling.view_appointmenttype",
+        "scheduling.view_workinghours",
+        "scheduling.view_absence",
     ],
     PRACTITIONER: [
         "patients.view_patient",
+        # Their own appointments only: object access is decided in scheduling.access.
+        "scheduling.view_appointment",
     ],
     PRACTICE_ADMIN: [
         "patients.view_patient",
@@ -25,6 +33,24 @@ ROLE_PERMISSIONS: dict[str, list[str]] = {
         "auth.add_user",
         "auth.change_user",
         "auth.view_group",
+        # The clinic's structure, in Django admin. Appointments are read-only there: they
+        # change through scheduling.services, which audits every change.
+        "practice.view_practitioner",
+        "practice.add_practitioner",
+        "practice.change_practitioner",
+        "practice.view_specialty",
+        "practice.add_specialty",
+        "practice.change_specialty",
+        "scheduling.view_appointmenttype",
+        "scheduling.add_appointmenttype",
+        "scheduling.change_appointmenttype",
+        "scheduling.view_workinghours",
+        "scheduling.add_workinghours",
+        "scheduling.change_workinghours",
+        "scheduling.view_absence",
+        "scheduling.add_absence",
+        "scheduling.change_absence",
+        "scheduling.view_appointment",
     ],
 }
 

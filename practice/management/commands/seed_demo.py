@@ -1,4 +1,5 @@
-"""Seed a demo clinic: five accounts, three practitioners, N patients, a few past visits.
+"""Seed a demo clinic: five accounts, three practitioners and their week, N patients, a few
+past visits and a busy fortnight around today.
 
 `make run` calls it; `manage.py seed_demo --patients 100000` fills a database for benchmarks.
 
@@ -11,12 +12,22 @@
   example.* domains so a demo never writes to a real person.
 - Rows are inserted with bulk_create, which seals each value to its row like save() does;
   blind indexes are computed here because bulk_create skips Patient.save().
+- The practitioners get weekly working hours, the appointment types they offer and (one of
+  them) a few days of holiday; each is created once and then left to the practice admin.
+- The fortnight (7 days before today to 7 days after, in the practice's time zone) is
+  filled to 70-85% of each working day: done, no-show and cancelled appointments in the
+  past, today's as the clock says (done, in consultation, in the waiting room, booked), booked
+  ones ahead. Times are computed per local day (DST-safe) and never overlap; they are
+  inserted with bulk_create rather than one audited booking each. A day that already holds
+  an appointment of a practitioner is left alone, so a re-run never double-books, and a
+  run days later fills only the days that are new.
 - Nothing is decrypted, so the command leaves no read rows: one audit event sums up the
-  patients it created (a count, no values), one the appointments.
+  patients it created (a count, no values), one the past visits, one the fortnight.
 """
 
 import datetime
 import os
+import random
 import time
 import unicodedata
 from dataclasses import dataclass
@@ -40,7 +51,8 @@ from patients.models import Language, Patient, Sex
 from patients.validators import nir_key
 from practice.models import Practitioner, Specialty
 from practice.roles import PRACTICE_ADMIN, PRACTITIONER, SECRETARY, roles_sync
-from scheduling.models import Appointment, AppointmentStatus
+from scheduling.availability import absences_between, hours_for_days, local_day_bounds, practice_tz, subtract
+from scheduling.models import Absence, AbsenceKind, Appointment, AppointmentStatus, AppointmentType, WorkingHours
 
 # Documented in the README: the demo's only password unless DEMO_PASSWORD is set.
 DEFAULT_PASSWORD = "cabinet-demo-2026"  # noqa: S105
@@ -77,6 +89,95 @@ PRACTITIONERS = [
     DemoPractitioner("doctor2", "Dr Julien Bernard", "Pédiatrie", "#2e7d32"),
     DemoPractitioner("doctor3", "Dr Amina Haddad", "Dermatologie", "#8e24aa"),
 ]
+
+
+@dataclass(frozen=True)
+class DemoType:
+    name: str
+    minutes: int
+    colour: str
+    mix: dict[str, int]  # who offers it, and how often they book it (relative weights)
+    reasons: tuple[str, ...]
+
+
+APPOINTMENT_TYPES = [
+    DemoType(
+        "Consultation",
+        20,
+        "#2563eb",
+        {"doctor": 55, "doctor2": 35, "doctor3": 30},
+        (
+            "Fièvre",
+            "Toux persistante",
+            "Renouvellement d'ordonnance",
+            "Certificat de sport",
+            "Mal de dos",
+            "Douleurs abdominales",
+            "Angine",
+            "Vertiges",
+        ),
+    ),
+    DemoType(
+        "Première consultation",
+        30,
+        "#d97706",
+        {"doctor": 8, "doctor2": 8, "doctor3": 12},
+        ("Nouveau patient", "Changement de médecin traitant", "Adressé par son médecin traitant"),
+    ),
+    DemoType(
+        "Suivi",
+        15,
+        "#059669",
+        {"doctor": 20, "doctor2": 10, "doctor3": 25},
+        ("Suivi tension", "Résultats d'analyses", "Suivi diabète", "Contrôle après traitement"),
+    ),
+    DemoType(
+        "Vaccination",
+        10,
+        "#dc2626",
+        {"doctor": 12, "doctor2": 22},
+        ("Vaccin grippe", "Rappel DTP", "ROR", "Vaccin HPV"),
+    ),
+    DemoType(
+        "Pédiatrie bilan",
+        40,
+        "#db2777",
+        {"doctor2": 25},
+        ("Bilan 9 mois", "Bilan 24 mois", "Examen des 6 ans", "Bilan de croissance"),
+    ),
+    DemoType(
+        "Dermatoscopie",
+        30,
+        "#7c3aed",
+        {"doctor3": 30},
+        ("Contrôle des grains de beauté", "Lésion suspecte", "Suivi de mélanome"),
+    ),
+]
+
+INTERNAL_NOTES = ("Patient anxieux, prévoir du temps", "Apporter le carnet de santé", "Interprète : sa fille")
+CANCELLATION_REASONS = ("Patient empêché", "Patient malade", "Reporté à la demande du patient", "Imprévu professionnel")
+
+# Weekly hours, wall-clock in the practice's zone: (weekdays, start, end).
+_WEEKDAYS = range(0, 5)
+_t = datetime.time
+WORKING_HOURS = {
+    "doctor": [(_WEEKDAYS, _t(8, 30), _t(12, 30)), (_WEEKDAYS, _t(14, 0), _t(18, 30))],
+    "doctor2": [(_WEEKDAYS, _t(8, 30), _t(12, 30)), (_WEEKDAYS, _t(14, 0), _t(18, 30)), ([5], _t(9, 0), _t(12, 0))],
+    "doctor3": [(_WEEKDAYS, _t(9, 0), _t(12, 30)), ([0, 1, 3, 4], _t(14, 0), _t(18, 0))],  # Wednesday afternoon off
+}
+
+# Who goes on holiday in the fortnight: from next Monday, for three days.
+HOLIDAY = ("doctor3", 3, "Congés")
+
+FORTNIGHT_DAYS = 7  # before and after today
+BOOKED_SHARE = (0.70, 0.85)  # of each working day's time, drawn per practitioner and day
+OWN_PATIENTS_SHARE = 0.85  # the rest are colleagues' patients
+NO_SHOW_SHARE = 0.05
+CANCELLED_SHARE = 0.06  # of booked slots: cancelled, then given to someone else
+LATE_CANCELLED_SHARE = 0.12  # of free slots: cancelled too late to give away
+REASON_SHARE = 0.55
+NOTE_SHARE = 0.06
+FORCED_SHARE = 0.1  # days with one patient squeezed in after the morning
 
 # Practitioners given past visits, so that "their" patients exist: (username, first hour).
 VISITED_BY = [("doctor", 9), ("doctor2", 14)]
@@ -213,14 +314,19 @@ class Command(AuditedCommand):
             groups = roles_sync()
             created_users = self._users_create(groups)
             practitioners = self._practitioners_create()
+            self._working_hours_create(practitioners)
+            self._appointment_types_create(practitioners)
             created = self._patients_create(target=patients, seed=seed, disable_progress=no_progress)
             visits = self._visits_create(practitioners)
+            self._holiday_create(practitioners)
+            fortnight = Fortnight(practitioners, rng=random.Random(seed)).fill()
         elapsed = time.monotonic() - started
         self.stdout.write(
             self.style.SUCCESS(
                 f"Demo clinic ready in {elapsed:.1f} s: {User.objects.count()} users "
                 f"({len(created_users)} created), {Practitioner.objects.count()} practitioners, "
-                f"{Patient.objects.count()} patients ({created} created), {visits} past appointments created."
+                f"{Patient.objects.count()} patients ({created} created), {visits} past appointments and "
+                f"{fortnight} appointments around today created."
             )
         )
 
@@ -277,6 +383,44 @@ class Command(AuditedCommand):
             )
         return practitioners
 
+    def _working_hours_create(self, practitioners: dict[str, Practitioner]) -> None:
+        """A week for each demo practitioner who has none yet (then it is the admin's)."""
+        have_hours = set(WorkingHours.objects.values_list("practitioner_id", flat=True).distinct())
+        rows = [
+            WorkingHours(practitioner=practitioners[username], weekday=weekday, start_time=start, end_time=end)
+            for username, ranges in WORKING_HOURS.items()
+            if practitioners[username].pk not in have_hours
+            for weekdays, start, end in ranges
+            for weekday in weekdays
+        ]
+        WorkingHours.objects.bulk_create(rows)
+
+    def _appointment_types_create(self, practitioners: dict[str, Practitioner]) -> None:
+        """The types, offered by the practitioners of their mix, once: later changes are the admin's."""
+        existing = set(AppointmentType.objects.values_list("name", flat=True))
+        for spec in APPOINTMENT_TYPES:
+            if spec.name in existing:
+                continue
+            appointment_type = AppointmentType.objects.create(
+                name=spec.name, duration_minutes=spec.minutes, colour=spec.colour
+            )
+            appointment_type.practitioners.set([practitioners[username] for username in spec.mix])
+
+    def _holiday_create(self, practitioners: dict[str, Practitioner]) -> None:
+        """A few days off for one practitioner, from next Monday, unless the fortnight has some."""
+        username, days, label = HOLIDAY
+        practitioner = practitioners[username]
+        today = timezone.now().astimezone(practice_tz()).date()
+        window = _window(today)
+        if Absence.objects.filter(practitioner=practitioner, start__lt=window[1], end__gt=window[0]).exists():
+            return
+        monday = today + datetime.timedelta(days=7 - today.weekday())
+        start, _ = local_day_bounds(monday)
+        _, end = local_day_bounds(monday + datetime.timedelta(days=days - 1))
+        if practitioner.appointments.filter(start__lt=end, end__gt=start).exists():
+            return  # booked already: a holiday there would strand patients
+        Absence.objects.create(practitioner=practitioner, start=start, end=end, kind=AbsenceKind.HOLIDAY, label=label)
+
     def _patients_create(self, *, target: int, seed: int | None, disable_progress: bool) -> int:
         missing = target - Patient.objects.count()
         if missing <= 0:
@@ -296,12 +440,14 @@ class Command(AuditedCommand):
         return missing
 
     def _visits_create(self, practitioners: dict[str, Practitioner]) -> int:
-        """A few past visits per demo practitioner, so each has patients of their own to open."""
+        """A few past visits per demo practitioner before the fortnight, so each has patients of
+        their own to open (the same ones on every run)."""
         patient_ids = list(Patient.objects.order_by("created_at", "id").values_list("id", flat=True)[: VISITS_EACH * 2])
         if not patient_ids:
             return 0
-        zone = timezone.get_current_timezone()
-        today = timezone.localdate()
+        zone = practice_tz()
+        today = timezone.now().astimezone(zone).date()
+        consultation = AppointmentType.objects.filter(name="Consultation").first()
         created = 0
         for offset, (username, first_hour) in enumerate(VISITED_BY):
             practitioner = practitioners[username]
@@ -310,12 +456,14 @@ class Command(AuditedCommand):
             # The two practitioners share a few patients, as colleagues do.
             their_patients = patient_ids[offset * (VISITS_EACH - 2) :][:VISITS_EACH]
             for n, patient_id in enumerate(their_patients):
-                day = today - datetime.timedelta(days=7 * (n + 1))  # one a week: never today, never overlapping
-                day -= datetime.timedelta(days=max(0, day.weekday() - 4))  # a weekend day becomes Friday
+                # One a week before the fortnight, never overlapping; a weekend day becomes Friday.
+                day = today - datetime.timedelta(days=7 * (n + 1) + FORTNIGHT_DAYS)
+                day -= datetime.timedelta(days=max(0, day.weekday() - 4))
                 start = datetime.datetime.combine(day, datetime.time(first_hour + n % 3, 0), tzinfo=zone)
                 Appointment.objects.create(
                     practitioner=practitioner,
                     patient_id=patient_id,
+                    appointment_type=consultation,
                     start=start,
                     end=start + datetime.timedelta(minutes=20),
                     status=AppointmentStatus.DONE,
@@ -326,3 +474,188 @@ class Command(AuditedCommand):
                 event_type=EventType.CREATE, model_label=Appointment._meta.label, extra={"seeded": created}
             )
         return created
+
+
+def _window(today: datetime.date) -> tuple[datetime.datetime, datetime.datetime]:
+    """The fortnight around `today`: from the start of its first local day to the end of its last."""
+    start, _ = local_day_bounds(today - datetime.timedelta(days=FORTNIGHT_DAYS))
+    _, end = local_day_bounds(today + datetime.timedelta(days=FORTNIGHT_DAYS))
+    return start, end
+
+
+def _minutes(low: float, high: float, rng: random.Random) -> datetime.timedelta:
+    return datetime.timedelta(minutes=round(rng.uniform(low, high)))
+
+
+class Fortnight:
+    """Fills the fortnight around today with appointments, computed here and inserted in bulk.
+
+    Slots are laid end to end through each free range of a working day (working hours minus
+    absences), each booked or left free so that the day ends near its drawn share. Every slot
+    fits in its range, so active appointments never overlap and lie within working hours (the
+    few squeezed in after the morning are marked forced, as a secretary's override would be);
+    cancelled ones may share a slot with the booking that replaced them, as they do in life.
+    """
+
+    def __init__(self, practitioners: dict[str, Practitioner], *, rng: random.Random):
+        self.practitioners = list(practitioners.values())
+        self.rng = rng
+        self.zone = practice_tz()
+        self.now = timezone.now()
+        self.today = self.now.astimezone(self.zone).date()
+        self.rows: list[Appointment] = []
+        self.seen: set = set()  # patients already booked on the day being filled
+        self.front_desk = User.objects.filter(username="secretary").first()
+
+    def fill(self) -> int:
+        ids = [p.pk for p in self.practitioners]
+        patients = list(Patient.objects.filter(is_archived=False).order_by("id").values_list("id", flat=True))
+        if not patients or not ids:
+            return 0
+        # Each patient has a practitioner of their own (by position in id order), so that
+        # a practitioner's patient list is theirs rather than the whole clinic's.
+        self.own = {pk: patients[n :: len(ids)] or patients for n, pk in enumerate(ids)}
+        self.patients = patients
+        first = self.today - datetime.timedelta(days=FORTNIGHT_DAYS)
+        last = self.today + datetime.timedelta(days=FORTNIGHT_DAYS)
+        window_start, window_end = _window(self.today)
+        taken = {
+            (practitioner_id, start.astimezone(self.zone).date())
+            for practitioner_id, start in Appointment.objects.filter(
+                practitioner_id__in=ids, start__lt=window_end, end__gt=window_start
+            ).values_list("practitioner_id", "start")
+        }
+        hours = hours_for_days(ids, first, last)
+        absences = list(absences_between(ids, window_start, window_end))
+        self.types = self._types(ids)
+        day = first
+        while day <= last:
+            self.seen = set()  # a patient comes once a day, as long as there are enough of them
+            for practitioner in self.practitioners:
+                ranges = hours.get((practitioner.pk, day), [])
+                if (practitioner.pk, day) in taken or not ranges or not self.types.get(practitioner.pk):
+                    continue
+                away = [(a.start, a.end) for a in absences if a.practitioner_id in (None, practitioner.pk)]
+                self._day_fill(practitioner, ranges, away)
+            day += datetime.timedelta(days=1)
+        if not self.rows:
+            return 0
+        Appointment.objects.bulk_create(self.rows, batch_size=BATCH_SIZE)
+        # created_at is set on insert (auto_now_add): say when the front desk booked them.
+        for row in self.rows:
+            row.created_at = min(row.start - datetime.timedelta(days=self.rng.randint(2, 20)), self.now)
+        Appointment.objects.bulk_update(self.rows, ["created_at"], batch_size=BATCH_SIZE)
+        audit_event_write(
+            event_type=EventType.CREATE,
+            model_label=Appointment._meta.label,
+            extra={"seeded": len(self.rows), "from": first.isoformat(), "to": last.isoformat()},
+        )
+        return len(self.rows)
+
+    def _types(self, ids) -> dict[int, list[tuple[AppointmentType, int, tuple[str, ...]]]]:
+        """Per practitioner: the active types they offer, with their weight and reasons."""
+        specs = {spec.name: spec for spec in APPOINTMENT_TYPES}
+        usernames = {p.pk: p.user.username for p in Practitioner.objects.filter(pk__in=ids).select_related("user")}
+        offered: dict[int, list] = {}
+        for appointment_type in AppointmentType.objects.filter(is_active=True).prefetch_related("practitioners"):
+            spec = specs.get(appointment_type.name)
+            for practitioner in appointment_type.practitioners.all():
+                if practitioner.pk not in usernames:
+                    continue
+                weight = spec.mix.get(usernames[practitioner.pk], 5) if spec else 5
+                offered.setdefault(practitioner.pk, []).append((appointment_type, weight, spec.reasons if spec else ()))
+        return offered
+
+    def _day_fill(self, practitioner: Practitioner, ranges, away) -> None:
+        rng = self.rng
+        share = rng.uniform(*BOOKED_SHARE)
+        # Each slot is booked with probability `share` when the day is on target, more often
+        # behind it, less often ahead: even a short Saturday morning ends near its share.
+        elapsed = booked = datetime.timedelta()
+        free = subtract(ranges, away)
+        for n, (range_start, range_end) in enumerate(free):
+            # In UTC: adding minutes to a local time would be wall-clock arithmetic.
+            moment, range_end = range_start.astimezone(datetime.UTC), range_end.astimezone(datetime.UTC)
+            while True:
+                fitting = [t for t in self.types[practitioner.pk] if moment + _duration(t[0]) <= range_end]
+                if not fitting:
+                    break
+                choice = rng.choices(fitting, weights=[weight for _type, weight, _reasons in fitting])[0]
+                length = _duration(choice[0])
+                end = moment + length
+                elapsed += length
+                if booked + length <= share * elapsed + rng.random() * length:
+                    booked += length
+                    self._add(practitioner, choice, moment, end)
+                    if rng.random() < CANCELLED_SHARE:
+                        self._add(practitioner, choice, moment, end, cancelled=True)
+                elif rng.random() < LATE_CANCELLED_SHARE:
+                    self._add(practitioner, choice, moment, end, cancelled=True)
+                moment = end
+            if n == 0 and rng.random() < FORCED_SHARE:
+                self._squeeze_in(practitioner, range_end, next_start=free[1][0] if len(free) > 1 else None, away=away)
+
+    def _squeeze_in(self, practitioner, start, *, next_start, away) -> None:
+        """One patient seen when the morning is over: outside working hours, so forced."""
+        choice = min(self.types[practitioner.pk], key=lambda t: t[0].duration_minutes)
+        end = start + _duration(choice[0])
+        if (next_start is not None and end > next_start) or any(a < end and start < b for a, b in away):
+            return
+        self._add(practitioner, choice, start, end, forced=True)
+
+    def _add(self, practitioner, choice, start, end, *, cancelled=False, forced=False) -> None:
+        rng = self.rng
+        appointment_type, _weight, reasons = choice
+        row = Appointment(
+            practitioner=practitioner,
+            patient_id=self._patient(practitioner.pk),
+            appointment_type=appointment_type,
+            start=start,
+            end=end,
+            reason=rng.choice(reasons) if reasons and rng.random() < REASON_SHARE else "",
+            internal_note=rng.choice(INTERNAL_NOTES) if rng.random() < NOTE_SHARE else "",
+            forced=forced,
+            created_by=self.front_desk,
+            updated_by=self.front_desk,
+        )
+        if cancelled:
+            row.status = AppointmentStatus.CANCELLED
+            row.cancelled_at = min(start - _minutes(60, 3 * 24 * 60, rng), self.now)
+            row.cancelled_by = self.front_desk
+            row.cancellation_reason = rng.choice(CANCELLATION_REASONS)
+        else:
+            self._status_set(row)
+        self.rows.append(row)
+
+    def _status_set(self, row: Appointment) -> None:
+        """What the clock says: over (done or no-show), under way, in the waiting room, or to come."""
+        rng, now = self.rng, self.now
+        if row.end <= now:
+            if rng.random() < NO_SHOW_SHARE:
+                row.status = AppointmentStatus.NO_SHOW
+                return
+            row.status = AppointmentStatus.DONE
+            row.arrived_at = row.start - _minutes(2, 15, rng)
+            row.consultation_started_at = row.start + _minutes(0, 8, rng)
+            done = row.consultation_started_at + (row.end - row.start) + _minutes(-3, 5, rng)
+            row.done_at = max(min(done, now), row.consultation_started_at + datetime.timedelta(minutes=1))
+        elif row.start <= now:
+            row.status = AppointmentStatus.IN_CONSULTATION
+            row.arrived_at = row.start - _minutes(2, 15, rng)
+            row.consultation_started_at = min(row.start + _minutes(0, 5, rng), now)
+        elif row.start - now <= datetime.timedelta(minutes=30) and rng.random() < 0.75:
+            row.status = AppointmentStatus.ARRIVED
+            row.arrived_at = max(now - _minutes(0, 12, rng), row.start - datetime.timedelta(minutes=40))
+
+    def _patient(self, practitioner_id):
+        pool = self.own[practitioner_id] if self.rng.random() < OWN_PATIENTS_SHARE else self.patients
+        for _attempt in range(6):
+            patient_id = self.rng.choice(pool)
+            if patient_id not in self.seen:
+                break
+        self.seen.add(patient_id)
+        return patient_id
+
+
+def _duration(appointment_type: AppointmentType) -> datetime.timedelta:
+    return datetime.timedelta(minutes=appointment_type.duration_minutes)
