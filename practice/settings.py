@@ -7,6 +7,8 @@ a wrong deploy must fail at start, never show garbage at 3 a.m.
 import base64
 import binascii
 import datetime
+import os
+import tempfile
 from pathlib import Path
 
 import environ
@@ -127,7 +129,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     )
     # Tests use a file, not shared-cache memory: concurrent bookings then meet SQLite's real
     # locking (an in-memory shared cache fails fast with "table is locked" instead of waiting).
-    DATABASES["default"]["TEST"] = {"NAME": env.str("SQLITE_TEST_DB", default=str(BASE_DIR / "test-db.sqlite3"))}
+    # One file per test process, so two runs side by side do not share it.
+    _test_db = Path(tempfile.gettempdir()) / f"cabinet-test-{os.getpid()}.sqlite3"
+    DATABASES["default"]["TEST"] = {"NAME": env.str("SQLITE_TEST_DB", default=str(_test_db))}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTHENTICATION_BACKENDS = [
