@@ -726,3 +726,18 @@ def test_it_renders_and_books_on_dst_change_days(secretary, doctor, consultation
     body = client.get(reverse("scheduling:day", args=[day])).content.decode()
     assert re.search(r'class="appt [^"]*rs-25 re-29', body)
     assert ">09:00<" in body
+
+
+def test_it_never_answers_500_to_out_of_range_ids(secretary, doctor, consultation, appointment):
+    client = client_for(secretary)
+    big = "9" * 30
+    assert (
+        client.get(reverse("scheduling:free_slots"), {"practitioner": big, "appointment_type": big}).status_code == 200
+    )
+    assert client.get(reverse("scheduling:book"), {"practitioner": big, "type": big, "patient": big}).status_code == 200
+    data = {"practitioner": big, "appointment_type": big, "date": "2030-03-04", "time": "10:00", "action": "book_new"}
+    assert client.post(reverse("scheduling:book"), data).status_code == 200
+    move = {"practitioner": big, "date": "2030-03-04", "time": "10:00"}
+    assert client.post(reverse("scheduling:move", args=[appointment.pk]), move).status_code == 200
+    assert client.get(f"/agenda/practitioner/{big}/week/").status_code == 404
+    assert client.get(f"/agenda/2030-03-04/practitioner/{big}/print/").status_code == 404
