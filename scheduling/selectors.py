@@ -144,8 +144,10 @@ def my_day(practitioner: Practitioner, day: datetime.date) -> list[Appointment]:
 def waiting_room(*, practitioner: Practitioner | None = None) -> list[Appointment]:
     """Patients who arrived today and are not yet in consultation, longest wait first."""
     start, end = availability.local_day_bounds(timezone.localdate())
-    ids = [practitioner.pk] if practitioner else Practitioner.objects.values_list("pk", flat=True)
-    qs = agenda_appointments(ids, start, end).filter(status=AppointmentStatus.ARRIVED)
+    qs = Appointment.objects.filter(start__lt=end, end__gt=start, status=AppointmentStatus.ARRIVED)
+    if practitioner is not None:
+        qs = qs.filter(practitioner=practitioner)
+    qs = qs.select_related("patient", "appointment_type")
     return list(
         qs.select_related("practitioner").only(*AGENDA_FIELDS, "practitioner__display_name").order_by("arrived_at")
     )

@@ -128,6 +128,12 @@ def appointment_move(
     if not appointment.is_active or appointment.status != AppointmentStatus.BOOKED:
         raise BookingError(_("Only a booked appointment can be moved."), code="not_movable")
     practitioner = practitioner or appointment.practitioner
+    if (
+        practitioner.pk != appointment.practitioner_id
+        and appointment.appointment_type_id
+        and not appointment.appointment_type.practitioners.filter(pk=practitioner.pk).exists()
+    ):
+        raise BookingError(_("This practitioner does not offer this appointment type."), code="type_not_offered")
     duration = appointment.end - appointment.start
     end = start + duration
     overridden = _check_slot(

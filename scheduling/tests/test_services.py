@@ -195,3 +195,16 @@ def test_it_never_hard_deletes(doctor, consultation, patient):
     with system_context("tests"):
         services.appointment_cancel(appointment=appointment, reason="Doublon", actor=None)
     assert Appointment.objects.filter(pk=appointment.pk, status="cancelled").exists()
+
+
+def test_it_refuses_to_move_an_appointment_to_a_practitioner_without_its_type(doctor, consultation, patient):
+    other = make_practitioner("dr.other")
+    appointment = book(doctor, patient, consultation, paris(*MONDAY, 9, 0))
+    with system_context("tests"), pytest.raises(services.BookingError) as refused:
+        services.appointment_move(appointment=appointment, start=paris(*MONDAY, 9, 0), practitioner=other, actor=None)
+    assert refused.value.code == "type_not_offered"
+    consultation.practitioners.add(other)
+    with system_context("tests"):
+        services.appointment_move(appointment=appointment, start=paris(*MONDAY, 9, 0), practitioner=other, actor=None)
+    appointment.refresh_from_db()
+    assert appointment.practitioner == other
