@@ -1,5 +1,6 @@
 from django.apps import AppConfig
 from django.db.models.signals import post_migrate
+from django.utils.translation import gettext_lazy as _
 
 
 def _ensure_canary(sender, **kwargs):
@@ -12,7 +13,7 @@ def _ensure_canary(sender, **kwargs):
 
 class AuditConfig(AppConfig):
     name = "audit"
-    verbose_name = "Audit trail"
+    verbose_name = _("Audit trail")
 
     def ready(self):
         from audit import checks, signals  # noqa: F401  (registers checks and receivers)

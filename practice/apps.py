@@ -1,5 +1,6 @@
 from django.apps import AppConfig, apps
 from django.db.models.signals import post_migrate
+from django.utils.translation import gettext_lazy as _
 
 
 def _sync_roles(sender, using="default", **kwargs):
@@ -17,7 +18,7 @@ def _sync_roles(sender, using="default", **kwargs):
 
 class PracticeConfig(AppConfig):
     name = "practice"
-    verbose_name = "Practice"
+    verbose_name = _("Practice")
 
     def ready(self):
         post_migrate.connect(_sync_roles, dispatch_uid="practice.sync_roles")

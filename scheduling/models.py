@@ -57,7 +57,7 @@ class WorkingHours(models.Model):
     valid_until = models.DateField(_("valid until"), null=True, blank=True)
 
     class Meta:
-        verbose_name = _("working hours")
+        verbose_name = _("working hours range")
         verbose_name_plural = _("working hours")
         ordering = ["practitioner", "weekday", "start_time"]
         constraints = [

@@ -157,10 +157,10 @@ NEXT_STEPS = {
 # Button labels: what the click does ("Mark arrived"), not the status name.
 STATUS_ACTIONS = {
     AppointmentStatus.BOOKED: gettext_lazy("Back to booked"),
-    AppointmentStatus.ARRIVED: gettext_lazy("Arrived"),
-    AppointmentStatus.IN_CONSULTATION: gettext_lazy("In consultation"),
-    AppointmentStatus.DONE: gettext_lazy("Done"),
-    AppointmentStatus.NO_SHOW: gettext_lazy("No-show"),
+    AppointmentStatus.ARRIVED: gettext_lazy("Mark arrived"),
+    AppointmentStatus.IN_CONSULTATION: gettext_lazy("Start consultation"),
+    AppointmentStatus.DONE: gettext_lazy("Mark done"),
+    AppointmentStatus.NO_SHOW: gettext_lazy("Mark no-show"),
 }
 
 
