@@ -24,6 +24,22 @@ def _no_tls_redirect_for_live_server():
     settings.SECURE_SSL_REDIRECT = False
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _no_stray_connections(django_db_setup, django_db_blocker):
+    """Threads that ran real work (the live server, a Celery worker, concurrent bookings) can
+    leave a connection open; end them so the test database can be dropped at the end."""
+    yield
+    with django_db_blocker.unblock():
+        from django.db import connection
+
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+
+
 @pytest.fixture(autouse=True)
 def _test_settings(settings):
     settings.SECURE_SSL_REDIRECT = False
