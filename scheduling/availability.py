@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.db.models import Q
 
-from scheduling.models import ACTIVE_STATUSES, Absence, Appointment, WorkingHours
+from scheduling.models import ACTIVE_STATUSES, MAX_APPOINTMENT_LENGTH, Absence, Appointment, WorkingHours
 
 Interval = tuple[datetime.datetime, datetime.datetime]
 
@@ -66,7 +66,11 @@ def absences_between(practitioner_ids, start, end):
 
 def active_appointments_between(practitioner_ids, start, end):
     return Appointment.objects.filter(
-        practitioner_id__in=list(practitioner_ids), status__in=ACTIVE_STATUSES, start__lt=end, end__gt=start
+        practitioner_id__in=list(practitioner_ids),
+        status__in=ACTIVE_STATUSES,
+        start__lt=end,
+        start__gt=start - MAX_APPOINTMENT_LENGTH,
+        end__gt=start,
     )
 
 

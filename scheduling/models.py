@@ -4,6 +4,8 @@ Times are stored aware, in UTC; working hours are wall-clock times in the practi
 zone (settings.TIME_ZONE), so a 9:00 start stays 9:00 across the DST change.
 """
 
+import datetime
+
 from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
@@ -117,6 +119,9 @@ class AppointmentStatus(models.TextChoices):
     CANCELLED = "cancelled", _("Cancelled")
 
 
+# No appointment is longer (types go up to 8 hours); queries rely on it (see Meta.constraints).
+MAX_APPOINTMENT_LENGTH = datetime.timedelta(hours=12)
+
 # Statuses that hold the practitioner's time. A cancelled appointment or a no-show frees it.
 ACTIVE_STATUSES = [
     AppointmentStatus.BOOKED,
@@ -214,7 +219,13 @@ class Appointment(EncryptedModel):
             models.Index(fields=["patient", "start"], name="appointment_patient_start"),
         ]
         constraints = [
-            models.CheckConstraint(condition=models.Q(end__gt=models.F("start")), name="appointment_ends_after_start")
+            models.CheckConstraint(condition=models.Q(end__gt=models.F("start")), name="appointment_ends_after_start"),
+            # A bounded length lets range queries bound `start` from both sides, so the
+            # (practitioner, start) index reads one day, not every earlier appointment.
+            models.CheckConstraint(
+                condition=models.Q(end__lte=models.F("start") + MAX_APPOINTMENT_LENGTH),
+                name="appointment_length_bounded",
+            ),
         ]
 
     def get_absolute_url(self) -> str:

@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from practice.models import Practitioner
 from scheduling import availability
-from scheduling.models import Appointment, AppointmentStatus
+from scheduling.models import MAX_APPOINTMENT_LENGTH, Appointment, AppointmentStatus
 
 # What a grid cell or a list line shows. The patient's two name fields are the only
 # encrypted columns loaded (and so the only ones that can be decrypted).
@@ -36,7 +36,9 @@ AGENDA_FIELDS = (
 
 
 def agenda_appointments(practitioner_ids, start, end, *, include_cancelled: bool = False) -> QuerySet[Appointment]:
-    qs = Appointment.objects.filter(practitioner_id__in=practitioner_ids, start__lt=end, end__gt=start)
+    qs = Appointment.objects.filter(
+        practitioner_id__in=practitioner_ids, start__lt=end, start__gt=start - MAX_APPOINTMENT_LENGTH, end__gt=start
+    )
     if not include_cancelled:
         qs = qs.exclude(status=AppointmentStatus.CANCELLED)
     return qs.select_related("patient", "appointment_type").only(*AGENDA_FIELDS).order_by("start")
@@ -144,7 +146,9 @@ def my_day(practitioner: Practitioner, day: datetime.date) -> list[Appointment]:
 def waiting_room(*, practitioner: Practitioner | None = None) -> list[Appointment]:
     """Patients who arrived today and are not yet in consultation, longest wait first."""
     start, end = availability.local_day_bounds(timezone.localdate())
-    qs = Appointment.objects.filter(start__lt=end, end__gt=start, status=AppointmentStatus.ARRIVED)
+    qs = Appointment.objects.filter(
+        start__lt=end, start__gt=start - MAX_APPOINTMENT_LENGTH, end__gt=start, status=AppointmentStatus.ARRIVED
+    )
     if practitioner is not None:
         qs = qs.filter(practitioner=practitioner)
     qs = qs.select_related("patient", "appointment_type")
