@@ -220,34 +220,16 @@ def plain_table_ensure(model) -> bool:
     return True
 
 
-PLAIN_COPY_FIELDS = (
-    "last_name",
-    "birth_name",
-    "first_names",
-    "sex",
-    "birth_date",
-    "phone_mobile",
-    "phone_other",
-    "email",
-    "address",
-    "postal_code",
-    "city",
-    "nir",
-    "referring_doctor",
-    "notes",
-    "language",
-    "consent_sms",
-    "consent_email",
-    "is_archived",
-    "archived_at",
-    "created_at",
-    "updated_at",
-)
+def plain_copy_fields() -> tuple[str, ...]:
+    """What the plaintext mirror copies: every editable field plus the flags and times."""
+    from patients.services import EDITABLE_FIELDS
+
+    return (*EDITABLE_FIELDS, "is_archived", "archived_at", "created_at", "updated_at")
 
 
 def plain_from(plain_model, patient):
     """A mirror row from a patient whose values are in plaintext in memory (or decrypted, audited)."""
-    return plain_model(id=patient.pk, **{name: getattr(patient, name) for name in PLAIN_COPY_FIELDS})
+    return plain_model(id=patient.pk, **{name: getattr(patient, name) for name in plain_copy_fields()})
 
 
 # --------------------------------------------------------------------------- data
