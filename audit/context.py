@@ -79,10 +79,11 @@ class AuditContext:
         return self.actor or Actor.system("unknown")
 
     def record_read(self, *, model_label: str, object_pk, patient_id, field_name: str) -> None:
-        key = (model_label, str(object_pk))
+        pk = str(object_pk)
+        key = (model_label, pk)
         read = self._reads.get(key)
         if read is None:
-            read = self._reads[key] = _Read(model_label, str(object_pk), patient_id, set())
+            read = self._reads[key] = _Read(model_label, pk, patient_id, set())
         read.fields.add(field_name)
         threshold = self.flush_threshold or settings.AUDIT_FLUSH_THRESHOLD
         if len(self._reads) >= threshold and not transaction.get_connection().in_atomic_block:

@@ -113,21 +113,27 @@ def seal(plaintext: str, bound_to: bytes) -> Ciphertext:
     return Ciphertext(crypter().encrypt(bound_to + plaintext.encode()).decode())
 
 
-def unseal(token: str, bound_to: bytes, *, where: str) -> str:
-    """Decrypt a token and check it belongs where it was found. Never returns a wrong value."""
+def unseal(token: str, bound_to: bytes, *, where) -> str:
+    """Decrypt a token and check it belongs where it was found. Never returns a wrong value.
+
+    `where` names the place in errors and logs: a string, or a callable that makes one, so
+    that the hot path builds the name only when something is refused.
+    """
     try:
         payload = crypter().decrypt(token.encode())
     except (InvalidToken, UnicodeError, ValueError):
-        logger.error("Refused a value that does not decrypt at %s", where)
-        raise CiphertextError(f"The value stored at {where} does not decrypt with the configured keys.") from None
-    if not hmac.compare_digest(payload[:_BINDING_LEN], bound_to):
-        logger.error("Refused a value bound to another row or column at %s", where)
-        raise CiphertextError(f"The value stored at {where} belongs to another row or column.")
-    try:
-        return payload[_BINDING_LEN:].decode()
-    except UnicodeError:
-        logger.error("Refused a value that is not text at %s", where)
-        raise CiphertextError(f"The value stored at {where} is not valid text.") from None
+        problem = "does not decrypt with the configured keys"
+    else:
+        if hmac.compare_digest(payload[:_BINDING_LEN], bound_to):
+            try:
+                return payload[_BINDING_LEN:].decode()
+            except UnicodeError:
+                problem = "is not valid text"
+        else:
+            problem = "belongs to another row or column"
+    place = where() if callable(where) else where
+    logger.error("Refused the value stored at %s: it %s", place, problem)
+    raise CiphertextError(f"The value stored at {place} {problem}.")
 
 
 def rotate_token(token: str) -> Ciphertext:
@@ -212,6 +218,10 @@ class EncryptedMixin(upstream.EncryptedMixin):
     def get_transform(self, lookup_name):
         raise EncryptedLookupError(f"{self.model._meta.label}.{self.name} is encrypted: no `{lookup_name}`.")
 
+    @property
+    def label(self) -> str:
+        return f"{self.model._meta.label}.{self.name}"
+
     def bound_to(self, instance) -> bytes:
         return binding(self.model._meta.label, self.name, instance.pk)
 
@@ -224,15 +234,16 @@ class EncryptedMixin(upstream.EncryptedMixin):
     def decrypt_for(self, instance, sealed: Sealed):
         """The one place a stored value becomes plaintext: audited or refused."""
         ctx = context.require()
-        where = f"{self.model._meta.label}.{self.name} pk={instance.pk}"
+        pk = instance.pk
         try:
-            plaintext = self.plain_value(unseal(sealed.token, self.bound_to(instance), where=where))
+            token = unseal(sealed.token, self.bound_to(instance), where=lambda: f"{self.label} pk={pk}")
+            plaintext = self.plain_value(token)
         except CiphertextError:
             self._record_refusal(instance)
             raise
         ctx.record_read(
             model_label=self.model._meta.label,
-            object_pk=instance.pk,
+            object_pk=pk,
             patient_id=instance.audit_patient_id(),
             field_name=self.name,
         )
