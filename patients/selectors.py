@@ -13,7 +13,9 @@ from patients.models import Patient, full_name_index
 
 # What a search result shows: enough to pick the right person, nothing more.
 RESULT_FIELDS = ("id", "last_name", "first_names", "birth_name", "birth_date", "is_archived")
-SEARCH_LIMIT = 50
+# Enough to pick the right person; past it the page asks for a first name or a birth date.
+# Every extra row is a bystander's name decrypted (and audited) for nothing.
+SEARCH_LIMIT = 25
 FALSE_CANDIDATE_MARGIN = 10
 
 

@@ -192,3 +192,15 @@ def test_it_keeps_the_list_from_practitioners_and_outsiders(practitioner, outsid
     assert client_for(practitioner).get(reverse("patients:list")).status_code == 403
     assert client_for(outsider).get(reverse("patients:list")).status_code == 403
     assert client_for(outsider).get(reverse("patients:create")).status_code == 403
+
+
+def test_it_caps_a_common_name_and_asks_to_refine(secretary):
+    from patients.selectors import SEARCH_LIMIT
+
+    for i in range(SEARCH_LIMIT + 2):
+        make_patient(last_name="Martin", first_names=f"Prénom{i}", email="", nir="", phone_mobile="")
+    response = client_for(secretary).post(reverse("patients:list"), {"last_name": "martin"})
+    assert len(response.context["results"]) == SEARCH_LIMIT
+    assert "More patients match than are shown" in response.content.decode()
+    reads = AuditEvent.objects.filter(event_type=EventType.READ, actor_user_id=secretary.pk)
+    assert reads.count() <= SEARCH_LIMIT + 1 + 10  # the shown rows, the one that proves "more", the margin
