@@ -84,7 +84,7 @@ def patient_search(query: PatientQuery) -> list[Patient]:
     # Candidates include blind-index false positives (about rows / 2**bits per lookup, far
     # below one at our sizes): a small margin keeps them from hiding a true match without
     # decrypting many more rows than the page shows.
-    rows = candidates.only(*fields).order_by("pk")[: SEARCH_LIMIT + 1 + FALSE_CANDIDATE_MARGIN]
+    rows = candidates.only(*fields)[: SEARCH_LIMIT + 1 + FALSE_CANDIDATE_MARGIN]
     found = [p for p in rows if _matches(p, query)][: SEARCH_LIMIT + 1]
     return sorted(found, key=lambda p: (blind.normalize_name(p.last_name), blind.normalize_name(p.first_names)))
 
