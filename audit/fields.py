@@ -33,7 +33,7 @@ import logging
 import encrypted_model_fields.fields as upstream
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from django.conf import settings
-from django.core.exceptions import FieldError, ImproperlyConfigured
+from django.core.exceptions import FieldDoesNotExist, FieldError, ImproperlyConfigured
 from django.db import DatabaseError, models, transaction
 from django.db.models.query_utils import DeferredAttribute
 
@@ -315,7 +315,7 @@ class EncryptedQuerySet(models.QuerySet):
         for part in path.split("__"):
             try:
                 field = model._meta.get_field(part)
-            except Exception:  # a lookup, an annotation or an expression: not a column we own
+            except FieldDoesNotExist:  # a lookup or an annotation: not a column we own
                 return None
             if field.is_relation and field.related_model is not None:
                 model = field.related_model
