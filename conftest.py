@@ -89,9 +89,42 @@ def outsider(roles):
     return _user("olivier.outsider", None)
 
 
-def client_for(user) -> Client:
+def totp_device(user):
+    """The user's confirmed authenticator (created on first use), as enrolment leaves it."""
+    from django_otp.plugins.otp_totp.models import TOTPDevice
+
+    device = TOTPDevice.objects.filter(user=user, confirmed=True).first()
+    return device or TOTPDevice.objects.create(user=user, name="authenticator", confirmed=True)
+
+
+def totp_code(device) -> str:
+    """The code the user's phone shows now."""
+    from django_otp.oath import TOTP
+
+    totp = TOTP(device.bin_key, device.step, device.t0, device.digits, device.drift)
+    return f"{totp.token():0{device.digits}d}"
+
+
+def log_in(client: Client, user, password: str = PASSWORD):
+    """Log in through the real pages: password, then the code of the user's authenticator."""
+    device = totp_device(user)
+    response = client.post("/accounts/login/", {"username": user.get_username(), "password": password})
+    assert response.status_code == 302, response.status_code
+    response = client.post("/accounts/two-factor/", {"code": totp_code(device)})
+    assert response.status_code == 302, response.content.decode()[:500]
+    return response
+
+
+def client_for(user, *, verified: bool = True) -> Client:
+    """A logged-in browser. ``verified``: as after the second factor (the state every page needs)."""
+    from django_otp import DEVICE_ID_SESSION_KEY
+
     client = Client()
     client.force_login(user)
+    if verified:
+        session = client.session
+        session[DEVICE_ID_SESSION_KEY] = totp_device(user).persistent_id
+        session.save()
     return client
 
 

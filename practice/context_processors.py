@@ -7,6 +7,8 @@ def navigation(request) -> dict:
     if user is None or not user.is_authenticated:
         return {"nav": {}}
     role = role_of(user)
+    if not user.is_verified():
+        return {"nav": {"role": role}}  # until the second factor: only the way out
     return {
         "nav": {
             "role": role,

@@ -1,7 +1,9 @@
 from django.conf import settings
+from django.contrib.sessions.base_session import AbstractBaseSession
 from django.core.validators import RegexValidator
 from django.db import models
 from django.utils.translation import gettext_lazy as _
+from django_otp.models import Device, ThrottlingMixin
 
 colour_validator = RegexValidator(r"^#[0-9a-fA-F]{6}$", _("Enter a colour as #rrggbb."))
 
@@ -38,3 +40,64 @@ class Practitioner(models.Model):
 
     def __str__(self) -> str:
         return self.display_name
+
+
+class RecoveryCodeDevice(ThrottlingMixin, Device):
+    """One-time recovery codes for a lost authenticator: a django-otp device of its own.
+
+    django-otp's static device keeps its codes in clear; these are stored hashed (see
+    practice.twofactor), so a copy of the database does not hand out second factors.
+    """
+
+    class Meta(Device.Meta):
+        verbose_name = _("recovery codes")
+        verbose_name_plural = _("recovery codes")
+
+    def verify_token(self, token) -> bool:
+        from practice.twofactor import recovery_code_use
+
+        allowed, _detail = self.verify_is_allowed()
+        if not allowed:
+            return False
+        if recovery_code_use(self, str(token)):
+            self.throttle_reset()
+            return True
+        self.throttle_increment()
+        return False
+
+    def get_throttle_factor(self) -> int:
+        return settings.OTP_TOTP_THROTTLE_FACTOR
+
+
+class RecoveryCode(models.Model):
+    """A recovery code's salted SHA-256 digest; the code itself is shown once and never stored."""
+
+    device = models.ForeignKey(RecoveryCodeDevice, on_delete=models.CASCADE, related_name="codes")
+    digest = models.CharField(max_length=100)
+    used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("recovery code")
+        verbose_name_plural = _("recovery codes")
+
+    def __str__(self) -> str:
+        return f"{_('recovery code')} #{self.pk}"
+
+
+class UserSession(AbstractBaseSession):
+    """A database session that knows its user, so an admin can end all of a user's sessions.
+
+    Django's own session table cannot be searched by user without decoding every row.
+    """
+
+    user_id = models.IntegerField(_("user id"), null=True, db_index=True)
+
+    class Meta:
+        verbose_name = _("session")
+        verbose_name_plural = _("sessions")
+
+    @classmethod
+    def get_session_store_class(cls):
+        from practice.sessions import SessionStore
+
+        return SessionStore

@@ -111,7 +111,7 @@ def plaintext_in_database(needles: list[str]) -> list[tuple[str, str, str]]:
             for row in cursor.fetchall():
                 for column, value in zip(columns, row, strict=True):
                     text = _cell_text(value)
-                    if table == "django_session" and column == "session_data":
+                    if table in ("django_session", "practice_usersession") and column == "session_data":
                         text += repr(SessionStore().decode(text))
                     folded = text.casefold()
                     hits.extend((table, column, n) for n in wanted if n in folded)

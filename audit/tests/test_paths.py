@@ -31,7 +31,7 @@ from audit.tests.helpers import (
     reads,
     valid_nir,
 )
-from conftest import PASSWORD, client_for, make_patient
+from conftest import PASSWORD, client_for, log_in, make_patient
 from patients.models import Patient
 from practice.models import Practitioner
 from scheduling.models import Appointment
@@ -521,10 +521,9 @@ def test_it_keeps_no_patient_plaintext_in_any_column_of_any_table(roles):
         referring_doctor="Dr Hippolyte Sandoval",
         notes="Allergie pénicilline",
     )
-    User.objects.create_superuser("root", "root@cabinet.test", PASSWORD)
+    root = User.objects.create_superuser("root", "root@cabinet.test", PASSWORD)
     client = Client()
-    login = client.post(reverse("login"), {"username": "root", "password": PASSWORD})
-    assert login.status_code == 302
+    log_in(client, root)
     change = client.post(
         f"/admin/patients/patient/{seeded.pk}/change/",
         {
@@ -592,6 +591,6 @@ def test_it_keeps_no_patient_plaintext_in_any_column_of_any_table(roles):
     controls = {(table, needle) for table, _, needle in plaintext_in_database(in_clear)}
     assert {
         ("auth_user", "root@cabinet.test"),
-        ("django_session", "_auth_user_id"),
+        ("practice_usersession", "_auth_user_id"),
         ("django_admin_log", str(seeded.pk)),
     } <= controls

@@ -1,10 +1,12 @@
 """The front desk's day in a real browser: headless Debian Chromium driven by Playwright.
 
-A secretary logs in, finds the next free slot, books a new patient into it and sees the
+A secretary logs in for the first time (password, then enrolling an authenticator from the
+setup page's key), finds the next free slot, books a new patient into it and sees the
 appointment on the day; the practitioner logs in and sees the patient on "my day". On
 failure both pages are saved as screenshots under test-artifacts/.
 """
 
+import base64
 import datetime
 import zoneinfo
 from pathlib import Path
@@ -13,9 +15,10 @@ import pytest
 from django.conf import settings
 from django.contrib.auth.models import Group, User
 from django.utils import timezone
+from django_otp.oath import TOTP
 from playwright.sync_api import sync_playwright
 
-from conftest import PASSWORD
+from conftest import PASSWORD, totp_code, totp_device
 from practice.models import Practitioner, Specialty
 from practice.roles import PRACTITIONER, SECRETARY
 from scheduling.models import Appointment, AppointmentType, Weekday, WorkingHours
@@ -82,6 +85,31 @@ def _log_in(page, base_url: str, username: str) -> None:
     page.wait_for_load_state()
 
 
+def _enrol(page) -> None:
+    """What a person does with their phone: read the key off the setup page, type the code."""
+    assert "/accounts/two-factor/setup/" in page.url
+    assert page.locator("img.qr").evaluate("img => img.complete && img.naturalWidth > 0")
+    secret = page.locator("code.secret").inner_text().replace(" ", "")
+    key = base64.b32decode(secret + "=" * (-len(secret) % 8))
+    page.fill("#id_code", f"{TOTP(key).token():06d}")
+    page.click("main form button[type=submit]")
+    page.wait_for_load_state()
+    assert page.locator("ul.codes li").count() == 10  # recovery codes, shown once
+    page.click("a.button")
+    page.wait_for_load_state()
+
+
+def _second_factor(page, device) -> None:
+    assert "/accounts/two-factor/" in page.url
+    page.fill("#id_code", totp_code(device))
+    page.click("main form button[type=submit]")
+    page.wait_for_load_state()
+
+
+def _watch_csp(page, violations: list) -> None:
+    page.on("console", lambda msg: violations.append(msg.text) if "Content Security Policy" in msg.text else None)
+
+
 def _screenshots_on_failure(pages: dict, name: str):
     ARTIFACTS.mkdir(exist_ok=True)
     for role, page in pages.items():
@@ -96,8 +124,13 @@ def test_it_books_a_new_patient_into_the_next_free_slot_and_the_doctor_sees_them
     front_desk = browser.new_page(locale="en-GB")
     doctor = browser.new_page(locale="en-GB")
     pages = {"secretary": front_desk, "practitioner": doctor}
+    violations: list[str] = []
+    for page in pages.values():
+        _watch_csp(page, violations)
+    doctor_device = totp_device(clinic["doctor"].user)
     try:
         _log_in(front_desk, base, "claire.secretary")
+        _enrol(front_desk)
         front_desk.goto(f"{base}/agenda/free-slots/")
         front_desk.select_option("select[name=practitioner]", str(clinic["doctor"].pk))
         front_desk.select_option("select[name=appointment_type]", str(clinic["type"].pk))
@@ -119,12 +152,14 @@ def test_it_books_a_new_patient_into_the_next_free_slot_and_the_doctor_sees_them
         assert front_desk.get_by_text("VASSEUR Inès").count() >= 1
 
         _log_in(doctor, base, "dr.leroy")
+        _second_factor(doctor, doctor_device)
         doctor.goto(f"{base}/my-day/")
         assert doctor.get_by_text("VASSEUR Inès").count() >= 1
     except Exception:
         _screenshots_on_failure(pages, request.node.name)
         raise
 
+    assert violations == []
     appointment = Appointment.objects.get()
     assert appointment.practitioner == clinic["doctor"]
     assert timezone.localtime(appointment.start).date() == today

@@ -1,0 +1,132 @@
+"""Second factor: TOTP (django-otp) and hashed one-time recovery codes.
+
+Rules enforced here and in practice.middleware.SecondFactorMiddleware:
+- a user who has a confirmed device must use it at every login, whatever the settings say;
+- TWO_FACTOR_REQUIRED = "everyone" (default) sends users without one to enrolment; "admins"
+  only practice admins, staff and superusers;
+- there is no bypass: no setting, header or account flag skips the check;
+- every verification, failure and enrolment is in the audit trail; devices throttle
+  (exponential back-off kept in the database, so a new session does not reset it).
+"""
+
+import hashlib
+import hmac
+import secrets
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+from django_otp.plugins.otp_totp.models import TOTPDevice
+
+from practice.models import RecoveryCode, RecoveryCodeDevice
+from practice.roles import PRACTICE_ADMIN, has_role
+
+RECOVERY_CODE_COUNT = 10
+# 10 characters from a 32-letter alphabet: 50 bits. One use each, and throttled online, so a
+# fast salted hash is enough; a slow password hash would cost 0.3 s per code tried.
+_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"
+_CODE_LENGTH = 10
+
+
+def second_factor_required(user) -> bool:
+    if settings.TWO_FACTOR_REQUIRED == "everyone":
+        return True
+    return user.is_staff or user.is_superuser or has_role(user, PRACTICE_ADMIN)
+
+
+def confirmed_totp(user) -> TOTPDevice | None:
+    return TOTPDevice.objects.filter(user=user, confirmed=True).first()
+
+
+def has_second_factor(user) -> bool:
+    return TOTPDevice.objects.filter(user=user, confirmed=True).exists()
+
+
+def totp_pending(user) -> TOTPDevice:
+    """The unconfirmed authenticator being enrolled (a fresh secret on first call)."""
+    device = TOTPDevice.objects.filter(user=user, confirmed=False).first()
+    if device is None:
+        device = TOTPDevice.objects.create(user=user, name="authenticator", confirmed=False)
+    return device
+
+
+def _normalize(code: str) -> str:
+    return "".join(code.lower().split()).replace("-", "")
+
+
+def _digest(code: str, salt: str) -> str:
+    return f"{salt}${hashlib.sha256((salt + _normalize(code)).encode()).hexdigest()}"
+
+
+def _pretty(code: str) -> str:
+    return f"{code[:5]}-{code[5:]}"
+
+
+@transaction.atomic
+def recovery_codes_generate(user) -> list[str]:
+    """Replace the user's recovery codes; the plaintext codes are returned once, never stored."""
+    device, _ = RecoveryCodeDevice.objects.get_or_create(user=user, defaults={"name": "recovery codes"})
+    device.codes.all().delete()
+    codes = ["".join(secrets.choice(_ALPHABET) for _ in range(_CODE_LENGTH)) for _ in range(RECOVERY_CODE_COUNT)]
+    rows = [RecoveryCode(device=device, digest=_digest(code, secrets.token_hex(8))) for code in codes]
+    RecoveryCode.objects.bulk_create(rows)
+    if not device.confirmed:
+        device.confirmed = True
+        device.save(update_fields=["confirmed"])
+    return [_pretty(c) for c in codes]
+
+
+def recovery_code_use(device: RecoveryCodeDevice, code: str) -> bool:
+    """Spend one unused code matching ``code``; compare every digest in constant time."""
+    match = None
+    for stored in device.codes.select_for_update().filter(used_at__isnull=True):
+        salt = stored.digest.split("$", 1)[0]
+        if hmac.compare_digest(stored.digest, _digest(code, salt)) and match is None:
+            match = stored
+    if match is None:
+        return False
+    match.used_at = timezone.now()
+    match.save(update_fields=["used_at"])
+    return True
+
+
+def recovery_codes_left(user) -> int:
+    return RecoveryCode.objects.filter(device__user=user, used_at__isnull=True).count()
+
+
+@transaction.atomic
+def totp_confirm(device: TOTPDevice, token: str) -> bool:
+    """Confirm an enrolment with a first code; any older authenticator of the user is removed."""
+    device = TOTPDevice.objects.select_for_update().get(pk=device.pk)
+    if not device.verify_token(token):
+        return False
+    TOTPDevice.objects.filter(user_id=device.user_id).exclude(pk=device.pk).delete()
+    device.confirmed = True
+    device.save(update_fields=["confirmed"])
+    return True
+
+
+@transaction.atomic
+def second_factor_reset(user) -> None:
+    """Remove every device (a lost phone): the user enrols again at the next login."""
+    TOTPDevice.objects.filter(user=user).delete()
+    RecoveryCodeDevice.objects.filter(user=user).delete()
+
+
+def second_factor_check(user, token: str):
+    """Verify a TOTP code (6 digits) or a recovery code against the user's own device.
+
+    Returns ``(device, None)`` on success, ``(None, locked_until)`` while throttled, and
+    ``(None, None)`` for a wrong code (which extends the throttle).
+    """
+    import django_otp
+
+    token = "".join(token.split())
+    model = TOTPDevice if token.isdigit() else RecoveryCodeDevice
+    device = model.objects.filter(user=user, confirmed=True).first()
+    if device is None:
+        return None, None
+    allowed, detail = device.verify_is_allowed()
+    if not allowed:
+        return None, (detail or {}).get("locked_until")
+    return django_otp.verify_token(user, device.persistent_id, token), None
