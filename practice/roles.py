@@ -33,6 +33,10 @@ ROLE_PERMISSIONS: dict[str, list[str]] = {
         "auth.add_user",
         "auth.change_user",
         "auth.view_group",
+        # Login lockouts: see them and lift them (each lift is audited: practice.admin).
+        "axes.view_accessattempt",
+        "axes.delete_accessattempt",
+        "axes.view_accessfailurelog",
         # The clinic's structure, in Django admin. Appointments are read-only there: they
         # change through scheduling.services, which audits every change.
         "practice.view_practitioner",
