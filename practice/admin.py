@@ -1,6 +1,27 @@
-from django.contrib import admin
+# Importing these registers axes' admins and Django's UserAdmin: first, so that ours replace them
+# (practice comes before axes and auth in INSTALLED_APPS, so autodiscovery reaches us first).
+from axes.admin import AccessAttemptAdmin
+from axes.helpers import get_cool_off
+from axes.models import AccessAttempt, AccessFailureLog, AccessLog
+from django.conf import settings
+from django.contrib import admin, messages
+from django.contrib.auth import logout
+from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
+from django.contrib.auth.models import User
+from django.db import transaction
+from django.db.models import Exists, IntegerField, OuterRef, Q, Subquery, Sum, Value
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+from django.utils.translation import ngettext
+from django_otp.plugins.otp_totp.models import TOTPDevice
 
+from audit.context import Actor
+from audit.models import EventType
+from audit.services import audit_event_write
+from practice import twofactor
 from practice.models import Practitioner, Specialty
+from practice.sessions import sessions_end_for_user
 from scheduling.admin import AbsenceInline, WorkingHoursInline
 
 
@@ -20,3 +41,248 @@ class PractitionerAdmin(admin.ModelAdmin):
     autocomplete_fields = ["specialty"]
     raw_id_fields = ["user"]
     inlines = [WorkingHoursInline, AbsenceInline]
+
+
+# Login lockouts ---------------------------------------------------------------------------------
+
+# Successful logins and logouts are in the audit trail (LOGIN, LOGOUT, with IP and browser):
+# axes' copy of them would be a second, unchained record to keep and to purge.
+admin.site.unregister(AccessLog)
+# axes writes its failure log only when AXES_ENABLE_ACCESS_FAILURE_LOG is on (off here):
+# an always-empty "access failures" page would read as "nobody tried". Failures are in the
+# audit trail (LOGIN_FAILED, LOCKOUT).
+if not getattr(settings, "AXES_ENABLE_ACCESS_FAILURE_LOG", False):
+    admin.site.unregister(AccessFailureLog)
+admin.site.unregister(AccessAttempt)
+
+
+@transaction.atomic
+def lockout_lift(*, attempts, actor: Actor) -> int:
+    """Delete these login attempts (which is what lifts a lockout), one UNLOCK row each.
+
+    The audit rows are written in the same transaction as the delete: a lift is never
+    unrecorded, and a failed write lifts nothing.
+    """
+    rows = list(attempts)
+    for attempt in rows:
+        audit_event_write(
+            event_type=EventType.UNLOCK,
+            extra={"username": attempt.username, "ip": attempt.ip_address, "failures": attempt.failures_since_start},
+            actor=actor,
+        )
+    AccessAttempt.objects.filter(pk__in=[attempt.pk for attempt in rows]).delete()
+    return len(rows)
+
+
+class LockedOutFilter(admin.SimpleListFilter):
+    title = _("locked out")
+    parameter_name = "locked"
+
+    def lookups(self, request, model_admin):
+        return [("yes", _("Yes")), ("no", _("No"))]
+
+    def queryset(self, request, queryset):
+        limit = settings.AXES_FAILURE_LIMIT
+        locked = Q(username_failures__gte=limit) | Q(ip_failures__gte=limit)
+        if self.value() == "yes":
+            return queryset.filter(locked)
+        if self.value() == "no":
+            return queryset.exclude(locked)
+        return queryset
+
+
+@admin.register(AccessAttempt)
+class LockoutAdmin(AccessAttemptAdmin):
+    """Failed logins per username, address and browser; deleting rows lifts a lockout (audited).
+
+    Axes locks an account when the failures of its username add up to the limit, and an
+    address when the failures from it do, whatever the other rows say. Each row's status
+    here says which of the two is locked, from those sums (axes' own column counts one row
+    only, so an address sprayed with five usernames showed "4 attempts remaining" five times).
+    Lifting deletes exactly the rows selected: a lock that other rows keep shows as still on.
+    """
+
+    list_display = ["attempt_time", "username", "ip_address", "failures_since_start", "locked", "user_agent"]
+    list_filter = [LockedOutFilter, "attempt_time"]
+    actions = ["lockout_lift_action"]
+
+    def get_queryset(self, request):
+        recent = AccessAttempt.objects.filter(attempt_time__gte=timezone.now() - get_cool_off(request))
+
+        def failures(field: str):
+            same = recent.filter(**{field: OuterRef(field)}).values(field)
+            total = same.annotate(total=Sum("failures_since_start")).values("total")[:1]
+            return Coalesce(Subquery(total, output_field=IntegerField()), Value(0))
+
+        queryset = super().get_queryset(request)
+        return queryset.annotate(username_failures=failures("username"), ip_failures=failures("ip_address"))
+
+    @admin.display(description=_("locked out"))
+    def locked(self, obj) -> str:
+        limit = settings.AXES_FAILURE_LIMIT
+        account, address = obj.username_failures >= limit, obj.ip_failures >= limit
+        if account and address:
+            return _("account and IP address")
+        if account:
+            return _("account")
+        if address:
+            return _("IP address")
+        return _("no")
+
+    def get_actions(self, request):
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)  # "Lift lockout" is the same, said plainly
+        return actions
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    @admin.action(description=_("Lift lockout"), permissions=["delete"])
+    def lockout_lift_action(self, request, queryset):
+        count = lockout_lift(attempts=queryset, actor=Actor.for_user(request.user))
+        message = ngettext(
+            "%(count)d failed login attempt deleted. A lock that other attempts still hold shows below.",
+            "%(count)d failed login attempts deleted. A lock that other attempts still hold shows below.",
+            count,
+        ) % {"count": count}
+        self.message_user(request, message, messages.SUCCESS)
+
+    def delete_model(self, request, obj):
+        lockout_lift(attempts=[obj], actor=Actor.for_user(request.user))
+
+    def delete_queryset(self, request, queryset):
+        lockout_lift(attempts=queryset, actor=Actor.for_user(request.user))
+
+
+# Users ------------------------------------------------------------------------------------------
+
+# Services for the security actions below. They live here because the admin is their only
+# caller; each writes its audit row in the transaction that does the work.
+
+
+@transaction.atomic
+def user_sessions_end(*, user: User, actor: Actor) -> int:
+    """Log a user out everywhere (a lost laptop, a departure): every session of theirs ends."""
+    count = sessions_end_for_user(user.pk)
+    audit_event_write(
+        event_type=EventType.SESSIONS_ENDED,
+        model_label=User._meta.label,
+        object_pk=user.pk,
+        extra={"username": user.get_username(), "sessions": count},
+        actor=actor,
+    )
+    return count
+
+
+@transaction.atomic
+def user_second_factor_reset(*, user: User, actor: Actor) -> int:
+    """A lost phone: remove the user's authenticator and recovery codes and end their sessions.
+
+    They enrol a new authenticator at their next login (after their password).
+    """
+    twofactor.second_factor_reset(user)
+    count = sessions_end_for_user(user.pk)
+    audit_event_write(
+        event_type=EventType.OTP_RESET,
+        model_label=User._meta.label,
+        object_pk=user.pk,
+        extra={"username": user.get_username(), "sessions": count},
+        actor=actor,
+    )
+    return count
+
+
+class SecondFactorFilter(admin.SimpleListFilter):
+    title = _("second factor")
+    parameter_name = "second_factor"
+
+    def lookups(self, request, model_admin):
+        return [("yes", _("Yes")), ("no", _("No"))]
+
+    def queryset(self, request, queryset):
+        if self.value() in ("yes", "no"):
+            return queryset.filter(has_second_factor=self.value() == "yes")
+        return queryset
+
+
+admin.site.unregister(User)
+
+
+@admin.register(User)
+class UserAdmin(DjangoUserAdmin):
+    """Django's user admin, plus who has a second factor and two security actions.
+
+    Only a superuser grants superuser status or single permissions, and only a superuser
+    changes a superuser (or their password, or their sessions and second factor): a practice
+    admin manages the clinic's staff, not the people above them.
+    """
+
+    list_display = [*DjangoUserAdmin.list_display, "second_factor"]
+    list_filter = [*DjangoUserAdmin.list_filter, SecondFactorFilter]
+    actions = ["sessions_end_action", "second_factor_reset_action"]
+
+    def get_queryset(self, request):
+        confirmed = TOTPDevice.objects.filter(user=OuterRef("pk"), confirmed=True)
+        return super().get_queryset(request).annotate(has_second_factor=Exists(confirmed))
+
+    @admin.display(description=_("second factor"), boolean=True, ordering="has_second_factor")
+    def second_factor(self, obj) -> bool:
+        return obj.has_second_factor
+
+    def get_readonly_fields(self, request, obj=None):
+        fields = list(super().get_readonly_fields(request, obj))
+        if not request.user.is_superuser:
+            fields += ["is_superuser", "user_permissions"]
+        return fields
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        if obj is not None and obj.is_superuser and not request.user.is_superuser:
+            return False
+        return super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        if obj is not None and obj.is_superuser and not request.user.is_superuser:
+            return False
+        return super().has_delete_permission(request, obj)
+
+    def _targets(self, request, queryset) -> list[User]:
+        users = list(queryset)
+        if request.user.is_superuser:
+            return users
+        allowed = [user for user in users if not user.is_superuser]
+        if len(allowed) < len(users):
+            self.message_user(request, _("Superusers were left alone: only a superuser may do that."), messages.WARNING)
+        return allowed
+
+    def _own_session_ended(self, request, users: list[User]) -> None:
+        # The acting admin's own session was deleted under this request: log them out
+        # properly (the response would otherwise try to save a session that is gone).
+        if any(user.pk == request.user.pk for user in users):
+            logout(request)
+
+    @admin.action(description=_("Log out everywhere"), permissions=["change"])
+    def sessions_end_action(self, request, queryset):
+        users = self._targets(request, queryset)
+        actor = Actor.for_user(request.user)
+        sessions = sum(user_sessions_end(user=user, actor=actor) for user in users)
+        message = ngettext(
+            "%(users)d user logged out everywhere (%(sessions)d sessions ended).",
+            "%(users)d users logged out everywhere (%(sessions)d sessions ended).",
+            len(users),
+        ) % {"users": len(users), "sessions": sessions}
+        self.message_user(request, message, messages.SUCCESS)
+        self._own_session_ended(request, users)
+
+    @admin.action(description=_("Reset second factor"), permissions=["change"])
+    def second_factor_reset_action(self, request, queryset):
+        users = self._targets(request, queryset)
+        actor = Actor.for_user(request.user)
+        for user in users:
+            user_second_factor_reset(user=user, actor=actor)
+        message = ngettext(
+            "Second factor reset for %(users)d user: they enrol a new one at their next login.",
+            "Second factor reset for %(users)d users: they enrol a new one at their next login.",
+            len(users),
+        ) % {"users": len(users)}
+        self.message_user(request, message, messages.SUCCESS)
+        self._own_session_ended(request, users)

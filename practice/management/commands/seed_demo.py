@@ -7,6 +7,9 @@ past visits and a busy fortnight around today.
   Their password is DEMO_PASSWORD, or the published default below, which is printed once,
   when the accounts are created, and refused with DEBUG off: a known password must never
   open a production clinic. Existing accounts are left alone (password, groups, flags).
+- Each demo account without an authenticator gets one (a confirmed TOTP device named
+  "demo"), whose secret and otpauth URI are printed once, when it is created; `demo_code`
+  prints its current code. Accounts already enrolled are left alone.
 - Patients are topped up to N in all (archived ones count), never duplicated. They are
   fake: names, addresses and valid NIRs from Faker (fr_FR); e-mails on the reserved
   example.* domains so a demo never writes to a real person.
@@ -25,6 +28,7 @@ past visits and a busy fortnight around today.
   patients it created (a count, no values), one the past visits, one the fortnight.
 """
 
+import base64
 import datetime
 import os
 import random
@@ -40,6 +44,7 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import CommandError
 from django.db import transaction
 from django.utils import timezone
+from django_otp.plugins.otp_totp.models import TOTPDevice
 from faker import Faker
 from faker.providers.ssn.fr_FR import Provider as FrenchSsnProvider
 from tqdm import tqdm
@@ -56,6 +61,8 @@ from scheduling.models import Absence, AbsenceKind, Appointment, AppointmentStat
 
 # Documented in the README: the demo's only password unless DEMO_PASSWORD is set.
 DEFAULT_PASSWORD = "cabinet-demo-2026"  # noqa: S105
+# The name of the authenticators made here; `demo_code` shows codes of these devices only.
+DEMO_DEVICE = "demo"
 BATCH_SIZE = 2000
 
 
@@ -320,6 +327,7 @@ class Command(AuditedCommand):
             visits = self._visits_create(practitioners)
             self._holiday_create(practitioners)
             fortnight = Fortnight(practitioners, rng=random.Random(seed)).fill()
+            devices = self._devices_create()
         elapsed = time.monotonic() - started
         self.stdout.write(
             self.style.SUCCESS(
@@ -329,6 +337,7 @@ class Command(AuditedCommand):
                 f"{fortnight} appointments around today created."
             )
         )
+        self._devices_print(devices)
 
     def _password(self, missing: list[DemoUser]) -> str:
         password = os.environ.get("DEMO_PASSWORD", "")
@@ -372,6 +381,39 @@ class Command(AuditedCommand):
         else:
             self.stdout.write(f"Created {names} with the password from DEMO_PASSWORD.")
         return created
+
+    def _devices_create(self) -> dict[str, TOTPDevice | None]:
+        """An authenticator for each demo account that has none: username -> the new device,
+        or None for an account already enrolled (its own authenticator, or an earlier run's)."""
+        users = User.objects.filter(username__in=[spec.username for spec in USERS]).order_by("pk")
+        enrolled = set(TOTPDevice.objects.filter(user__in=users, confirmed=True).values_list("user_id", flat=True))
+        devices = {}
+        for user in users:
+            if user.pk in enrolled:
+                devices[user.username] = None
+                continue
+            devices[user.username] = TOTPDevice.objects.create(user=user, name=DEMO_DEVICE, confirmed=True)
+            audit_event_write(
+                event_type=EventType.OTP_ENROLLED,
+                model_label=User._meta.label,
+                object_pk=user.pk,
+                extra={"username": user.username, "device": DEMO_DEVICE},
+            )
+        return devices
+
+    def _devices_print(self, devices: dict[str, TOTPDevice | None]) -> None:
+        already = [username for username, device in devices.items() if device is None]
+        if already:
+            self.stdout.write(f"Second factor already enrolled: {', '.join(already)}.")
+        for username, device in devices.items():
+            if device is not None:
+                secret = base64.b32encode(device.bin_key).decode()
+                self.stdout.write(f"{username}: TOTP secret {secret}\n    {device.config_url}")
+        if len(already) < len(devices):
+            self.stdout.write(
+                "Second factor: add a secret to an authenticator app (or scan its otpauth URI as a QR code), "
+                "or print the current code with `manage.py demo_code <username>`."
+            )
 
     def _practitioners_create(self) -> dict[str, Practitioner]:
         practitioners = {}
