@@ -1,22 +1,54 @@
 """Who may open which patient record. Decided on plaintext columns, before any decryption.
 
 - Secretaries and practice admins: every patient of the practice.
-- Practitioners: the patients they have or had an appointment with.
+- Practitioners: the patients they have or had an appointment with, plus the records they
+  hold an unexpired break-the-glass grant for (one record each, for a limited time).
 - Anyone else: nothing. Unknown and forbidden records look the same (404).
 """
 
 from django.db.models import Exists, OuterRef, QuerySet
+from django.utils import timezone
 
-from patients.models import Patient
-from practice.roles import PRACTICE_ADMIN, PRACTITIONER, SECRETARY, has_role
+from patients.models import BreakGlassGrant, Patient
+from practice.roles import PRACTICE_ADMIN, PRACTITIONER, SECRETARY, has_role, role_of
 
 
 def patient_queryset_for(user) -> QuerySet[Patient]:
     if has_role(user, SECRETARY, PRACTICE_ADMIN):
         return Patient.objects.all()
-    if has_role(user, PRACTITIONER) and hasattr(user, "practitioner"):
-        from scheduling.models import Appointment
-
-        seen = Appointment.objects.filter(patient=OuterRef("pk"), practitioner=user.practitioner)
-        return Patient.objects.filter(Exists(seen))
+    if has_role(user, PRACTITIONER):
+        allowed = Exists(_grants_of(user).filter(patient=OuterRef("pk")))
+        seen = _seen_by(user)
+        return Patient.objects.filter(allowed if seen is None else seen | allowed)
     return Patient.objects.none()
+
+
+def _seen_by(user) -> Exists | None:
+    """Patients with an appointment with this user (None: the user is no practitioner)."""
+    if not hasattr(user, "practitioner"):
+        return None
+    from scheduling.models import Appointment
+
+    return Exists(Appointment.objects.filter(patient=OuterRef("pk"), practitioner=user.practitioner))
+
+
+def _grants_of(user) -> QuerySet[BreakGlassGrant]:
+    return BreakGlassGrant.objects.filter(user=user, expires_at__gt=timezone.now())
+
+
+def may_break_glass(user) -> bool:
+    """Break-the-glass is for practitioners: the only role whose access is limited to some
+    records. The front desk and superusers already open every record; others get none."""
+    return user.is_authenticated and not user.is_superuser and role_of(user) == PRACTITIONER
+
+
+def break_glass_grant_for(user, patient: Patient) -> BreakGlassGrant | None:
+    """The unexpired grant this user opens ``patient`` under, or None when they may open it
+    anyway (their own patient, or the front desk). Plain columns only."""
+    if not may_break_glass(user):
+        return None
+    grant = _grants_of(user).filter(patient=patient).order_by("-expires_at").first()
+    seen = _seen_by(user)
+    if grant is None or (seen is not None and Patient.objects.filter(seen, pk=patient.pk).exists()):
+        return None
+    return grant

@@ -1,9 +1,10 @@
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.utils.translation import gettext_lazy as _
+from django.utils.translation import ngettext
 
 from patients import services
 from patients.forms import PatientForm
-from patients.models import Patient
+from patients.models import BreakGlassGrant, Patient
 from patients.selectors import PatientQuery, patient_search
 
 
@@ -41,6 +42,90 @@ class PatientAdmin(admin.ModelAdmin):
             services.patient_update(patient=obj, data=form.cleaned_data, actor=request.user)
         else:
             services.patient_create(data=form.cleaned_data, actor=request.user, patient=obj)
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+class ReviewedFilter(admin.SimpleListFilter):
+    title = _("review")
+    parameter_name = "reviewed"
+
+    def lookups(self, request, model_admin):
+        return [("no", _("Not reviewed")), ("yes", _("Reviewed"))]
+
+    def queryset(self, request, queryset):
+        if self.value() == "no":
+            return queryset.filter(reviewed_at__isnull=True)
+        if self.value() == "yes":
+            return queryset.filter(reviewed_at__isnull=False)
+        return queryset
+
+
+@admin.register(BreakGlassGrant)
+class BreakGlassGrantAdmin(admin.ModelAdmin):
+    """Practice admins review every emergency access. Grants are made only by the
+    break-the-glass page (patients.services.break_glass_open, audited): here nothing is added
+    or deleted, and the only thing written is the review, through break_glass_review (audited).
+
+    The patient is shown by id, never by name: reviewing grants decrypts nothing. The
+    "who opened this record" report (audit) says what was read under the grant.
+    """
+
+    list_display = ["username", "patient_ref", "reason", "granted_at", "expires_at", "reviewed"]
+    list_filter = [ReviewedFilter]
+    list_per_page = 50
+    show_full_result_count = False
+    search_fields = ["username", "=patient__id"]
+    date_hierarchy = "granted_at"
+    actions = ["mark_reviewed"]
+    fields = [
+        "username",
+        "user",
+        "patient_ref",
+        "reason",
+        "granted_at",
+        "expires_at",
+        "reviewed_at",
+        "reviewed_by",
+        "review_note",
+    ]
+    readonly_fields = [f for f in fields if f != "review_note"]
+
+    @admin.display(description=_("patient id"), ordering="patient_id")
+    def patient_ref(self, obj: BreakGlassGrant) -> str:
+        return str(obj.patient_id)
+
+    @admin.display(description=_("reviewed"), boolean=True, ordering="reviewed_at")
+    def reviewed(self, obj: BreakGlassGrant) -> bool:
+        return obj.reviewed_at is not None
+
+    @admin.action(description=_("Mark as reviewed"), permissions=["change"])
+    def mark_reviewed(self, request, queryset):
+        count = 0
+        for grant in queryset.filter(reviewed_at__isnull=True):
+            services.break_glass_review(grant=grant, reviewer=request.user, note="")
+            count += 1
+        self.message_user(
+            request,
+            ngettext("%(count)d access marked as reviewed.", "%(count)d accesses marked as reviewed.", count)
+            % {"count": count},
+            messages.SUCCESS,
+        )
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        form = super().get_form(request, obj, change=change, **kwargs)
+        if "review_note" in form.base_fields:
+            form.base_fields["review_note"].help_text = _("Saving this page marks the access as reviewed.")
+        return form
+
+    def save_model(self, request, obj, form, change):
+        # The review is the only change, and it goes through the service (audit row).
+        if obj.reviewed_at is None or "review_note" in form.changed_data:
+            services.break_glass_review(grant=obj, reviewer=request.user, note=form.cleaned_data.get("review_note", ""))
+
+    def has_add_permission(self, request):
+        return False
 
     def has_delete_permission(self, request, obj=None):
         return False

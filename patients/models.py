@@ -1,3 +1,5 @@
+import uuid
+
 from django.conf import settings
 from django.db import models
 from django.utils.translation import gettext_lazy as _
@@ -127,3 +129,52 @@ def full_name_index(last_name: str, first_names: str) -> int | None:
     if not last or not first:
         return None
     return blind.blind_index("full_name", f"{last}\x1f{first}")
+
+
+class BreakGlassGrant(models.Model):
+    """Emergency access for one practitioner to one patient record they have no appointment
+    with ("break the glass"), for BREAK_GLASS_MINUTES from the moment it was asked.
+
+    Rule: the practitioner writes why, the grant and its audit row (with the reason) commit
+    together (patients.services.break_glass_open), and practice admins review every grant.
+    The user's name is copied so that the grant still says who after the account changes.
+    No encrypted field: the reason is what the practitioner typed, shown to the reviewers.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        verbose_name=_("user"),
+        on_delete=models.PROTECT,
+        related_name="break_glass_grants",
+    )
+    username = models.CharField(_("username"), max_length=150)
+    patient = models.ForeignKey(
+        Patient, verbose_name=_("patient"), on_delete=models.PROTECT, related_name="break_glass_grants"
+    )
+    reason = models.TextField(_("reason"))
+    granted_at = models.DateTimeField(_("granted at"), db_index=True)
+    expires_at = models.DateTimeField(_("expires at"))
+    reviewed_at = models.DateTimeField(_("reviewed at"), null=True, blank=True)
+    reviewed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        verbose_name=_("reviewed by"),
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    review_note = models.TextField(_("review note"), blank=True)
+
+    class Meta:
+        verbose_name = _("emergency access")
+        verbose_name_plural = _("emergency accesses")
+        ordering = ["-granted_at"]
+        indexes = [
+            # The access check: "does this user hold an unexpired grant for this patient?"
+            models.Index(fields=["user", "patient", "expires_at"], name="break_glass_user_patient"),
+        ]
+
+    def __str__(self) -> str:
+        # Ids only: Django writes str(obj) into admin logs and messages.
+        return f"{self.username} → {_('patient')} {str(self.patient_id)[:8]}"

@@ -1,11 +1,21 @@
 """Writes to patient records. Each runs in one transaction with its audit row."""
 
+import datetime
+
+from django.conf import settings
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from django.utils import timezone
+from django.utils.translation import gettext as _
 
+from audit.context import Actor
 from audit.models import EventType
 from audit.services import audit_event_write
-from patients.models import Patient
+from patients.access import may_break_glass
+from patients.models import BreakGlassGrant, Patient
+
+# A written reason, not a click-through: shorter than this is refused (form and service).
+BREAK_GLASS_REASON_MIN_LENGTH = 20
 
 EDITABLE_FIELDS = [
     "last_name",
@@ -89,3 +99,56 @@ def patient_restore(*, patient: Patient, actor) -> None:
     patient.updated_by = actor
     patient.save(update_fields=["is_archived", "archived_at", "updated_by", "updated_at"])
     _audit(patient, EventType.RESTORE)
+
+
+@transaction.atomic
+def break_glass_open(*, user, patient: Patient, reason: str) -> BreakGlassGrant:
+    """Give ``user`` access to this one patient record for BREAK_GLASS_MINUTES.
+
+    The grant and its audit row (actor, patient, reason, expiry) commit together: there is
+    no emergency access that the trail does not show. Only practitioners may ask (the front
+    desk already opens every record), and only with a written reason.
+    """
+    if not may_break_glass(user):
+        raise PermissionDenied
+    reason = reason.strip()
+    if len(reason) < BREAK_GLASS_REASON_MIN_LENGTH:
+        raise ValidationError(
+            _("Write at least %(min)d characters.") % {"min": BREAK_GLASS_REASON_MIN_LENGTH}, code="min_length"
+        )
+    now = timezone.now()
+    grant = BreakGlassGrant.objects.create(
+        user=user,
+        username=user.get_username(),
+        patient=patient,
+        reason=reason,
+        granted_at=now,
+        expires_at=now + datetime.timedelta(minutes=settings.BREAK_GLASS_MINUTES),
+    )
+    audit_event_write(
+        event_type=EventType.BREAK_GLASS,
+        patient_id=patient.pk,
+        model_label=Patient._meta.label,
+        object_pk=patient.pk,
+        extra={"reason": reason, "expires_at": grant.expires_at.isoformat(), "grant": str(grant.pk)},
+        actor=Actor.for_user(user),
+    )
+    return grant
+
+
+@transaction.atomic
+def break_glass_review(*, grant: BreakGlassGrant, reviewer, note: str = "") -> BreakGlassGrant:
+    """Record that a practice admin looked at an emergency access (audited each time)."""
+    grant.reviewed_at = timezone.now()
+    grant.reviewed_by = reviewer
+    grant.review_note = note.strip()
+    grant.save(update_fields=["reviewed_at", "reviewed_by", "review_note"])
+    audit_event_write(
+        event_type=EventType.BREAK_GLASS_REVIEWED,
+        patient_id=grant.patient_id,
+        model_label=BreakGlassGrant._meta.label,
+        object_pk=grant.pk,
+        extra={"grant": str(grant.pk), "grantee": grant.username, "note": grant.review_note},
+        actor=Actor.for_user(reviewer),
+    )
+    return grant

@@ -9,6 +9,7 @@ urlpatterns = [
     path("new/", views.patient_create, name="create"),
     path("<uuid:pk>/", views.patient_detail, name="detail"),
     path("<uuid:pk>/edit/", views.patient_edit, name="edit"),
+    path("<uuid:pk>/emergency-access/", views.patient_break_glass, name="break_glass"),
     path("<uuid:pk>/archive/", views.patient_archive, name="archive"),
     path("<uuid:pk>/restore/", views.patient_restore, name="restore"),
 ]

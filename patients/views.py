@@ -1,16 +1,19 @@
 from uuid import UUID
 
+from django import forms
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods, require_POST
 
 from patients import services
-from patients.access import patient_queryset_for
+from patients.access import break_glass_grant_for, may_break_glass, patient_queryset_for
 from patients.forms import PatientForm, PatientSearchForm
 from patients.models import Patient
 from patients.selectors import SEARCH_LIMIT, PatientQuery, patient_duplicates, patient_recent, patient_search
@@ -94,8 +97,58 @@ def _duplicate_blocks(form: PatientForm, *, exclude_pk=None) -> bool:
 @never_cache
 @login_required
 def patient_detail(request: HttpRequest, pk: UUID) -> HttpResponse:
-    patient = _get_patient_for(request, pk)
-    return render(request, "patients/detail.html", {"patient": patient})
+    try:
+        patient = _get_patient_for(request, pk)
+    except Http404:
+        if not may_break_glass(request.user):
+            raise
+        # A practitioner is offered the way in, with the same page whether the record exists
+        # or not (no existence oracle): nothing about the patient is looked up here.
+        return render(request, "patients/no_access.html", {"pk": pk}, status=404)
+    grant = break_glass_grant_for(request.user, patient)
+    return render(request, "patients/detail.html", {"patient": patient, "grant": grant})
+
+
+class BreakGlassForm(forms.Form):
+    reason = forms.CharField(
+        label=gettext_lazy("Why do you need this record now?"),
+        help_text=gettext_lazy(
+            "Kept in clear in the audit trail and read by the practice admins: describe the "
+            "situation, do not copy the patient's identity or health details."
+        ),
+        min_length=services.BREAK_GLASS_REASON_MIN_LENGTH,
+        max_length=2000,
+        widget=forms.Textarea(attrs={"rows": 4}),
+        error_messages={
+            "required": gettext_lazy("Write the reason for this emergency access."),
+            "min_length": gettext_lazy("Write at least %(limit_value)d characters (you wrote %(show_value)d)."),
+        },
+    )
+
+
+@never_cache
+@login_required
+@require_http_methods(["GET", "POST"])
+def patient_break_glass(request: HttpRequest, pk: UUID) -> HttpResponse:
+    """Break the glass: a practitioner opens a record they have no appointment with, for
+    BREAK_GLASS_MINUTES, after writing why (audited, reviewed by the practice admins).
+
+    The form is the same for every id; the patient is looked up (plain columns, nothing
+    decrypted) only once a valid reason is given, so an id costs an audited grant to test.
+    """
+    if not may_break_glass(request.user):
+        raise PermissionDenied
+    # Bound on every POST, even an empty one: a missing reason is an error to show.
+    form = BreakGlassForm(request.POST if request.method == "POST" else None)
+    if form.is_bound and form.is_valid():
+        if patient_queryset_for(request.user).filter(pk=pk).exists():
+            return redirect("patients:detail", pk=pk)  # already theirs: nothing to grant
+        patient = Patient.objects.filter(pk=pk).only("id").first()
+        if patient is None:
+            raise Http404
+        services.break_glass_open(user=request.user, patient=patient, reason=form.cleaned_data["reason"])
+        return redirect("patients:detail", pk=pk)
+    return render(request, "patients/break_glass.html", {"form": form, "minutes": settings.BREAK_GLASS_MINUTES})
 
 
 @never_cache

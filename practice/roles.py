@@ -29,6 +29,9 @@ ROLE_PERMISSIONS: dict[str, list[str]] = {
         "patients.view_patient",
         "patients.change_patient",
         "audit.view_auditevent",
+        # Break-the-glass grants: review them (each review is audited: patients.services).
+        "patients.view_breakglassgrant",
+        "patients.change_breakglassgrant",
         "auth.view_user",
         "auth.add_user",
         "auth.change_user",

@@ -251,6 +251,9 @@ AGENDA_SLOT_MINUTES = env.int("AGENDA_SLOT_MINUTES", default=5)
 AGENDA_DAY_START = datetime.time(env.int("AGENDA_DAY_START_HOUR", default=7))
 AGENDA_DAY_END = datetime.time(env.int("AGENDA_DAY_END_HOUR", default=20))
 
+# Break-the-glass: how long a practitioner's emergency access to one record lasts.
+BREAK_GLASS_MINUTES = env.int("BREAK_GLASS_MINUTES", default=60)
+
 EMAIL_BACKEND = env.str("EMAIL_BACKEND", default="django.core.mail.backends.console.EmailBackend")
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="cabinet@localhost")
 ADMINS = [tuple(a.split(":", 1)) for a in env.list("ADMINS", default=[]) if ":" in a]
