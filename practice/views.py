@@ -1,4 +1,5 @@
 import io
+from urllib.parse import quote
 
 import django_otp
 import segno
@@ -56,6 +57,11 @@ def _second_factor_passed(request: HttpRequest, device) -> None:
     audit_event_write(event_type=EventType.OTP_VERIFIED, extra={"device": type(device).__name__})
 
 
+def _wait_message(locked_until) -> str:
+    seconds = max(1, int((locked_until - timezone.now()).total_seconds()) + 1)
+    return _("Too many wrong codes: wait %(seconds)s seconds before trying again.") % {"seconds": seconds}
+
+
 def _second_factor_failed(request: HttpRequest) -> bool:
     """Record a wrong code; True when this session has used up its attempts."""
     failures = request.session.get(FAILURES_KEY, 0) + 1
@@ -73,7 +79,7 @@ def two_factor_verify(request: HttpRequest) -> HttpResponse:
     if user.is_verified():
         return redirect(_next_url(request))
     if not twofactor.has_second_factor(user):
-        return redirect(f"{reverse('two_factor_setup')}?next={_next_url(request)}")
+        return redirect(f"{reverse('two_factor_setup')}?next={quote(_next_url(request))}")
     form = SecondFactorForm(request.POST or None)
     locked_until = None
     if request.method == "POST" and form.is_valid():
@@ -88,9 +94,7 @@ def two_factor_verify(request: HttpRequest) -> HttpResponse:
                 return redirect("login")
             form.add_error("code", _("This code is not valid. Check the time on your phone and try again."))
     if locked_until is not None:
-        seconds = max(1, int((locked_until - timezone.now()).total_seconds()) + 1)
-        wait = _("Too many wrong codes: wait %(seconds)s seconds before trying again.") % {"seconds": seconds}
-        form.add_error(None, wait)
+        form.add_error(None, _wait_message(locked_until))
     status = 429 if locked_until is not None else 200
     context = {"form": form, "next": _next_url(request)}
     return render(request, "registration/two_factor_verify.html", context, status=status)
@@ -109,11 +113,19 @@ def two_factor_setup(request: HttpRequest) -> HttpResponse:
     """Enrol an authenticator app: scan the QR code, type a first code, keep the recovery codes."""
     user = request.user
     if not _may_enrol(user):
-        return redirect(f"{reverse('two_factor_verify')}?next={_next_url(request)}")
+        return redirect(f"{reverse('two_factor_verify')}?next={quote(_next_url(request))}")
     device = twofactor.totp_pending(user)
     form = EnrolForm(request.POST or None)
+    status = 200
     if request.method == "POST" and form.is_valid():
-        if twofactor.totp_confirm(device, form.cleaned_data["code"].strip()):
+        # The pending device backs off after a wrong code like any other: while it does, the
+        # right code is refused too, so say "wait", not "not valid": the code may well be right.
+        allowed, detail = device.verify_is_allowed()
+        locked_until = None if allowed else (detail or {}).get("locked_until")
+        if locked_until is not None:
+            form.add_error(None, _wait_message(locked_until))
+            status = 429
+        elif twofactor.totp_confirm(device, form.cleaned_data["code"].strip()):
             device.refresh_from_db()
             audit_event_write(event_type=EventType.OTP_ENROLLED)
             codes = twofactor.recovery_codes_generate(user)
@@ -121,9 +133,10 @@ def two_factor_setup(request: HttpRequest) -> HttpResponse:
             if not user.is_verified():
                 _second_factor_passed(request, device)
             return _recovery_codes_page(request, codes)
-        form.add_error("code", _("This code is not valid. Check the time on your phone and try again."))
+        else:
+            form.add_error("code", _("This code is not valid. Check the time on your phone and try again."))
     context = {"form": form, "secret": _spaced(device.config_url), "next": _next_url(request)}
-    return render(request, "registration/two_factor_setup.html", context)
+    return render(request, "registration/two_factor_setup.html", context, status=status)
 
 
 def _spaced(config_url: str) -> str:
