@@ -44,6 +44,7 @@ class EventType(models.IntegerChoices):
     RESTORE = 13, _("Restored")
     MERGE = 14, _("Merged")
     EXPORT = 15, _("Exported")
+    DELETE = 16, _("Deleted")
     LOGIN = 20, _("Login")
     LOGIN_FAILED = 21, _("Login failed")
     LOCKOUT = 22, _("Locked out")

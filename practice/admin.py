@@ -1,5 +1,6 @@
 # Importing these registers axes' admins and Django's UserAdmin: first, so that ours replace them
 # (practice comes before axes and auth in INSTALLED_APPS, so autodiscovery reaches us first).
+import django_otp.plugins.otp_totp.admin  # noqa: F401 (registers TOTPDevice: unregistered below)
 from axes.admin import AccessAttemptAdmin
 from axes.helpers import get_cool_off
 from axes.models import AccessAttempt, AccessFailureLog, AccessLog
@@ -8,7 +9,6 @@ from django.contrib import admin, messages
 from django.contrib.auth import logout
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.contrib.auth.models import User
-from django.db import transaction
 from django.db.models import Exists, IntegerField, OuterRef, Q, Subquery, Sum, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -19,9 +19,8 @@ from django_otp.plugins.otp_totp.models import TOTPDevice
 from audit.context import Actor
 from audit.models import EventType
 from audit.services import audit_event_write
-from practice import twofactor
 from practice.models import Practitioner, Specialty
-from practice.sessions import sessions_end_for_user
+from practice.services import lockout_lift, user_second_factor_reset, user_sessions_end
 from scheduling.admin import AbsenceInline, WorkingHoursInline
 
 
@@ -54,24 +53,9 @@ admin.site.unregister(AccessLog)
 if not getattr(settings, "AXES_ENABLE_ACCESS_FAILURE_LOG", False):
     admin.site.unregister(AccessFailureLog)
 admin.site.unregister(AccessAttempt)
-
-
-@transaction.atomic
-def lockout_lift(*, attempts, actor: Actor) -> int:
-    """Delete these login attempts (which is what lifts a lockout), one UNLOCK row each.
-
-    The audit rows are written in the same transaction as the delete: a lift is never
-    unrecorded, and a failed write lifts nothing.
-    """
-    rows = list(attempts)
-    for attempt in rows:
-        audit_event_write(
-            event_type=EventType.UNLOCK,
-            extra={"username": attempt.username, "ip": attempt.ip_address, "failures": attempt.failures_since_start},
-            actor=actor,
-        )
-    AccessAttempt.objects.filter(pk__in=[attempt.pk for attempt in rows]).delete()
-    return len(rows)
+# django-otp's device admin shows TOTP secrets and edits devices behind the audit trail's
+# back; devices are managed through enrolment and the user admin's "Reset second factor".
+admin.site.unregister(TOTPDevice)
 
 
 class LockedOutFilter(admin.SimpleListFilter):
@@ -156,41 +140,6 @@ class LockoutAdmin(AccessAttemptAdmin):
 
 # Users ------------------------------------------------------------------------------------------
 
-# Services for the security actions below. They live here because the admin is their only
-# caller; each writes its audit row in the transaction that does the work.
-
-
-@transaction.atomic
-def user_sessions_end(*, user: User, actor: Actor) -> int:
-    """Log a user out everywhere (a lost laptop, a departure): every session of theirs ends."""
-    count = sessions_end_for_user(user.pk)
-    audit_event_write(
-        event_type=EventType.SESSIONS_ENDED,
-        model_label=User._meta.label,
-        object_pk=user.pk,
-        extra={"username": user.get_username(), "sessions": count},
-        actor=actor,
-    )
-    return count
-
-
-@transaction.atomic
-def user_second_factor_reset(*, user: User, actor: Actor) -> int:
-    """A lost phone: remove the user's authenticator and recovery codes and end their sessions.
-
-    They enrol a new authenticator at their next login (after their password).
-    """
-    twofactor.second_factor_reset(user)
-    count = sessions_end_for_user(user.pk)
-    audit_event_write(
-        event_type=EventType.OTP_RESET,
-        model_label=User._meta.label,
-        object_pk=user.pk,
-        extra={"username": user.get_username(), "sessions": count},
-        actor=actor,
-    )
-    return count
-
 
 class SecondFactorFilter(admin.SimpleListFilter):
     title = _("second factor")
@@ -244,6 +193,34 @@ class UserAdmin(DjangoUserAdmin):
         if obj is not None and obj.is_superuser and not request.user.is_superuser:
             return False
         return super().has_delete_permission(request, obj)
+
+    # Account changes (roles, staff status, activation, passwords set by an admin) go to the
+    # audit trail as well as to Django's admin log: names of the changed fields, never values.
+    def log_addition(self, request, obj, message):
+        audit_event_write(event_type=EventType.CREATE, **self._audit_subject(obj, message))
+        return super().log_addition(request, obj, message)
+
+    def log_change(self, request, obj, message):
+        audit_event_write(event_type=EventType.CHANGE, **self._audit_subject(obj, message))
+        return super().log_change(request, obj, message)
+
+    def log_deletions(self, request, queryset):
+        for obj in queryset:
+            audit_event_write(event_type=EventType.DELETE, **self._audit_subject(obj, []))
+        return super().log_deletions(request, queryset)
+
+    @staticmethod
+    def _audit_subject(obj, message) -> dict:
+        changed = []
+        for entry in message if isinstance(message, list) else []:
+            for details in entry.values():
+                changed.extend(details.get("fields", []))
+        return {
+            "model_label": User._meta.label,
+            "object_pk": obj.pk,
+            "fields": changed,
+            "extra": {"username": obj.get_username(), "change": message if isinstance(message, list) else []},
+        }
 
     def _targets(self, request, queryset) -> list[User]:
         users = list(queryset)

@@ -144,6 +144,29 @@ def test_a_practice_admin_still_manages_staff(admin_client, secretary):
     assert secretary.is_staff and list(secretary.groups.all()) == [admin_group]
 
 
+def test_role_and_password_changes_are_in_the_trail(admin_client, practice_admin, secretary):
+    # A practice admin making someone a practice admin is exactly what a reviewer looks for.
+    change = f"{USERS_URL}{secretary.pk}/change/"
+    data = {
+        "username": secretary.username,
+        "is_active": "on",
+        "is_staff": "on",
+        "groups": [Group.objects.get(name=PRACTICE_ADMIN).pk],
+        "date_joined_0": "2026-01-05",
+        "date_joined_1": "09:00:00",
+    }
+    assert admin_client.post(change, data).status_code == 302
+    new_password = "another long passphrase 77"
+    password = {"password1": new_password, "password2": new_password, "usable_password": "true"}
+    assert admin_client.post(f"{USERS_URL}{secretary.pk}/password/", password).status_code == 302
+    events = list(AuditEvent.objects.filter(event_type=EventType.CHANGE, model_label="auth.User").order_by("id"))
+    assert [e.object_pk for e in events] == [str(secretary.pk)] * 2
+    assert {"Staff status", "Groups"} <= set(events[0].fields)
+    assert events[1].fields == ["password"]
+    assert all(e.actor_username == practice_admin.username for e in events)
+    assert new_password not in str(events[1].extra)
+
+
 @pytest.mark.parametrize("persona", ["secretary", "practitioner", "outsider"])
 def test_only_practice_admins_use_the_user_admin(request, persona, other_practitioner):
     target = client_for(other_practitioner)
