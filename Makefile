@@ -34,7 +34,8 @@ seed: migrate
 	$(PY) manage.py seed_demo
 
 run: seed
-	@echo "Cabinet on http://127.0.0.1:8000/ (log in as secretary, doctor, doctor2, doctor3 or admin)"
+	@echo "Cabinet on http://127.0.0.1:8000/ (log in as secretary, doctor, doctor2, doctor3 or admin;"
+	@echo "  the second factor: .venv/bin/python manage.py demo_code <user>, or scan the URI seed_demo printed)"
 	$(PY) manage.py runserver 127.0.0.1:8000
 
 # The suite needs keys too: tests use a throwaway set, never the .env of `make run`.
