@@ -19,9 +19,20 @@ from django_otp.plugins.otp_totp.models import TOTPDevice
 from audit.context import Actor
 from audit.models import EventType
 from audit.services import audit_event_write
-from practice.models import Practitioner, Specialty
+from practice.models import Clinic, Practitioner, Specialty
 from practice.services import lockout_lift, user_second_factor_reset, user_sessions_end
 from scheduling.admin import AbsenceInline, WorkingHoursInline
+
+
+@admin.register(Clinic)
+class ClinicAdmin(admin.ModelAdmin):
+    """The clinic's one row: its name, address and phone, as reminders show them."""
+
+    def has_add_permission(self, request) -> bool:
+        return not Clinic.objects.exists() and super().has_add_permission(request)
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
 
 
 @admin.register(Specialty)

@@ -101,3 +101,34 @@ class UserSession(AbstractBaseSession):
         from practice.sessions import SessionStore
 
         return SessionStore
+
+
+class Clinic(models.Model):
+    """The practice's own details, edited by practice admins in Django admin (one row).
+
+    Reminders carry exactly these and the appointment's date and time: what a patient needs
+    to come or to cancel, nothing about why they come.
+    """
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1, editable=False)
+    name = models.CharField(_("name"), max_length=100, default="Cabinet médical")
+    address = models.CharField(_("address"), max_length=200, blank=True)
+    phone = models.CharField(_("phone number for patients"), max_length=30, blank=True)
+    email = models.EmailField(_("e-mail shown to patients"), blank=True)
+    reminders_show_specialty = models.BooleanField(
+        _("name the practitioner and specialty in reminders"),
+        default=False,
+        help_text=_("Off by default: a specialty can say more about a patient than they would like on a phone screen."),
+    )
+
+    class Meta:
+        verbose_name = _("clinic")
+        verbose_name_plural = _("clinic")
+
+    def __str__(self) -> str:
+        return self.name
+
+    @classmethod
+    def current(cls) -> "Clinic":
+        clinic, _created = cls.objects.get_or_create(pk=1)
+        return clinic

@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 import environ
+from celery.schedules import crontab
 from cryptography.fernet import Fernet
 from django.core.exceptions import ImproperlyConfigured
 
@@ -242,6 +243,44 @@ CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = TIME_ZONE
+
+# Beat (one per deployment) starts the periodic jobs; workers on any number of hosts run them.
+CELERY_BEAT_SCHEDULE = {
+    # Sends what is due, including reminders whose enqueueing failed (broker down at booking).
+    "reminders-sweep": {"task": "scheduling.tasks.reminders_sweep", "schedule": 300.0},
+    # Security alerts not mailed yet (the batch task is normally enqueued by the event itself).
+    "security-alerts-sweep": {"task": "audit.tasks.security_alerts_send", "schedule": 300.0},
+    "audit-verify-nightly": {"task": "audit.tasks.audit_verify_nightly", "schedule": crontab(hour=3, minute=0)},
+    "sessions-purge-nightly": {"task": "practice.tasks.sessions_purge", "schedule": crontab(hour=3, minute=30)},
+    "lockouts-purge-nightly": {"task": "practice.tasks.lockouts_purge", "schedule": crontab(hour=3, minute=45)},
+}
+# A task is acknowledged when it has run, not when it was received: a worker that dies
+# mid-task leaves it to another (tasks are idempotent). One task at a time per process.
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# Publishing while the broker is down fails fast (the sweep catches up) instead of hanging
+# the request that booked the appointment.
+CELERY_BROKER_CONNECTION_TIMEOUT = env.float("CELERY_BROKER_CONNECTION_TIMEOUT", default=2.0)
+CELERY_TASK_PUBLISH_RETRY = False
+
+# Reminders (scheduling/reminders.py). Hours before the appointment are set per appointment
+# type; an appointment starting sooner than this gets no reminder at all.
+REMINDERS_ENABLED = env.bool("REMINDERS_ENABLED", default=True)
+REMINDER_MIN_LEAD_MINUTES = env.int("REMINDER_MIN_LEAD_MINUTES", default=120)
+# SMS backends (practice/sms.py), like Django's e-mail backends: console (default), file,
+# locmem (tests) and the HTTP adapter of a real provider.
+SMS_BACKEND = env.str("SMS_BACKEND", default="practice.sms.ConsoleBackend")
+SMS_FILE_PATH = env.str("SMS_FILE_PATH", default=str(BASE_DIR / "sent-sms"))
+SMS_SENDER = env.str("SMS_SENDER", default="Cabinet")
+SMS_HTTP_API_KEY = env.str("SMS_HTTP_API_KEY", default="")
+SMS_HTTP_TIMEOUT = env.float("SMS_HTTP_TIMEOUT", default=10.0)
+
+# Security alerts (audit/alerts.py): events of a burst are mailed together, at most one
+# mail per this many seconds, to practice admins with an e-mail address and ADMINS.
+SECURITY_ALERT_BATCH_SECONDS = env.int("SECURITY_ALERT_BATCH_SECONDS", default=60)
+# Housekeeping: failed-login records are kept this long (the audit trail keeps its own).
+LOCKOUT_RECORDS_RETENTION_DAYS = env.int("LOCKOUT_RECORDS_RETENTION_DAYS", default=30)
 
 # Audit: records buffered per context are written in one insert; large buffers flush early.
 AUDIT_FLUSH_THRESHOLD = env.int("AUDIT_FLUSH_THRESHOLD", default=2000)

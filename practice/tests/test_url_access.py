@@ -160,7 +160,7 @@ ADMIN_MODEL_EXTRAS = {
 }
 # Add and delete pages a model admin refuses whatever the user's permissions: the trail and
 # appointments are read-only in admin, patients are archived not deleted, grants are made by
-# the break-the-glass page only, lockouts are not typed in by hand. (Change pages answer 200
+# the break-the-glass page only, lockouts are not typed in by hand, the clinic is one row. (Change pages answer 200
 # read-only to anyone who may view.)
 ADMIN_REFUSES = {
     "audit.auditevent": {"add", "delete"},
@@ -168,6 +168,7 @@ ADMIN_REFUSES = {
     "patients.patient": {"delete"},
     "patients.breakglassgrant": {"add", "delete"},
     "axes.accessattempt": {"add"},
+    "practice.clinic": {"add", "delete"},  # one row, which exists
 }
 
 
@@ -252,6 +253,10 @@ def world(secretary, practitioner, other_practitioner, practice_admin, outsider)
         post_data="",
         failures_since_start=1,
     )
+
+    from practice.models import Clinic
+
+    Clinic.current()
 
     # An emergency access for someone outside the personas (theirs would change what they see).
     third = make_practitioner("dr.third")
