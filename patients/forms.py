@@ -2,7 +2,7 @@ from django import forms
 from django.utils.translation import gettext_lazy as _
 
 from patients.models import Patient
-from patients.services import EDITABLE_FIELDS
+from patients.services import BREAK_GLASS_REASON_MIN_LENGTH, EDITABLE_FIELDS
 from patients.validators import nir_normalize, phone_to_e164, validate_nir, validate_plausible_birth_date
 
 
@@ -82,3 +82,20 @@ class PatientSearchForm(forms.Form):
         if cleaned.get("first_name") and not cleaned.get("last_name"):
             self.add_error("last_name", _("Give the last name with the first name."))
         return cleaned
+
+
+class BreakGlassForm(forms.Form):
+    reason = forms.CharField(
+        label=_("Why do you need this record now?"),
+        help_text=_(
+            "Kept in clear in the audit trail and read by the practice admins: describe the "
+            "situation, do not copy the patient's identity or health details."
+        ),
+        min_length=BREAK_GLASS_REASON_MIN_LENGTH,
+        max_length=2000,
+        widget=forms.Textarea(attrs={"rows": 4}),
+        error_messages={
+            "required": _("Write the reason for this emergency access."),
+            "min_length": _("Write at least %(limit_value)d characters (you wrote %(show_value)d)."),
+        },
+    )

@@ -1,6 +1,5 @@
 from uuid import UUID
 
-from django import forms
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -8,13 +7,12 @@ from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.utils.translation import gettext as _
-from django.utils.translation import gettext_lazy
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods, require_POST
 
 from patients import services
 from patients.access import break_glass_grant_for, may_break_glass, patient_queryset_for
-from patients.forms import PatientForm, PatientSearchForm
+from patients.forms import BreakGlassForm, PatientForm, PatientSearchForm
 from patients.models import Patient
 from patients.selectors import SEARCH_LIMIT, PatientQuery, patient_duplicates, patient_recent, patient_search
 from practice.roles import PRACTICE_ADMIN, SECRETARY, has_role
@@ -107,23 +105,6 @@ def patient_detail(request: HttpRequest, pk: UUID) -> HttpResponse:
         return render(request, "patients/no_access.html", {"pk": pk}, status=404)
     grant = break_glass_grant_for(request.user, patient)
     return render(request, "patients/detail.html", {"patient": patient, "grant": grant})
-
-
-class BreakGlassForm(forms.Form):
-    reason = forms.CharField(
-        label=gettext_lazy("Why do you need this record now?"),
-        help_text=gettext_lazy(
-            "Kept in clear in the audit trail and read by the practice admins: describe the "
-            "situation, do not copy the patient's identity or health details."
-        ),
-        min_length=services.BREAK_GLASS_REASON_MIN_LENGTH,
-        max_length=2000,
-        widget=forms.Textarea(attrs={"rows": 4}),
-        error_messages={
-            "required": gettext_lazy("Write the reason for this emergency access."),
-            "min_length": gettext_lazy("Write at least %(limit_value)d characters (you wrote %(show_value)d)."),
-        },
-    )
 
 
 @never_cache
