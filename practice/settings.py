@@ -275,6 +275,7 @@ SMS_FILE_PATH = env.str("SMS_FILE_PATH", default=str(BASE_DIR / "sent-sms"))
 SMS_SENDER = env.str("SMS_SENDER", default="Cabinet")
 SMS_HTTP_API_KEY = env.str("SMS_HTTP_API_KEY", default="")
 SMS_HTTP_TIMEOUT = env.float("SMS_HTTP_TIMEOUT", default=10.0)
+SMS_HTTP_URL = env.str("SMS_HTTP_URL", default="https://api.brevo.com/v3/transactionalSMS/send")
 
 # Security alerts (audit/alerts.py): events of a burst are mailed together, at most one
 # mail per this many seconds, to practice admins with an e-mail address and ADMINS.

@@ -3,20 +3,31 @@
 ``SMS_BACKEND`` names the class: ``practice.sms.ConsoleBackend`` (the default: prints),
 ``practice.sms.FileBackend`` (one file per message under ``SMS_FILE_PATH``),
 ``practice.sms.LocmemBackend`` (tests: ``practice.sms.outbox``) or a real provider's HTTP
-adapter. ``send()`` returns the provider's message id, which the caller records with the
-message it claimed. Message bodies never go to the logs: they name a patient's appointment.
+adapter, ``practice.sms.BrevoBackend``. ``send()`` returns the provider's message id, which
+the caller records with the message it claimed. Message bodies and phone numbers never go to
+the logs or into exception messages: together they name a patient's appointment.
 """
 
 from __future__ import annotations
 
 import datetime
+import http.client
+import json
+import logging
+import re
 import sys
+import urllib.error
+import urllib.parse
+import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
+
+logger = logging.getLogger(__name__)
 
 
 class SMSError(Exception):
@@ -85,6 +96,82 @@ class LocmemBackend(BaseBackend):
         provider_id = f"locmem-{len(outbox) + 1}"
         outbox.append(SMS(to=to, body=body, sender=sender, provider_id=provider_id))
         return provider_id
+
+
+class BrevoBackend(BaseBackend):
+    """Brevo's transactional SMS API (https://developers.brevo.com, "Send SMS message to a
+    mobile number"): ``POST SMS_HTTP_URL`` (default ``https://api.brevo.com/v3/transactionalSMS/send``)
+    with the ``api-key`` header and ``{sender, recipient, content, type: "transactional"}``;
+    the answer is ``{"messageId": ...}``.
+
+    Failures are classified for the caller: 429, 408 and 5xx, time-outs and connection errors
+    are ``SMSTransientError`` (retry later); any other 4xx (bad number, no credit, bad key)
+    is ``SMSRejected``. Neither message names the recipient or the text: the provider's error
+    body may echo them, so only its status and short error code are kept.
+    """
+
+    transient_statuses = frozenset({408, 429})
+
+    def __init__(self):
+        self.api_key = settings.SMS_HTTP_API_KEY
+        self.url = settings.SMS_HTTP_URL
+        self.timeout = settings.SMS_HTTP_TIMEOUT
+        if not self.api_key:
+            raise ImproperlyConfigured("SMS_BACKEND is the Brevo adapter but SMS_HTTP_API_KEY is not set.")
+        parts = urllib.parse.urlsplit(self.url)
+        # The API key travels in a header: never in clear, except to this machine (tests, a local relay).
+        local = parts.hostname in ("127.0.0.1", "localhost", "::1")
+        if parts.scheme != "https" and not (parts.scheme == "http" and local):
+            raise ImproperlyConfigured("SMS_HTTP_URL must be an https:// URL.")
+
+    def send(self, *, to: str, body: str, sender: str) -> str:
+        payload = {
+            "sender": sender,
+            "recipient": to,
+            "content": body,
+            "type": "transactional",
+            # Accented letters become their plain equivalents: 160 characters a message
+            # instead of Unicode's 70, and a French reminder stays readable.
+            "unicodeEnabled": False,
+        }
+        request = urllib.request.Request(  # noqa: S310 (the scheme is checked in __init__)
+            self.url,
+            data=json.dumps(payload).encode(),
+            method="POST",
+            headers={
+                "api-key": self.api_key,
+                "accept": "application/json",
+                "content-type": "application/json",
+            },
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310
+                answer = response.read()
+        except urllib.error.HTTPError as exc:
+            code = _error_code(exc)
+            exc.close()
+            if exc.code in self.transient_statuses or exc.code >= 500:
+                raise SMSTransientError(f"Brevo answered HTTP {exc.code}{code}.") from None
+            raise SMSRejected(f"Brevo refused the message: HTTP {exc.code}{code}.") from None
+        except (TimeoutError, urllib.error.URLError, http.client.HTTPException, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise SMSTransientError(f"Brevo could not be reached: {type(reason).__name__}.") from None
+        try:
+            message_id = json.loads(answer)["messageId"]
+        except (ValueError, KeyError, TypeError):
+            # Sent or not? The provider accepted the request; retrying could send it twice.
+            logger.error("Brevo accepted an SMS but its answer has no messageId")
+            raise SMSRejected("Brevo's answer has no messageId.") from None
+        return str(message_id)
+
+
+def _error_code(exc: urllib.error.HTTPError) -> str:
+    """Brevo's short error code (``invalid_parameter``, ``not_enough_credits``...), never its message."""
+    try:
+        code = json.loads(exc.read(4096)).get("code", "")
+    except (ValueError, AttributeError, OSError):
+        return ""
+    return f" ({code})" if isinstance(code, str) and re.fullmatch(r"[a-z_]{1,40}", code) else ""
 
 
 def get_backend(path: str | None = None) -> BaseBackend:
