@@ -62,6 +62,8 @@ class EventType(models.IntegerChoices):
     BUDGET_BLOCK = 31, _("Read budget exceeded")
     BREAK_GLASS_REVIEWED = 35, _("Break-the-glass access reviewed")
     CIPHERTEXT_REFUSED = 40, _("Stored value refused")
+    TRAIL_SHRANK = 41, _("Audit trail rows missing")
+    KEY_CHECK_FAILED = 42, _("Key check failed")
     KEY_ROTATION = 50, _("Key rotation")
     BLIND_INDEX_REBUILD = 51, _("Blind index rebuild")
 
@@ -138,3 +140,53 @@ class RotationProgress(models.Model):
 
     def __str__(self) -> str:
         return f"{self.job} {self.model_label} after {self.last_pk or 'start'}"
+
+
+class AlertCursor(models.Model):
+    """How far security alerts have been mailed: the id of the last event a mail covered.
+
+    One row (id 1). The alert task locks it (SELECT ... FOR UPDATE), mails the alert events
+    after ``last_event_id`` and moves it forward in the same transaction, so two workers
+    never mail the same events and a failed mail is retried by the next run.
+    ``batch_due_at``: when the batch task already enqueued will run; events written before
+    then ride along with it instead of enqueueing one task each.
+    """
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1)
+    last_event_id = models.BigIntegerField(default=0)
+    batch_due_at = models.DateTimeField(null=True, blank=True)
+    last_sent_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("security alert cursor")
+        verbose_name_plural = _("security alert cursor")
+
+    def __str__(self) -> str:
+        return f"alerts mailed up to event {self.last_event_id}"
+
+
+class AuditHead(models.Model):
+    """The trail's head as the nightly check found it: largest id, row count, last event time.
+
+    Each night's head is compared with the previous one (see ``audit.tasks.audit_verify_nightly``):
+    fewer rows at or below the previous largest id, or a smaller largest id, means rows were
+    deleted. Until the HMAC chain exists this is the trail's only tamper check, and a weak one:
+    it sees deletions, not changed rows. Each head is also logged, so a copy lives outside
+    the database.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    checked_at = models.DateTimeField(_("checked at"), db_index=True)
+    max_event_id = models.BigIntegerField(_("largest event id"))
+    event_count = models.BigIntegerField(_("events"))
+    last_occurred_at = models.DateTimeField(_("last event at"), null=True, blank=True)
+    missing_rows = models.BigIntegerField(_("rows missing since the previous check"), default=0)
+    key_problem = models.BooleanField(_("key check failed"), default=False)
+
+    class Meta:
+        verbose_name = _("audit trail head")
+        verbose_name_plural = _("audit trail heads")
+        ordering = ["-checked_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"audit head {self.max_event_id} ({self.event_count} events) at {self.checked_at:%Y-%m-%d %H:%M}"

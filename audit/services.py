@@ -11,6 +11,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from audit import context
+from audit.alerts import ALERT_EVENT_TYPES, security_alert_schedule
 from audit.models import AuditEvent, EventType
 
 
@@ -104,12 +105,16 @@ def audit_event_write(
     extra: dict | None = None,
     actor: context.Actor | None = None,
 ) -> AuditEvent:
-    """Record a write or a security event now, in the caller's transaction."""
+    """Record a write or a security event now, in the caller's transaction.
+
+    Security events of ``audit.alerts.ALERT_EVENT_TYPES`` are also mailed to the practice
+    admins, in batches, after the commit.
+    """
     ctx = context.current()
     columns = _context_columns(ctx)
     if actor is not None:
         columns.update(actor_user_id=actor.user_id, actor_username=actor.username, actor_role=actor.role)
-    return AuditEvent.objects.create(
+    event = AuditEvent.objects.create(
         occurred_at=timezone.now(),
         event_type=event_type,
         patient_id=patient_id,
@@ -119,3 +124,7 @@ def audit_event_write(
         extra={**(ctx.extra if ctx else {}), **(extra or {})},
         **columns,
     )
+    if event_type in ALERT_EVENT_TYPES:
+        # Mailed to the practice admins once the caller's transaction commits (audit/alerts.py).
+        security_alert_schedule()
+    return event
