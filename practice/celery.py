@@ -9,15 +9,19 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "practice.settings")
 
 
 class AuditedTask(Task):
-    """Opens `system:<task>` around each run; its decryptions are audited like a person's.
+    """Opens `system:<job>` around each run; its decryptions are audited like a person's.
 
+    The job is the task name's last part, or the task's `audit_job` when it declares one
+    (`@shared_task(audit_job="reminders")`): several tasks of one feature audit as one job.
     Tasks take ids, never patient data, as arguments: nothing decrypted sits in the broker.
     """
+
+    audit_job: str | None = None
 
     def __call__(self, *args, **kwargs):
         from audit.context import system_context
 
-        job = self.name.rsplit(".", 1)[-1]
+        job = self.audit_job or self.name.rsplit(".", 1)[-1]
         with system_context(job, task_id=getattr(self.request, "id", None) or ""):
             return super().__call__(*args, **kwargs)
 

@@ -18,7 +18,7 @@ from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
 from scheduling.availability import active_appointments_between
-from scheduling.models import ACTIVE_STATUSES, Absence, Appointment, AppointmentType, WorkingHours
+from scheduling.models import ACTIVE_STATUSES, Absence, Appointment, AppointmentType, Reminder, WorkingHours
 
 # Working hours -----------------------------------------------------------------------------
 
@@ -183,7 +183,15 @@ class AbsenceInline(admin.TabularInline):
 
 @admin.register(AppointmentType)
 class AppointmentTypeAdmin(admin.ModelAdmin):
-    list_display = ["name", "duration_minutes", "colour", "offered_by", "is_active"]
+    list_display = [
+        "name",
+        "duration_minutes",
+        "colour",
+        "offered_by",
+        "reminder_hours",
+        "second_reminder_hours",
+        "is_active",
+    ]
     list_filter = ["is_active", "practitioners"]
     search_fields = ["name"]
     filter_horizontal = ["practitioners"]
@@ -209,6 +217,23 @@ APPOINTMENT_LIST_COLUMNS = [
 ]
 
 
+class ReminderInline(admin.TabularInline):
+    """Whether and when each reminder went out: plain columns, nothing to decrypt."""
+
+    model = Reminder
+    extra = 0
+    fields = ["channel", "kind", "planned_for", "due_at", "status", "attempts", "sent_at", "provider_id", "error"]
+    readonly_fields = fields
+    ordering = ["due_at", "id"]
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
 @admin.register(Appointment)
 class AppointmentAdmin(admin.ModelAdmin):
     list_display = ["start", "end", "practitioner", "status", "appointment_type"]
@@ -219,6 +244,7 @@ class AppointmentAdmin(admin.ModelAdmin):
     list_per_page = 100
     show_full_result_count = False
     raw_id_fields = ["patient"]
+    inlines = [ReminderInline]
     fieldsets = [
         (None, {"fields": ["practitioner", "patient", "appointment_type", "start", "end", "status", "forced"]}),
         (_("Details"), {"fields": ["reason", "internal_note"]}),

@@ -7,6 +7,7 @@ zone (settings.TIME_ZONE), so a 9:00 start stays 9:00 across the DST change.
 import datetime
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils.translation import gettext_lazy as _
@@ -26,6 +27,19 @@ class AppointmentType(models.Model):
         "practice.Practitioner", verbose_name=_("offered by"), related_name="appointment_types", blank=True
     )
     is_active = models.BooleanField(_("active"), default=True)
+    reminder_hours = models.PositiveSmallIntegerField(
+        _("reminder (hours before)"),
+        default=24,
+        validators=[MaxValueValidator(24 * 14)],
+        help_text=_("Send the patient a reminder this many hours before the appointment. 0: no reminder."),
+    )
+    second_reminder_hours = models.PositiveSmallIntegerField(
+        _("second reminder (hours before)"),
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1), MaxValueValidator(24 * 14)],
+        help_text=_("Optional: a second reminder, closer to the appointment than the first."),
+    )
 
     class Meta:
         verbose_name = _("appointment type")
@@ -34,6 +48,34 @@ class AppointmentType(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.duration_minutes} min)"
+
+    def clean(self) -> None:
+        super().clean()
+        errors = {}
+        lead = settings.REMINDER_MIN_LEAD_MINUTES
+        for name in ("reminder_hours", "second_reminder_hours"):
+            hours = getattr(self, name)
+            if hours and hours * 60 < lead:
+                # It would never be sent: reminders_send skips what is due that close to the start.
+                errors[name] = _("Reminders are not sent less than %(minutes)d minutes before an appointment.") % {
+                    "minutes": lead
+                }
+        if self.second_reminder_hours is not None and "second_reminder_hours" not in errors:
+            if not self.reminder_hours:
+                errors["second_reminder_hours"] = _("A second reminder needs a first one.")
+            elif self.second_reminder_hours >= self.reminder_hours:
+                errors["second_reminder_hours"] = _("The second reminder must come after the first one.")
+        if errors:
+            raise ValidationError(errors)
+
+    def reminder_plan(self) -> list[tuple[str, int]]:
+        """(kind, hours before the start) of each reminder this type asks for."""
+        plan = []
+        if self.reminder_hours:
+            plan.append((ReminderKind.FIRST, self.reminder_hours))
+            if self.second_reminder_hours:
+                plan.append((ReminderKind.SECOND, self.second_reminder_hours))
+        return plan
 
 
 class Weekday(models.IntegerChoices):
@@ -242,3 +284,97 @@ class Appointment(EncryptedModel):
 
     def can_become(self, status: str) -> bool:
         return status in TRANSITIONS.get(self.status, set())
+
+
+class ReminderChannel(models.TextChoices):
+    EMAIL = "email", _("E-mail")
+    SMS = "sms", _("SMS")
+
+
+class ReminderKind(models.TextChoices):
+    FIRST = "first", _("First reminder")
+    SECOND = "second", _("Second reminder")
+
+
+class ReminderStatus(models.TextChoices):
+    PENDING = "pending", _("Planned")
+    SENT = "sent", _("Sent")
+    FAILED = "failed", _("Failed")
+    CANCELLED = "cancelled", _("Cancelled")
+    SKIPPED = "skipped", _("Not sent")
+
+
+# Hours before the start for an appointment without a type (types default to the same).
+DEFAULT_REMINDER_HOURS = 24
+
+
+class Reminder(models.Model):
+    """One message to send (or sent) before an appointment, by one channel.
+
+    Rules (scheduling.reminders, scheduling.tasks):
+    - A reminder is planned for one start time (`planned_for`). Moving the appointment
+      cancels it and plans a fresh one; a cancelled appointment or a no-show cancels it.
+    - Never twice: sending locks the row, sends, and records `sent` with the provider's id in
+      the same transaction; a row that is no longer pending is left alone. At most one row is
+      pending per appointment, channel and kind (a partial unique constraint).
+    - Nothing here is patient data: no text, no address or number. `error` holds a short code
+      or an exception class name, never a message body, phone number or e-mail address.
+    """
+
+    appointment = models.ForeignKey(
+        Appointment, verbose_name=_("appointment"), on_delete=models.PROTECT, related_name="reminders"
+    )
+    channel = models.CharField(_("channel"), max_length=5, choices=ReminderChannel.choices)
+    kind = models.CharField(_("kind"), max_length=6, choices=ReminderKind.choices, default=ReminderKind.FIRST)
+    planned_for = models.DateTimeField(_("for the appointment at"))
+    due_at = models.DateTimeField(_("due at"), db_index=True)
+    status = models.CharField(
+        _("status"), max_length=10, choices=ReminderStatus.choices, default=ReminderStatus.PENDING
+    )
+    attempts = models.PositiveSmallIntegerField(_("attempts"), default=0)
+    enqueued_at = models.DateTimeField(_("last queued at"), null=True, blank=True)
+    sent_at = models.DateTimeField(_("sent at"), null=True, blank=True)
+    provider_id = models.CharField(_("provider's message id"), max_length=200, blank=True)
+    error = models.CharField(_("error"), max_length=100, blank=True)
+    created_at = models.DateTimeField(_("created at"), auto_now_add=True)
+    updated_at = models.DateTimeField(_("updated at"), auto_now=True)
+
+    class Meta:
+        verbose_name = _("reminder")
+        verbose_name_plural = _("reminders")
+        ordering = ["due_at", "id"]
+        indexes = [
+            # The sweep reads due pending rows only: a small index whatever the history.
+            models.Index(fields=["due_at", "id"], name="reminder_pending_due", condition=models.Q(status="pending")),
+        ]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["appointment", "channel", "kind"],
+                condition=models.Q(status="pending"),
+                name="reminder_one_pending",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_channel_display()} {self.get_kind_display()} ({self.get_status_display()})"
+
+    def error_display(self) -> str:
+        """The front desk's words for `error` (a code, or an error class name as a fallback)."""
+        return str(REMINDER_ERRORS.get(self.error, self.error))
+
+
+# Words for Reminder.error, shown to the front desk on the appointment page.
+REMINDER_ERRORS = {
+    "moved": _("the appointment was moved"),
+    "appointment_cancelled": _("the appointment was cancelled"),
+    "appointment_no_show": _("no-show"),
+    "no_longer_wanted": _("no longer asked for (type or consent changed)"),
+    "appointment_started": _("the patient had already arrived"),
+    "too_late": _("too close to the appointment"),
+    "patient_archived": _("the patient record is archived"),
+    "no_consent": _("the patient withdrew consent"),
+    "no_address": _("no phone number or e-mail address"),
+    "SMSRejected": _("refused by the SMS provider"),
+    "SMSTransientError": _("SMS provider unreachable"),
+    "SMTPRecipientsRefused": _("e-mail address refused"),
+}

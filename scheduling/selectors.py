@@ -155,3 +155,14 @@ def waiting_room(*, practitioner: Practitioner | None = None) -> list[Appointmen
     return list(
         qs.select_related("practitioner").only(*AGENDA_FIELDS, "practitioner__display_name").order_by("arrived_at")
     )
+
+
+# What the appointment page's "Reminders" section shows: plain columns only.
+REMINDER_FIELDS = ("id", "channel", "kind", "planned_for", "due_at", "status", "attempts", "sent_at", "error")
+
+
+def appointment_reminders(appointment: Appointment) -> list:
+    """Every reminder of the appointment, planned, sent, failed or cancelled, in due order."""
+    from scheduling.models import Reminder
+
+    return list(Reminder.objects.filter(appointment=appointment).only(*REMINDER_FIELDS).order_by("due_at", "id"))

@@ -19,6 +19,7 @@ from audit.models import EventType
 from audit.services import audit_event_write
 from scheduling import availability
 from scheduling.models import Appointment, AppointmentStatus, AppointmentType
+from scheduling.reminders import reminders_plan
 
 
 class BookingError(ValidationError):
@@ -117,6 +118,7 @@ def appointment_book(
         n for n, v in (("reason", reason), ("internal_note", internal_note)) if v
     ]
     _audit(appointment, EventType.CREATE, fields=fields, forced=overridden)
+    reminders_plan(appointment=appointment)
     return appointment
 
 
@@ -146,6 +148,7 @@ def appointment_move(
     appointment.updated_by = actor
     _save_guarded(appointment, update_fields=["practitioner", "start", "end", "forced", "updated_by", "updated_at"])
     _audit(appointment, EventType.CHANGE, fields=["start", "practitioner"], moved_from=previous, forced=overridden)
+    reminders_plan(appointment=appointment)  # the old time's reminders are cancelled, fresh ones planned
     return appointment
 
 
@@ -171,6 +174,7 @@ def appointment_change_type(
     appointment.updated_by = actor
     _save_guarded(appointment, update_fields=["appointment_type", "end", "forced", "updated_by", "updated_at"])
     _audit(appointment, EventType.CHANGE, fields=["appointment_type", "end"], forced=overridden)
+    reminders_plan(appointment=appointment)  # the new type may remind at other times
     return appointment
 
 
@@ -197,6 +201,7 @@ def appointment_cancel(*, appointment: Appointment, reason: str, actor) -> Appoi
         status_from=previous,
         status_to="cancelled",
     )
+    reminders_plan(appointment=appointment)
     return appointment
 
 
@@ -238,4 +243,5 @@ def appointment_set_status(*, appointment: Appointment, status: str, actor) -> A
     appointment.updated_by = actor
     _save_guarded(appointment, update_fields=fields)
     _audit(appointment, EventType.CHANGE, fields=["status"], status_from=previous, status_to=status)
+    reminders_plan(appointment=appointment)  # a no-show cancels them; back to booked plans again
     return appointment

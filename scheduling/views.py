@@ -634,6 +634,9 @@ def _render_appointment(request: HttpRequest, pk, *, forms: dict | None = None, 
         ),
         "cancel_form": forms.get("cancel") or CancelForm(),
         "open_form": next(iter(forms), None),
+        # Whoever may open the appointment (the front desk, its practitioner) sees whether and
+        # when each reminder went out, and why one did not: plain columns, nothing decrypted.
+        "reminders": selectors.appointment_reminders(appointment),
     }
     return render(request, "scheduling/appointment.html", context, status=status)
 

@@ -236,6 +236,7 @@ def test_a_practice_admin_adds_an_appointment_type(admin_client, doctor):
             "colour": "#dc2626",
             "practitioners": [doctor.pk],
             "is_active": "on",
+            "reminder_hours": "24",
         },
     )
     assert response.status_code == 302, response.content.decode()[:3000]
