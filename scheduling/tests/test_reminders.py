@@ -28,6 +28,11 @@ REASON, NOTE = "Douleur au genou droit", "Préfère le matin"
 
 @pytest.fixture(autouse=True)
 def _outboxes(settings, db):
+    # Eager whatever CELERY_BROKER_URL says (CI sets one): the app read it at start-up.
+    from practice.celery import app
+
+    eager = app.conf.task_always_eager
+    app.conf.task_always_eager = True
     settings.SMS_BACKEND = "practice.sms.LocmemBackend"
     settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
     settings.REMINDERS_ENABLED = True
@@ -36,6 +41,7 @@ def _outboxes(settings, db):
     sms.outbox.clear()
     yield
     sms.outbox.clear()
+    app.conf.task_always_eager = eager
 
 
 @pytest.fixture
