@@ -61,6 +61,7 @@ class EventType(models.IntegerChoices):
     BREAK_GLASS = 30, _("Break-the-glass access")
     BUDGET_BLOCK = 31, _("Read budget exceeded")
     BREAK_GLASS_REVIEWED = 35, _("Break-the-glass access reviewed")
+    BUDGET_LIFTED = 36, _("Read budget block lifted")
     CIPHERTEXT_REFUSED = 40, _("Stored value refused")
     TRAIL_SHRANK = 41, _("Audit trail rows missing")
     KEY_CHECK_FAILED = 42, _("Key check failed")
@@ -92,6 +93,9 @@ class AuditEvent(models.Model):
     patient_id = models.UUIDField(_("patient id"), null=True, blank=True)
     fields = models.JSONField(_("fields"), default=list, blank=True)
     extra = models.JSONField(_("details"), default=dict, blank=True)
+    # HMAC-SHA256 (hex) over the previous row's mac and this row's canonical content, keyed
+    # by AUDIT_CHAIN_KEY (outside the database): audit/chain.py. Empty only before the chain.
+    mac = models.CharField(_("chain MAC"), max_length=64, blank=True, editable=False)
 
     class Meta:
         verbose_name = _("audit event")
@@ -190,3 +194,35 @@ class AuditHead(models.Model):
 
     def __str__(self) -> str:
         return f"audit head {self.max_event_id} ({self.event_count} events) at {self.checked_at:%Y-%m-%d %H:%M}"
+
+
+class ReadBlock(models.Model):
+    """An account stopped by its read budget: no decryption until a practice admin lifts it.
+
+    The user id and name are copied (like the trail), so the record outlives the account.
+    """
+
+    user_id = models.IntegerField(_("user id"), db_index=True)
+    username = models.CharField(_("user"), max_length=150)
+    role = models.CharField(_("role"), max_length=40)
+    blocked_at = models.DateTimeField(_("blocked at"))
+    window = models.CharField(_("budget exceeded"), max_length=10)  # "hour" or "day"
+    patients_read = models.PositiveIntegerField(_("distinct patients read"))
+    budget = models.PositiveIntegerField(_("budget"))
+    lifted_at = models.DateTimeField(_("lifted at"), null=True, blank=True)
+    lifted_by = models.CharField(_("lifted by"), max_length=150, blank=True)
+    lift_reason = models.TextField(_("reason for lifting"), blank=True)
+
+    class Meta:
+        verbose_name = _("read budget block")
+        verbose_name_plural = _("read budget blocks")
+        ordering = ["-blocked_at"]
+        constraints = [
+            # At most one block in force per account.
+            models.UniqueConstraint(
+                fields=["user_id"], condition=models.Q(lifted_at__isnull=True), name="one_open_block"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.username} blocked at {self.blocked_at:%Y-%m-%d %H:%M}"

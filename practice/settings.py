@@ -283,6 +283,30 @@ SECURITY_ALERT_BATCH_SECONDS = env.int("SECURITY_ALERT_BATCH_SECONDS", default=6
 # Housekeeping: failed-login records are kept this long (the audit trail keeps its own).
 LOCKOUT_RECORDS_RETENTION_DAYS = env.int("LOCKOUT_RECORDS_RETENTION_DAYS", default=30)
 
+
+# Read budgets (audit/budget.py): the distinct patients one account may decrypt per rolling
+# hour and per day, by role, as "hour/day". A front desk's day view of a 10-practitioner
+# clinic shows about 300 patients; size from the practice's own trail (README, Read budgets).
+# System jobs (reminders, key rotation) have none: they are audited, and run no requests.
+def _budget(name: str, default: str) -> tuple[int, int]:
+    raw = env.str(name, default=default)
+    try:
+        hour, day = (int(part) for part in raw.split("/"))
+    except ValueError:
+        raise ImproperlyConfigured(f'{name} must be "<per hour>/<per day>", e.g. "{default}".') from None
+    if not 0 < hour <= day:
+        raise ImproperlyConfigured(f"{name}: the hourly budget must be positive and at most the daily one.")
+    return hour, day
+
+
+READ_BUDGETS = {
+    "Secretary": _budget("READ_BUDGET_SECRETARY", "600/1500"),
+    "Practitioner": _budget("READ_BUDGET_PRACTITIONER", "200/500"),
+    "Practice admin": _budget("READ_BUDGET_PRACTICE_ADMIN", "300/800"),
+    # Superusers and accounts without a role get the smallest budget of all.
+    "default": _budget("READ_BUDGET_OTHER", "100/200"),
+}
+
 # Audit: records buffered per context are written in one insert; large buffers flush early.
 AUDIT_FLUSH_THRESHOLD = env.int("AUDIT_FLUSH_THRESHOLD", default=2000)
 
