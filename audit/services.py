@@ -77,8 +77,8 @@ def _insert_reads_postgresql(connection, now, columns: dict, extra: dict, reads:
     sql = (
         'INSERT INTO "audit_auditevent" (occurred_at, event_type, extra, '
         + ", ".join(_COMMON)
-        + ", model_label, object_pk, patient_id, fields) "
-        "SELECT %s, %s, %s::jsonb, %s, %s, %s, %s::inet, %s, %s, %s, %s, t.m, t.o, t.p, t.f::jsonb "
+        + ", model_label, object_pk, patient_id, fields, mac) "
+        "SELECT %s, %s, %s::jsonb, %s, %s, %s, %s::inet, %s, %s, %s, %s, t.m, t.o, t.p, t.f::jsonb, '' "
         "FROM unnest(%s::varchar[], %s::varchar[], %s::uuid[], %s::text[]) AS t(m, o, p, f)"
     )
     params = [

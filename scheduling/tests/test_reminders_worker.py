@@ -158,10 +158,14 @@ def test_it_books_then_the_sweep_sends_one_email_and_one_sms_in_the_worker(celer
     assert not reads(actor_username="system:reminders_sweep") and not reads(actor_username="system:reminder_send")
 
 
-def test_a_booking_made_while_the_broker_is_down_is_reminded_once_when_it_is_back(celery_app, finished, agenda):
+def test_a_booking_made_while_the_broker_is_down_is_reminded_once_when_it_is_back(
+    celery_app, finished, agenda, monkeypatch
+):
     app, queue = celery_app
     doctor, kind, patient = agenda
     _drop_broker_connections(app)
+    # Celery reads CELERY_BROKER_URL from the environment before its own setting (CI sets it).
+    monkeypatch.setenv("CELERY_BROKER_URL", DEAD_BROKER_URL)
     app.conf.broker_url = DEAD_BROKER_URL
     soon = timezone.now() + datetime.timedelta(hours=5)  # its reminder is due at once
     began = time.monotonic()
@@ -171,6 +175,7 @@ def test_a_booking_made_while_the_broker_is_down_is_reminded_once_when_it_is_bac
     assert {(r.status, r.enqueued_at) for r in rows} == {(ReminderStatus.PENDING, None)}
 
     _drop_broker_connections(app)
+    monkeypatch.setenv("CELERY_BROKER_URL", BROKER_URL)
     app.conf.broker_url = BROKER_URL  # the broker is back
     with start_worker(app, perform_ping_check=False, queues=[queue], shutdown_timeout=20):
         _sweep_in_worker(finished, sweeps=1, sends=2)
