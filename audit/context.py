@@ -57,6 +57,10 @@ class _Read:
     fields: set[str]
 
 
+# The session's audit id (audit.signals sets it at login; see AuditEvent.session).
+SESSION_KEY = "audit_session"
+
+
 @dataclass
 class AuditContext:
     """Who reads, from where, for what; plus the buffer of rows decrypted so far."""
@@ -77,6 +81,12 @@ class AuditContext:
         if self.request is not None:
             return Actor.for_user(getattr(self.request, "user", None))
         return self.actor or Actor.system("unknown")
+
+    @property
+    def session(self) -> str:
+        # Read late, like the actor: the login view starts the session mid-request.
+        session = getattr(self.request, "session", None)
+        return session.get(SESSION_KEY, "") if session is not None else ""
 
     def record_read(self, *, model_label: str, object_pk, patient_id, field_name: str) -> None:
         pk = str(object_pk)

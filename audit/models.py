@@ -86,6 +86,9 @@ class AuditEvent(models.Model):
     ip = models.GenericIPAddressField(_("IP address"), null=True, blank=True)
     user_agent = models.CharField(_("browser"), max_length=300, blank=True)
     request_id = models.CharField(_("request id"), max_length=64, blank=True)
+    # A random id given to a login session at login (kept across its key rotations), so a
+    # breach report can scope "everything this session did"; never the session key itself.
+    session = models.CharField(_("session"), max_length=32, blank=True)
     path = models.CharField(_("page"), max_length=300, blank=True)
     purpose = models.CharField(_("purpose"), max_length=120, blank=True)
     model_label = models.CharField(_("record type"), max_length=100, blank=True)
@@ -105,6 +108,7 @@ class AuditEvent(models.Model):
             models.Index(fields=["patient_id", "occurred_at"], name="audit_patient_time"),
             models.Index(fields=["actor_user_id", "occurred_at"], name="audit_actor_time"),
             models.Index(fields=["event_type", "occurred_at"], name="audit_type_time"),
+            models.Index(fields=["session", "occurred_at"], name="audit_session_time", condition=~models.Q(session="")),
         ]
 
     def __str__(self) -> str:

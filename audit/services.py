@@ -31,6 +31,7 @@ def _context_columns(ctx: context.AuditContext | None) -> dict:
         "ip": ctx.ip,
         "user_agent": ctx.user_agent[:300],
         "request_id": ctx.request_id,
+        "session": ctx.session,
         "path": ctx.path[:300],
         "purpose": ctx.purpose[:120],
     }
@@ -67,7 +68,17 @@ def audit_reads_write(*, context: context.AuditContext, reads: Iterable) -> None
             )
 
 
-_COMMON = ("actor_user_id", "actor_username", "actor_role", "ip", "user_agent", "request_id", "path", "purpose")
+_COMMON = (
+    "actor_user_id",
+    "actor_username",
+    "actor_role",
+    "ip",
+    "user_agent",
+    "request_id",
+    "session",
+    "path",
+    "purpose",
+)
 
 
 def _insert_reads_postgresql(connection, now, columns: dict, extra: dict, reads: list) -> None:
@@ -78,7 +89,7 @@ def _insert_reads_postgresql(connection, now, columns: dict, extra: dict, reads:
         'INSERT INTO "audit_auditevent" (occurred_at, event_type, extra, '
         + ", ".join(_COMMON)
         + ", model_label, object_pk, patient_id, fields, mac) "
-        "SELECT %s, %s, %s::jsonb, %s, %s, %s, %s::inet, %s, %s, %s, %s, t.m, t.o, t.p, t.f::jsonb, '' "
+        "SELECT %s, %s, %s::jsonb, %s, %s, %s, %s::inet, %s, %s, %s, %s, %s, t.m, t.o, t.p, t.f::jsonb, '' "
         "FROM unnest(%s::varchar[], %s::varchar[], %s::uuid[], %s::text[]) AS t(m, o, p, f)"
     )
     params = [

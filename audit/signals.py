@@ -1,12 +1,13 @@
 """Security events go to the same trail as reads and writes."""
 
+import secrets
 import time
 
 from axes.signals import user_locked_out
 from django.contrib.auth.signals import user_logged_in, user_logged_out, user_login_failed
 from django.dispatch import receiver
 
-from audit.context import Actor
+from audit.context import SESSION_KEY, Actor
 from audit.models import EventType
 from audit.services import audit_event_write
 
@@ -16,6 +17,7 @@ def _logged_in(sender, request, user, **kwargs):
     if request is not None and hasattr(request, "session"):
         # Start of the absolute session lifetime (see AuditContextMiddleware).
         request.session["auth_started_at"] = time.time()
+        request.session[SESSION_KEY] = secrets.token_hex(8)
     audit_event_write(event_type=EventType.LOGIN, actor=Actor.for_user(user))
 
 
