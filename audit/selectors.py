@@ -1,8 +1,29 @@
-from django.db.models import QuerySet
+from django.db.models import Count, Max, Min, Q, QuerySet
 
-from audit.models import AuditEvent
+from audit.models import AuditEvent, EventType
 
 
 def patient_access_events(*, patient_id) -> QuerySet[AuditEvent]:
     """Every read and change of one patient's data, newest first (index audit_patient_time)."""
-    return AuditEvent.objects.filter(patient_id=patient_id).order_by("-occurred_at", "-id")
+    return (
+        AuditEvent.objects.filter(patient_id=patient_id)
+        .defer("extra", "mac", "user_agent", "request_id")
+        .order_by("-occurred_at", "-id")
+    )
+
+
+def patient_access_summary(*, patient_id) -> list[dict]:
+    """Who touched one patient's data: per person (or job) and role, how many reads and how
+    many other events (changes, exports...), first and last time. Latest first."""
+    return list(
+        AuditEvent.objects.filter(patient_id=patient_id)
+        .order_by()
+        .values("actor_username", "actor_role")
+        .annotate(
+            reads=Count("id", filter=Q(event_type=EventType.READ)),
+            others=Count("id", filter=~Q(event_type=EventType.READ)),
+            first=Min("occurred_at"),
+            last=Max("occurred_at"),
+        )
+        .order_by("-last", "actor_username")
+    )

@@ -137,6 +137,9 @@ TABLE: dict[str, Row] = {
     "scheduling:status": _logged_in(405),
     # The audit trail: practice admins only
     "audit:patient_access": Row(LOGIN, 403, 403, 403, 200, 403),
+    "audit:patient_access_print": Row(LOGIN, 403, 403, 403, 200, 403),
+    "audit:breach_scope": Row(LOGIN, 403, 403, 403, 200, 403),  # the empty form
+    "audit:breach_scope_csv": _logged_in(405),  # POST only, with a stated purpose
 }
 
 # Admin views that are not a model's, for a practice admin (other roles: the admin rule).
