@@ -1,7 +1,11 @@
+import uuid
+
 from django import forms
 from django.utils.translation import gettext_lazy as _
 
+from patients.exports import EXPORT_LIST_LIMIT, EXPORT_PURPOSE_MIN_LENGTH
 from patients.models import Patient
+from patients.selectors import CONTACT_GROUPS
 from patients.services import BREAK_GLASS_REASON_MIN_LENGTH, EDITABLE_FIELDS
 from patients.validators import nir_normalize, phone_to_e164, validate_nir, validate_plausible_birth_date
 
@@ -98,4 +102,103 @@ class BreakGlassForm(forms.Form):
             "required": _("Write the reason for this emergency access."),
             "min_length": _("Write at least %(limit_value)d characters (you wrote %(show_value)d)."),
         },
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Minimal exposure: showing contact details, and exports
+
+
+class RevealForm(forms.Form):
+    """Which contact details to show: one group, or all of them (the default)."""
+
+    show = forms.ChoiceField(
+        choices=[(group, group) for group in CONTACT_GROUPS] + [("all", "all")],
+        required=False,
+    )
+
+    def groups(self) -> list[str]:
+        wanted = self.cleaned_data.get("show") or "all"
+        return list(CONTACT_GROUPS) if wanted == "all" else [wanted]
+
+
+CONTACT_GROUP_LABELS = {
+    "phone": _("Phone numbers"),
+    "email": _("E-mail"),
+    "address": _("Address"),
+    "nir": _("Social security number (NIR)"),
+}
+
+
+class _PurposeForm(forms.Form):
+    purpose = forms.CharField(
+        label=_("Purpose of this export"),
+        help_text=_(
+            "Required. Kept in clear in the audit trail and printed on the file: say why "
+            "(for example “right of access request received 12 May”), without patient names "
+            "or health details."
+        ),
+        min_length=EXPORT_PURPOSE_MIN_LENGTH,
+        max_length=200,
+        error_messages={
+            "required": _("State the purpose of this export."),
+            "min_length": _("Write at least %(limit_value)d characters (you wrote %(show_value)d)."),
+        },
+    )
+
+    def clean_purpose(self) -> str:
+        # One line: it goes into a file's first line and the audit trail.
+        return " ".join(self.cleaned_data["purpose"].split())
+
+
+class UUIDListField(forms.Field):
+    """Patient ids posted back by the list page (hidden inputs), at most ``max_count``."""
+
+    widget = forms.MultipleHiddenInput
+
+    def __init__(self, *, max_count: int, **kwargs):
+        self.max_count = max_count
+        super().__init__(**kwargs)
+
+    def to_python(self, value) -> list[uuid.UUID]:
+        if not value:
+            return []
+        if not isinstance(value, list | tuple):
+            value = [value]
+        try:
+            ids = list(dict.fromkeys(uuid.UUID(str(v)) for v in value))
+        except ValueError as exc:
+            raise forms.ValidationError(_("The list of patients is not valid: search again.")) from exc
+        if len(ids) > self.max_count:
+            raise forms.ValidationError(_("Export at most %(count)d patients at a time.") % {"count": self.max_count})
+        return ids
+
+
+class PatientListExportForm(_PurposeForm):
+    patient = UUIDListField(
+        max_count=EXPORT_LIST_LIMIT,
+        error_messages={"required": _("There is no patient in the list to export.")},
+    )
+    columns = forms.MultipleChoiceField(
+        label=_("Also export"),
+        choices=list(CONTACT_GROUP_LABELS.items()),
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        help_text=_("The list's columns (names, birth name, birth date) are always exported."),
+    )
+
+
+class PatientExportForm(_PurposeForm):
+    file_format = forms.ChoiceField(
+        label=_("Format"),
+        choices=[("json", _("JSON (machine-readable)")), ("csv", _("CSV (spreadsheet)"))],
+        initial="json",
+    )
+    include_notes = forms.BooleanField(
+        label=_("Include the staff's notes (record notes and appointments' internal notes)"),
+        required=False,
+        help_text=_(
+            "Notes written by the practice may name other people: read them before sending "
+            "the file, and leave them out when they would disclose someone else's data."
+        ),
     )

@@ -13,6 +13,37 @@ from patients.models import Patient, full_name_index
 
 # What a search result shows: enough to pick the right person, nothing more.
 RESULT_FIELDS = ("id", "last_name", "first_names", "birth_name", "birth_date", "is_archived")
+
+# Contact details are masked on the record page until the user asks for them ("minimal
+# exposure"): each group is revealed by its own request, which decrypts that group only.
+CONTACT_GROUPS: dict[str, tuple[str, ...]] = {
+    "phone": ("phone_mobile", "phone_other"),
+    "email": ("email",),
+    "address": ("address", "postal_code", "city"),
+    "nir": ("nir",),
+}
+CONTACT_FIELDS = tuple(name for group in CONTACT_GROUPS.values() for name in group)
+# Plain columns every patient page may show (nothing decrypted).
+PLAIN_FIELDS = (
+    "id",
+    "is_archived",
+    "language",
+    "consent_sms",
+    "consent_email",
+    "created_at",
+    "updated_at",
+)
+# The record page: identity and care fields; contact details stay sealed (not even loaded).
+DETAIL_FIELDS = (
+    *PLAIN_FIELDS,
+    "last_name",
+    "first_names",
+    "birth_name",
+    "sex",
+    "birth_date",
+    "referring_doctor",
+    "notes",
+)
 # Enough to pick the right person; past it the page asks for a first name or a birth date.
 # Every extra row is a bystander's name decrypted (and audited) for nothing.
 SEARCH_LIMIT = 25
@@ -105,3 +136,49 @@ def patient_duplicates(*, last_name: str, first_names: str, birth_date, exclude_
 def patient_recent(*, limit: int = 50) -> QuerySet[Patient]:
     """The list page: recently changed active patients, name columns only."""
     return Patient.objects.filter(is_archived=False).only(*RESULT_FIELDS).order_by("-updated_at")[:limit]
+
+
+def patient_export_appointments(patient: Patient, *, include_notes: bool) -> tuple[list, dict]:
+    """A patient's appointments (cancelled ones too) and the reminders sent for them, for
+    their right-of-access export. Two queries; decrypts the reason and cancellation reason
+    (and the internal note when asked) as the export reads them."""
+    from scheduling.models import Appointment, Reminder, ReminderStatus
+
+    fields = [
+        "id",
+        "patient_id",
+        "start",
+        "end",
+        "status",
+        "reason",
+        "arrived_at",
+        "done_at",
+        "cancelled_at",
+        "cancellation_reason",
+        "practitioner__id",
+        "practitioner__display_name",
+        "appointment_type__id",
+        "appointment_type__name",
+    ]
+    if include_notes:
+        fields.append("internal_note")
+    appointments = list(
+        Appointment.objects.filter(patient=patient)
+        .select_related("practitioner", "appointment_type")
+        .only(*fields)
+        .order_by("start")
+    )
+    reminders: dict = {}
+    sent = Reminder.objects.filter(appointment__patient=patient, status=ReminderStatus.SENT)
+    for reminder in sent.only("id", "appointment_id", "channel", "kind", "status", "sent_at").order_by("sent_at"):
+        reminders.setdefault(reminder.appointment_id, []).append(reminder)
+    return appointments, reminders
+
+
+def patients_for_export(queryset: QuerySet[Patient], ids, *, fields) -> list[Patient]:
+    """The patients of a list export, among those ``queryset`` allows, in name order.
+
+    Loads ``fields`` only: the export decrypts nothing else.
+    """
+    rows = list(queryset.filter(pk__in=ids).only("id", "is_archived", *fields))
+    return sorted(rows, key=lambda p: (blind.normalize_name(p.last_name), blind.normalize_name(p.first_names)))

@@ -4,17 +4,35 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import redirect, render
 from django.utils.translation import gettext as _
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods, require_POST
 
-from patients import services
+from patients import exports, services
 from patients.access import break_glass_grant_for, may_break_glass, patient_queryset_for
-from patients.forms import BreakGlassForm, PatientForm, PatientSearchForm
+from patients.forms import (
+    BreakGlassForm,
+    PatientExportForm,
+    PatientForm,
+    PatientListExportForm,
+    PatientSearchForm,
+    RevealForm,
+)
 from patients.models import Patient
-from patients.selectors import SEARCH_LIMIT, PatientQuery, patient_duplicates, patient_recent, patient_search
+from patients.selectors import (
+    CONTACT_GROUPS,
+    DETAIL_FIELDS,
+    PLAIN_FIELDS,
+    SEARCH_LIMIT,
+    PatientQuery,
+    patient_duplicates,
+    patient_export_appointments,
+    patient_recent,
+    patient_search,
+    patients_for_export,
+)
 from practice.roles import PRACTICE_ADMIN, SECRETARY, has_role
 
 
@@ -37,6 +55,21 @@ def _get_patient_for(request: HttpRequest, pk: UUID, *, only=None) -> Patient:
     return patient
 
 
+class _NoAccess(Exception):
+    """A practitioner asked for a record they may not open (or that does not exist)."""
+
+
+def _open_patient(request: HttpRequest, pk: UUID, *, only) -> Patient:
+    """The patient for a record page: a practitioner who may not open it gets the
+    break-the-glass offer, the same page whether the record exists or not."""
+    try:
+        return _get_patient_for(request, pk, only=only)
+    except Http404:
+        if not may_break_glass(request.user):
+            raise
+        raise _NoAccess from None
+
+
 @never_cache
 @login_required
 @require_http_methods(["GET", "POST"])
@@ -51,11 +84,9 @@ def patient_list(request: HttpRequest) -> HttpResponse:
         too_many = len(results) > SEARCH_LIMIT
         results = results[:SEARCH_LIMIT]
     recent = [] if searched else list(patient_recent())
-    return render(
-        request,
-        "patients/list.html",
-        {"form": form, "results": results, "recent": recent, "searched": searched, "too_many": too_many},
-    )
+    context = {"form": form, "results": results, "recent": recent, "searched": searched, "too_many": too_many}
+    context["export_form"] = PatientListExportForm(initial={"patient": [p.pk for p in (results or recent)]})
+    return render(request, "patients/list.html", context)
 
 
 @never_cache
@@ -95,16 +126,42 @@ def _duplicate_blocks(form: PatientForm, *, exclude_pk=None) -> bool:
 @never_cache
 @login_required
 def patient_detail(request: HttpRequest, pk: UUID) -> HttpResponse:
+    """The record, contact details masked (phones, e-mail, address, NIR): they are not even
+    loaded. "Show" posts to patient_reveal, an audited read of those fields alone."""
     try:
-        patient = _get_patient_for(request, pk)
-    except Http404:
-        if not may_break_glass(request.user):
-            raise
+        patient = _open_patient(request, pk, only=DETAIL_FIELDS)
+    except _NoAccess:
         # A practitioner is offered the way in, with the same page whether the record exists
         # or not (no existence oracle): nothing about the patient is looked up here.
         return render(request, "patients/no_access.html", {"pk": pk}, status=404)
     grant = break_glass_grant_for(request.user, patient)
-    return render(request, "patients/detail.html", {"patient": patient, "grant": grant})
+    return render(request, "patients/detail.html", _contact_context(patient, grant=grant, shown=[]))
+
+
+def _contact_context(patient: Patient, *, grant, shown: list[str]) -> dict:
+    # patients/_contact.html renders (decrypts) the groups in `shown` and masks the others.
+    return {"patient": patient, "grant": grant, "shown": shown}
+
+
+@never_cache
+@login_required
+@require_POST
+def patient_reveal(request: HttpRequest, pk: UUID) -> HttpResponse:
+    """Show the contact details the user asked for (a group, or all): the record page masks
+    them. A POST, so that nothing prefetches or caches it; the page decrypts the asked fields
+    only (not even the name), so the audit rows of this request name exactly those fields,
+    with this view as their purpose."""
+    form = RevealForm(request.POST)
+    if not form.is_valid():  # the same answer for every id: checked before the record
+        return HttpResponseBadRequest()
+    shown = form.groups()
+    fields = [name for group in shown for name in CONTACT_GROUPS[group]]
+    try:
+        patient = _open_patient(request, pk, only=[*PLAIN_FIELDS, *fields])
+    except _NoAccess:
+        return render(request, "patients/no_access.html", {"pk": pk}, status=404)
+    grant = break_glass_grant_for(request.user, patient)
+    return render(request, "patients/contact.html", _contact_context(patient, grant=grant, shown=shown))
 
 
 @never_cache
@@ -173,3 +230,72 @@ def patient_restore(request: HttpRequest, pk: UUID) -> HttpResponse:
     services.patient_restore(patient=patient, actor=request.user)
     messages.success(request, _("Patient record restored."))
     return redirect(patient)
+
+
+# ---------------------------------------------------------------------------------------------
+# Exports: a stated purpose, audited per patient, budgeted, watermarked (patients.exports)
+
+
+def _attachment(body: str, *, content_type: str, filename: str) -> HttpResponse:
+    response = HttpResponse(body, content_type=content_type)
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+@never_cache
+@login_required
+@require_POST
+def patient_list_export(request: HttpRequest) -> HttpResponse:
+    """The patients the list page showed, as CSV: their list columns plus the contact
+    details chosen. Front desk only. Each patient's read is audited with the purpose; one
+    EXPORT event counts them. A form error comes back on a page that decrypts nothing."""
+    _require_front_desk(request)
+    form = PatientListExportForm(request.POST)
+    if not form.is_valid():
+        return render(request, "patients/export_list.html", {"form": form}, status=400)
+    export = exports.export_begin(user=request.user, purpose=form.cleaned_data["purpose"])
+    columns = exports.list_columns(form.cleaned_data["columns"])
+    patients = patients_for_export(patient_queryset_for(request.user), form.cleaned_data["patient"], fields=columns)
+    body = exports.patient_list_csv(patients, columns=columns, export=export)
+    exports.export_record(export=export, kind="patient_list", file_format="csv", count=len(patients), fields=columns)
+    return _attachment(body, content_type="text/csv; charset=utf-8", filename=export.filename("patients", "csv"))
+
+
+@never_cache
+@login_required
+@require_http_methods(["GET", "POST"])
+def patient_export(request: HttpRequest, pk: UUID) -> HttpResponse:
+    """A patient's own data for a right-of-access request (GDPR articles 15 and 20): the
+    whole record, their appointments and the reminders sent to them, as JSON or CSV.
+
+    Front desk and practice admins only (practitioners: 403 whatever the id, so no oracle);
+    the form page decrypts nothing. The export is audited (READ rows with its purpose, an
+    EXPORT event naming the patient) and watermarked.
+    """
+    _require_front_desk(request)
+    patient = _get_patient_for(request, pk, only=["id"])
+    form = PatientExportForm(request.POST if request.method == "POST" else None)
+    if not (form.is_bound and form.is_valid()):
+        return render(request, "patients/export.html", {"form": form, "patient": patient})
+    data = form.cleaned_data
+    export = exports.export_begin(user=request.user, purpose=data["purpose"])
+    patient = _get_patient_for(request, pk, only=["id", *exports.patient_export_fields(data["include_notes"])])
+    appointments, reminders = patient_export_appointments(patient, include_notes=data["include_notes"])
+    content = exports.patient_data(patient, appointments, reminders, include_notes=data["include_notes"])
+    if data["file_format"] == "csv":
+        body, content_type = exports.patient_data_csv(content, export=export), "text/csv; charset=utf-8"
+    else:
+        body, content_type = exports.patient_data_json(content, export=export), "application/json; charset=utf-8"
+    exports.export_record(
+        export=export,
+        kind="patient_data",
+        file_format=data["file_format"],
+        count=1,
+        fields=list(content["patient"]),  # the record's fields; appointments: their count
+        patient=patient,
+        appointments=len(appointments),
+        include_notes=data["include_notes"],
+    )
+    filename = export.filename(f"patient-{str(patient.pk)[:8]}", data["file_format"])
+    return _attachment(body, content_type=content_type, filename=filename)

@@ -28,12 +28,16 @@ def _post_new(client, **changes):
 
 
 def test_it_shows_the_record_to_a_secretary_without_caching(secretary, patient):
-    response = client_for(secretary).get(patient.get_absolute_url())
+    client = client_for(secretary)
+    response = client.get(patient.get_absolute_url())
     body = response.content.decode()
     assert response.status_code == 200
     assert "LEFÈVRE Anne-Marie" in body
-    assert "anne-marie.lefevre@example.fr" in body
+    assert "anne-marie.lefevre@example.fr" not in body  # masked until asked (test_reveal.py)
     assert "no-store" in response["Cache-Control"]
+    shown = client.post(reverse("patients:reveal", args=[patient.pk]), {"show": "email"})
+    assert "anne-marie.lefevre@example.fr" in shown.content.decode()
+    assert "no-store" in shown["Cache-Control"]
 
 
 @pytest.mark.parametrize("persona", ["practitioner", "outsider"])

@@ -119,6 +119,9 @@ TABLE: dict[str, Row] = {
     "patients:archive": _logged_in(405),
     "patients:restore": _logged_in(405),
     "patients:break_glass": Row(LOGIN, 403, 200, 200, 403, 403),  # practitioners only, any id
+    "patients:reveal": _logged_in(405),  # POST only: contact details shown on request
+    "patients:export": Row(LOGIN, 200, 403, 403, 200, 403),  # a patient's own data: front desk
+    "patients:export_list": _logged_in(405),  # POST only, from the list page
     # Agenda
     "scheduling:today": Row(LOGIN, 200, 403, 403, 200, 403),
     "scheduling:day": Row(LOGIN, 200, 403, 403, 200, 403),

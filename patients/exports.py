@@ -1,0 +1,262 @@
+"""Exports of patient data: a CSV of a patient list, and one patient's own data for a GDPR
+right-of-access request.
+
+Rules enforced here (issue 6, "minimal exposure"; DESIGN.md, Invariants 1 and 2):
+
+- An export states its purpose. The request's audit context takes it as its purpose
+  (``export: <purpose>``) before anything is decrypted, so every READ row the export makes
+  names it; each row also carries the export's id in ``extra`` and one EXPORT event per
+  export ties them together (who, when, how many patients, which fields, the full purpose).
+- Only the columns asked for are loaded (``.only()``), so only they are decrypted and
+  audited; reads go through the audited fields, so exports count against the read budget
+  like any page (a refused read fails the whole export: no partial file leaves).
+- The file is built in memory inside the request, never streamed: a streaming response is
+  iterated after the audit middleware has closed the context, where decryption refuses.
+- Every file is watermarked (first and last line) with who exported it, when and why.
+- CSV cells that a spreadsheet would run as a formula are neutralized.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import io
+import json
+import re
+import uuid
+from dataclasses import dataclass
+
+from django.utils import timezone
+from django.utils.translation import gettext as _
+
+from audit import context
+from audit.models import EventType
+from audit.services import audit_event_write
+from patients.models import Patient
+from patients.selectors import CONTACT_GROUPS
+
+# The front desk's list shows 50 recent patients or 25 search results: an export is of
+# what a page showed, never of the whole table.
+EXPORT_LIST_LIMIT = 50
+LIST_BASE_COLUMNS = ("last_name", "first_names", "birth_name", "birth_date")
+# Staff's own notes: exported on request only (see PatientExportForm.include_notes).
+STAFF_NOTE_FIELDS = ("notes",)
+# Every encrypted and plain field of the record a right-of-access export holds, in order.
+PATIENT_EXPORT_FIELDS = (
+    "last_name",
+    "birth_name",
+    "first_names",
+    "sex",
+    "birth_date",
+    "phone_mobile",
+    "phone_other",
+    "email",
+    "address",
+    "postal_code",
+    "city",
+    "nir",
+    "referring_doctor",
+    "notes",
+    "language",
+    "consent_sms",
+    "consent_email",
+    "is_archived",
+    "archived_at",
+    "created_at",
+    "updated_at",
+)
+# A stated purpose, not a click-through ("gdpr" is not one; "right of access, letter of 12 May" is).
+EXPORT_PURPOSE_MIN_LENGTH = 10
+PURPOSE_COLUMN_LENGTH = 120  # audit.models.AuditEvent.purpose
+
+
+@dataclass(frozen=True)
+class Export:
+    """One export in progress: who, when, why, and the id its audit rows share."""
+
+    id: str
+    username: str
+    at: datetime.datetime
+    purpose: str
+
+    def watermark(self) -> str:
+        when = timezone.localtime(self.at).strftime("%Y-%m-%d %H:%M %Z")
+        return _("Exported by %(user)s on %(when)s for: %(purpose)s. Confidential: patient data.") % {
+            "user": self.username,
+            "when": when,
+            "purpose": self.purpose,
+        }
+
+    def filename(self, stem: str, extension: str) -> str:
+        return f"{stem}-{timezone.localtime(self.at):%Y%m%d-%H%M}.{extension}"
+
+
+def export_begin(*, user, purpose: str) -> Export:
+    """Open an export: the request's audit context takes its purpose and id from here on.
+
+    Call it before anything is decrypted: reads are recorded with the context's purpose.
+    """
+    export = Export(id=str(uuid.uuid4()), username=user.get_username(), at=timezone.now(), purpose=purpose)
+    ctx = context.require()
+    ctx.purpose = f"export: {purpose}"[:PURPOSE_COLUMN_LENGTH]
+    ctx.extra = {**ctx.extra, "export": export.id}
+    return export
+
+
+def export_record(
+    *, export: Export, kind: str, file_format: str, count: int, fields, patient: Patient | None = None, **extra
+) -> None:
+    """The EXPORT event: one per file, after every read it needed has succeeded."""
+    audit_event_write(
+        event_type=EventType.EXPORT,
+        patient_id=patient.pk if patient is not None else None,
+        model_label=Patient._meta.label if patient is not None else "",
+        object_pk=patient.pk if patient is not None else "",
+        fields=fields,
+        extra={"kind": kind, "format": file_format, "count": count, "purpose": export.purpose, **extra},
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Cells
+
+# A cell a spreadsheet would evaluate: =, +, -, @ (and tab or carriage return) in front.
+_FORMULA = re.compile(r"^[=+\-@\t\r]")
+# Numbers such as an E.164 phone (+33612345678) or a negative amount are safe to leave as they are.
+_NUMBER = re.compile(r"^[+-]?[0-9][0-9 .]*$")
+
+
+def csv_cell(value) -> str:
+    """A value as a CSV cell that no spreadsheet runs as a formula (CSV injection)."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return _("yes") if value else _("no")
+    if isinstance(value, datetime.datetime):
+        return timezone.localtime(value).isoformat(timespec="minutes")
+    if isinstance(value, datetime.date):
+        return value.isoformat()
+    text = str(value)
+    if _FORMULA.match(text) and not _NUMBER.match(text):
+        return "'" + text
+    return text
+
+
+def _csv_text(rows) -> str:
+    out = io.StringIO()
+    # A byte order mark: spreadsheets then read the accents right.
+    out.write("\ufeff")
+    csv.writer(out).writerows(rows)
+    return out.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------
+# A patient list
+
+
+def list_columns(groups) -> list[str]:
+    """The fields of a list export: the list's own columns plus the contact groups chosen."""
+    return [
+        *LIST_BASE_COLUMNS,
+        *(name for group in CONTACT_GROUPS if group in groups for name in CONTACT_GROUPS[group]),
+    ]
+
+
+def patient_list_csv(patients, *, columns: list[str], export: Export) -> str:
+    """The CSV of a patient list: a watermark line, a header, a row per patient, the watermark."""
+    labels = [str(Patient._meta.get_field(name).verbose_name) for name in columns]
+    rows = [[csv_cell(export.watermark())], [*labels, str(_("archived"))]]
+    rows += [[*(csv_cell(getattr(p, name)) for name in columns), csv_cell(p.is_archived)] for p in patients]
+    rows.append([csv_cell(export.watermark())])
+    return _csv_text(rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# One patient's own data (GDPR right of access, article 15; portability, article 20)
+
+
+def _plain(value):
+    if isinstance(value, datetime.datetime):
+        return timezone.localtime(value).isoformat(timespec="minutes")
+    if isinstance(value, datetime.date):
+        return value.isoformat()
+    return value
+
+
+def patient_export_fields(include_notes: bool) -> list[str]:
+    return [name for name in PATIENT_EXPORT_FIELDS if include_notes or name not in STAFF_NOTE_FIELDS]
+
+
+def patient_data(patient: Patient, appointments, reminders, *, include_notes: bool) -> dict:
+    """What the practice holds about the patient, as plain values (decrypts what it reads).
+
+    ``appointments`` are loaded with their reason and cancellation reason (and internal
+    note when ``include_notes``); ``reminders`` maps an appointment id to its reminders.
+    """
+    record = {}
+    for name in patient_export_fields(include_notes):
+        value = getattr(patient, name)
+        field = Patient._meta.get_field(name)
+        if field.choices and value:
+            value = str(dict(field.flatchoices).get(value, value))
+        record[name] = _plain(value)
+    rows = []
+    for appointment in appointments:
+        row = {
+            "start": _plain(appointment.start),
+            "end": _plain(appointment.end),
+            "practitioner": appointment.practitioner.display_name,
+            "type": appointment.appointment_type.name if appointment.appointment_type_id else "",
+            "status": str(appointment.get_status_display()),
+            "reason": appointment.reason or "",
+            "arrived_at": _plain(appointment.arrived_at),
+            "done_at": _plain(appointment.done_at),
+            "cancelled_at": _plain(appointment.cancelled_at),
+            "cancellation_reason": appointment.cancellation_reason or "",
+        }
+        if include_notes:
+            row["internal_note"] = appointment.internal_note or ""
+        row["reminders"] = [
+            {
+                "channel": str(r.get_channel_display()),
+                "kind": str(r.get_kind_display()),
+                "status": str(r.get_status_display()),
+                "sent_at": _plain(r.sent_at),
+            }
+            for r in reminders.get(appointment.pk, [])
+        ]
+        rows.append(row)
+    return {"patient": record, "appointments": rows}
+
+
+def patient_data_json(data: dict, *, export: Export) -> str:
+    document = {
+        "export": {
+            "notice": export.watermark(),
+            "exported_by": export.username,
+            "exported_at": _plain(export.at),
+            "purpose": export.purpose,
+            "id": export.id,
+        },
+        **data,
+        "end": export.watermark(),
+    }
+    return json.dumps(document, ensure_ascii=False, indent=2)
+
+
+def patient_data_csv(data: dict, *, export: Export) -> str:
+    """Two tables in one file: the record (field, value), then the appointments."""
+    labels = {name: str(Patient._meta.get_field(name).verbose_name) for name in PATIENT_EXPORT_FIELDS}
+    rows = [[csv_cell(export.watermark())], [], [str(_("Patient record"))], [str(_("field")), str(_("value"))]]
+    rows += [[csv_cell(labels[name]), csv_cell(value)] for name, value in data["patient"].items()]
+    rows += [[], [str(_("Appointments"))]]
+    if data["appointments"]:
+        header = [name for name in data["appointments"][0] if name != "reminders"]
+        rows.append([*header, "reminders"])
+        for row in data["appointments"]:
+            sent = "; ".join(
+                f"{r['channel']} {r['kind']}: {r['status']} {r['sent_at'] or ''}".strip() for r in row["reminders"]
+            )
+            rows.append([*(csv_cell(row[name]) for name in header), csv_cell(sent)])
+    rows += [[], [csv_cell(export.watermark())]]
+    return _csv_text(rows)
