@@ -40,6 +40,46 @@ def _no_stray_connections(django_db_setup, django_db_blocker):
                 )
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _flush_past_the_trail_trigger():
+    """Transactional tests end with ``flush``: one TRUNCATE of every table, which the trail's
+    append-only trigger refuses (PostgreSQL, audit migration 0007). In the test database
+    only, the flush disables that trigger around its TRUNCATE, in the flush's own
+    transaction (so the trigger is back even if the TRUNCATE fails). Production keeps it:
+    a flush there is refused, as it should be."""
+    from unittest import mock
+
+    from django.db.backends.postgresql.operations import DatabaseOperations
+
+    sql_flush = DatabaseOperations.sql_flush
+
+    def flush_with_trail(self, style, tables, **kwargs):
+        statements = sql_flush(self, style, tables, **kwargs)
+        if statements and "audit_auditevent" in tables:
+            statements = [
+                "ALTER TABLE audit_auditevent DISABLE TRIGGER audit_trail_no_truncate;",
+                *statements,
+                "ALTER TABLE audit_auditevent ENABLE TRIGGER audit_trail_no_truncate;",
+            ]
+        return statements
+
+    with mock.patch.object(DatabaseOperations, "sql_flush", flush_with_trail):
+        yield
+
+
+@pytest.fixture
+def audit_trail_writable(db):
+    """For tests whose set-up rewrites trail rows (deletes earlier reads, backdates an event):
+    the append-only trigger (PostgreSQL) is off for the test, inside its transaction, so it
+    comes back with the rollback. The app itself never gets this: only tests ask for it."""
+    from django.db import connection
+
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("ALTER TABLE audit_auditevent DISABLE TRIGGER audit_trail_append_only")
+    yield
+
+
 @pytest.fixture(autouse=True)
 def _test_settings(settings):
     settings.SECURE_SSL_REDIRECT = False

@@ -54,6 +54,7 @@ ALERT_EVENT_TYPES = frozenset(
         EventType.OTP_RESET,  # an admin removed someone's second factor (a takeover path)
         EventType.CIPHERTEXT_REFUSED,  # a stored value failed its check: tampering or a wrong key
         EventType.TRAIL_SHRANK,  # audit rows were deleted (nightly check)
+        EventType.CHAIN_BROKEN,  # an audit row was changed, forged or removed (nightly check)
         EventType.KEY_CHECK_FAILED,  # the configured keys do not read the database (nightly check)
     }
 )

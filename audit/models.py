@@ -65,6 +65,7 @@ class EventType(models.IntegerChoices):
     CIPHERTEXT_REFUSED = 40, _("Stored value refused")
     TRAIL_SHRANK = 41, _("Audit trail rows missing")
     KEY_CHECK_FAILED = 42, _("Key check failed")
+    CHAIN_BROKEN = 43, _("Audit trail chain broken")
     KEY_ROTATION = 50, _("Key rotation")
     BLIND_INDEX_REBUILD = 51, _("Blind index rebuild")
 
@@ -174,13 +175,15 @@ class AlertCursor(models.Model):
 
 
 class AuditHead(models.Model):
-    """The trail's head as the nightly check found it: largest id, row count, last event time.
+    """The trail's head as the nightly check found it: largest id and that row's chain MAC,
+    row count, last event time, and what the chain verification found.
 
-    Each night's head is compared with the previous one (see ``audit.tasks.audit_verify_nightly``):
-    fewer rows at or below the previous largest id, or a smaller largest id, means rows were
-    deleted. Until the HMAC chain exists this is the trail's only tamper check, and a weak one:
-    it sees deletions, not changed rows. Each head is also logged, so a copy lives outside
-    the database.
+    Each night verifies the chain from the previous head on (see
+    ``audit.tasks.audit_verify_nightly``): the previous head's row must still be there with
+    the same MAC (else the tail was cut or replaced), and every newer row must chain onto it.
+    Fewer rows at or below the previous largest id than counted then means rows were deleted
+    in the part already verified. Each head is also logged (id and MAC), so a copy lives
+    outside the database: ``manage.py audit_verify --head-file`` compares the trail with it.
     """
 
     id = models.BigAutoField(primary_key=True)
@@ -190,6 +193,11 @@ class AuditHead(models.Model):
     last_occurred_at = models.DateTimeField(_("last event at"), null=True, blank=True)
     missing_rows = models.BigIntegerField(_("rows missing since the previous check"), default=0)
     key_problem = models.BooleanField(_("key check failed"), default=False)
+    # The chain MAC of row ``max_event_id``: what the next check starts from, and what a
+    # truncated tail is found against.
+    head_mac = models.CharField(_("head MAC"), max_length=64, blank=True)
+    rows_verified = models.BigIntegerField(_("rows whose chain was verified"), default=0)
+    chain_problem = models.TextField(_("chain problem"), blank=True)
 
     class Meta:
         verbose_name = _("audit trail head")

@@ -14,7 +14,7 @@ from django.db import transaction
 from django.db.models import Count, Max
 from django.utils import timezone
 
-from audit import alerts
+from audit import alerts, chain
 from audit.keys import canary_problem
 from audit.models import AuditEvent, AuditHead, EventType
 from audit.services import audit_event_write
@@ -35,30 +35,46 @@ def security_alerts_send(self) -> int:
 
 
 @shared_task
-def audit_verify_nightly() -> dict:
-    """Check the keys and the trail's head; record the head, log it, and alert on trouble.
+def audit_verify_nightly(full: bool = False) -> dict:
+    """Check the keys and the trail; record the trail's head, log it, and alert on trouble.
 
-    What it catches, until the HMAC chain exists:
+    What it catches:
     - keys that no longer read the database (the key canary, as at start-up);
-    - rows deleted from the trail since the previous check: fewer rows at or below the
-      previous largest id than there were (deletions anywhere in the old part of the trail,
-      even when newer rows were added since), or a largest id below the previous one (the
-      tail truncated). The largest id is a sequence: rolled-back inserts leave gaps, which
-      is why rows are counted instead of ids checked for holes.
+    - the HMAC chain broken after the previous head (audit/chain.py): a row changed, forged,
+      inserted or deleted since the previous check, named; incremental, from the previous
+      head on (``full=True``, or ``manage.py audit_verify``, verifies from the first row);
+    - the previous head's row gone or replaced: the tail of the trail was cut (what is left
+      of a cut chain is still a valid chain: only the exported head shows it);
+    - rows deleted in the part verified on earlier nights: fewer rows at or below the
+      previous largest id than there were. The ids come from a sequence and rolled-back
+      writes leave gaps, which is why rows are counted instead of ids checked for holes.
     What it does not catch:
-    - changed rows (an UPDATE of who, what or when): only the HMAC chain will;
-    - rows deleted before they were ever counted (written and removed between two checks);
-    - deleted rows replaced by forged ones with the same ids;
-    - someone who also rewrites ``AuditHead``: the head is logged each night (one line,
-      ``audit head: ...``) so that a copy lives outside the database, in the logs; compare it.
-    Either finding writes a security event (``TRAIL_SHRANK``, ``KEY_CHECK_FAILED``), which is
-    mailed to the practice admins like any alert event.
+    - rows changed in the part verified on earlier nights, by someone who deletes nothing:
+      run ``manage.py audit_verify`` (the whole chain) regularly, or ``full=True``;
+    - rows written and deleted from the tail between two checks (never seen, never counted);
+    - someone holding ``AUDIT_CHAIN_KEY`` (the app server's environment): they can rebuild
+      the chain. And someone who also rewrites ``AuditHead``: the head is logged each night
+      (one line, ``audit head: ...``, with its id and MAC) so that a copy lives outside the
+      database; ``manage.py audit_verify --head-file`` compares the trail with it.
+    Findings write a security event (``CHAIN_BROKEN``, ``TRAIL_SHRANK``,
+    ``KEY_CHECK_FAILED``), which is mailed to the practice admins like any alert event. A
+    break is reported once: the next night continues from the new head.
     """
     problem = canary_problem()
     with transaction.atomic():
         previous = AuditHead.objects.order_by("-id").first()
-        head = AuditEvent.objects.aggregate(max_id=Max("id"), count=Count("id"), last_at=Max("occurred_at"))
-        max_id, count = head["max_id"] or 0, head["count"]
+        start_id, start_mac = 0, chain.GENESIS
+        chain_problem = None
+        if previous is not None and previous.head_mac:
+            chain_problem = chain.head_check(head_id=previous.max_event_id, head_mac=previous.head_mac)
+            if not full:
+                start_id, start_mac = previous.max_event_id, previous.head_mac
+        report = chain.chain_verify(after_id=start_id, prev_mac=start_mac)
+        if chain_problem is None and report.problem is not None:
+            chain_problem = report.problem.describe()
+        head = AuditEvent.objects.aggregate(count=Count("id"), last_at=Max("occurred_at"))
+        last = AuditEvent.objects.order_by("-id").values_list("id", "mac").first() or (0, "")
+        max_id, head_mac, count = last[0], last[1], head["count"]
         missing = 0
         if previous is not None:
             still_there = AuditEvent.objects.filter(id__lte=previous.max_event_id).count()
@@ -70,11 +86,21 @@ def audit_verify_nightly() -> dict:
         AuditHead.objects.create(
             checked_at=timezone.now(),
             max_event_id=max_id,
+            head_mac=head_mac,
             event_count=count,
             last_occurred_at=head["last_at"],
             missing_rows=missing,
             key_problem=bool(problem),
+            rows_verified=report.rows,
+            chain_problem=chain_problem or "",
         )
+        if chain_problem:
+            audit_event_write(
+                event_type=EventType.CHAIN_BROKEN,
+                object_pk=report.problem.row_id if report.problem and report.problem.row_id else "",
+                extra={"problem": chain_problem, "verified_from_id": start_id, "rows_verified": report.rows},
+            )
+            logger.error("Audit trail chain broken: %s", chain_problem)
         if missing:
             audit_event_write(
                 event_type=EventType.TRAIL_SHRANK,
@@ -99,13 +125,24 @@ def audit_verify_nightly() -> dict:
             audit_event_write(event_type=EventType.KEY_CHECK_FAILED, extra={"problem": problem})
             logger.error("Key check failed: %s", problem)
     last_at = head["last_at"].isoformat() if head["last_at"] else "-"
-    # The head export: one line a night, outside the database.
+    # The head export: one line a night, outside the database (audit_verify --head-file reads it).
     logger.info(
-        "audit head: max_id=%d count=%d last_at=%s missing=%d keys=%s",
+        "audit head: max_id=%d mac=%s count=%d last_at=%s missing=%d chain=%s verified=%d keys=%s",
         max_id,
+        head_mac or "-",
         count,
         last_at,
         missing,
+        "broken" if chain_problem else "ok",
+        report.rows,
         "problem" if problem else "ok",
     )
-    return {"max_id": max_id, "count": count, "missing": missing, "key_problem": bool(problem)}
+    return {
+        "max_id": max_id,
+        "head_mac": head_mac,
+        "count": count,
+        "missing": missing,
+        "rows_verified": report.rows,
+        "chain_problem": chain_problem or "",
+        "key_problem": bool(problem),
+    }

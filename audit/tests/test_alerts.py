@@ -195,7 +195,7 @@ def test_a_failed_mail_leaves_the_events_for_the_next_run(admins, mailoutbox, se
     assert len(mailoutbox) == 1
 
 
-def test_it_waits_for_events_that_may_still_be_committing(admins, mailoutbox):
+def test_it_waits_for_events_that_may_still_be_committing(admins, mailoutbox, audit_trail_writable):
     old = lockout("old")
     AuditEvent.objects.filter(pk=old.pk).update(occurred_at=old.occurred_at - datetime.timedelta(seconds=10))
     young = lockout("young")

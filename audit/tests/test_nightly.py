@@ -1,5 +1,6 @@
 """The nightly check: the trail's head is recorded and logged, rows deleted behind the app's
-back are found and alerted, and keys that no longer read the database are reported."""
+back are found and alerted, and keys that no longer read the database are reported.
+(The chain part of the check: audit/tests/test_chain.py.)"""
 
 import pytest
 from django.db import connection
@@ -40,13 +41,18 @@ def write_events(n: int) -> list[AuditEvent]:
 
 
 def raw_delete(*ids: int) -> None:
-    """What someone with database access does: no signal, no model, no trail."""
+    """What someone with database access does: no signal, no model, no trail (and on
+    PostgreSQL, as the superuser, with the append-only trigger switched off)."""
     with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("SET LOCAL session_replication_role = replica")
         cursor.execute(
             f"DELETE FROM audit_auditevent WHERE id IN ({', '.join(['%s'] * len(ids))})",  # noqa: S608
             list(ids),
         )
         assert cursor.rowcount == len(ids)
+        if connection.vendor == "postgresql":
+            cursor.execute("SET LOCAL session_replication_role = DEFAULT")
 
 
 def test_it_records_and_logs_the_head_of_the_trail(caplog):
@@ -59,10 +65,20 @@ def test_it_records_and_logs_the_head_of_the_trail(caplog):
     assert head.event_count == AuditEvent.objects.filter(id__lte=events[-1].pk).count()
     assert head.last_occurred_at == events[-1].occurred_at
     assert (head.missing_rows, head.key_problem) == (0, False)
-    assert result == {"max_id": head.max_event_id, "count": head.event_count, "missing": 0, "key_problem": False}
+    assert head.head_mac == events[-1].mac
+    assert (head.rows_verified, head.chain_problem) == (head.event_count, "")
+    assert result == {
+        "max_id": head.max_event_id,
+        "head_mac": head.head_mac,
+        "count": head.event_count,
+        "missing": 0,
+        "rows_verified": head.event_count,
+        "chain_problem": "",
+        "key_problem": False,
+    }
     assert (
-        f"audit head: max_id={head.max_event_id} count={head.event_count} "
-        f"last_at={events[-1].occurred_at.isoformat()} missing=0 keys=ok"
+        f"audit head: max_id={head.max_event_id} mac={head.head_mac} count={head.event_count} "
+        f"last_at={events[-1].occurred_at.isoformat()} missing=0 chain=ok verified={head.event_count} keys=ok"
     ) in caplog.text
 
 
@@ -114,6 +130,9 @@ def test_it_finds_a_truncated_tail(django_capture_on_commit_callbacks):
     assert result["missing"] == 3
     assert result["max_id"] < events[-1].pk
     assert AuditEvent.objects.filter(event_type=EventType.TRAIL_SHRANK).count() == 1
+    # The chain part finds it too: the previous head's row is gone.
+    assert f"row {events[-1].pk}, the head exported earlier, is missing" in result["chain_problem"]
+    assert AuditEvent.objects.filter(event_type=EventType.CHAIN_BROKEN).count() == 1
 
 
 def test_it_reports_keys_that_no_longer_read_the_database(admin_mail, caplog, django_capture_on_commit_callbacks):

@@ -263,7 +263,7 @@ def test_a_practice_admin_adds_a_specialty_but_deletes_nothing(admin_client, doc
 # Appointments: read-only, and the list decrypts nothing ---------------------------------------
 
 
-def test_the_appointment_list_decrypts_nothing(admin_client, doctor, consultation, appointment):
+def test_the_appointment_list_decrypts_nothing(admin_client, doctor, consultation, appointment, audit_trail_writable):
     other = make_patient(
         last_name="Girard",
         first_names="Paul",
