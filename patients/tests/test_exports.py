@@ -283,3 +283,31 @@ def test_it_answers_404_for_an_unknown_patient(secretary):
 def test_it_links_the_export_from_the_record_for_the_front_desk_only(secretary, practitioner, patient, seen):
     assert _export_url(patient) in client_for(secretary).get(patient.get_absolute_url()).content.decode()
     assert _export_url(patient) not in client_for(practitioner).get(patient.get_absolute_url()).content.decode()
+
+
+# Read budgets (audit.budget): an export decrypts through the audited fields, so it counts ----
+
+
+def test_it_counts_a_list_export_against_the_read_budget(secretary, people, settings):
+    pytest.importorskip("audit.budget")
+    settings.READ_BUDGETS = {**settings.READ_BUDGETS, "Secretary": (1, 1)}
+    data = {"patient": [str(p.pk) for p in people], "purpose": PURPOSE}
+    response = client_for(secretary).post(reverse("patients:export_list"), data)
+
+    assert response.status_code == 429
+    assert "Content-Disposition" not in response
+    body = response.content.decode()
+    assert "Lefèvre" not in body and "Girard" not in body
+    assert not _exports()  # no file left: no export to record
+    assert len({r.patient_id for r in reads()}) == 1  # what was decrypted before the refusal
+
+
+def test_it_counts_a_patient_export_against_the_read_budget(secretary, people, settings):
+    pytest.importorskip("audit.budget")
+    settings.READ_BUDGETS = {**settings.READ_BUDGETS, "Secretary": (1, 1)}
+    client = client_for(secretary)
+    assert client.get(people[0].get_absolute_url()).status_code == 200
+    response = client.post(_export_url(people[1]), {"purpose": ACCESS_PURPOSE, "file_format": "json"})
+    assert response.status_code == 429
+    assert "Content-Disposition" not in response
+    assert not _exports()

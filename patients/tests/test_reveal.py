@@ -136,3 +136,15 @@ def test_it_masks_the_phone_on_the_appointment_page_and_offers_the_reveal(secret
     assert "+33612345678" not in body
     assert f'action="{_reveal_url(patient)}"' in body
     assert not read_map().get(patient_key(patient), set()) & set(CONTACT_FIELDS)
+
+
+def test_it_counts_a_reveal_against_the_read_budget(secretary, patient, settings):
+    pytest.importorskip("audit.budget")
+    settings.READ_BUDGETS = {**settings.READ_BUDGETS, "Secretary": (1, 1)}
+    other = make_patient(last_name="Girard", first_names="Paul", phone_mobile="+33687654321")
+    client = client_for(secretary)
+    assert client.post(_reveal_url(patient), {"show": "phone"}).status_code == 200
+    assert client.post(_reveal_url(patient), {"show": "email"}).status_code == 200  # the same patient: free
+    response = client.post(_reveal_url(other), {"show": "phone"})
+    assert response.status_code == 429
+    assert "+33687654321" not in response.content.decode()
