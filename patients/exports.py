@@ -5,7 +5,7 @@ Rules enforced here (issue 6, "minimal exposure"; DESIGN.md, Invariants 1 and 2)
 
 - An export states its purpose. The request's audit context takes it as its purpose
   (``export: <purpose>``) before anything is decrypted, so every READ row the export makes
-  names it; each row also carries the export's id in ``extra`` and one EXPORT event per
+  names it; each row also carries the export's id in ``extra["export_id"]`` and one EXPORT event per
   export ties them together (who, when, how many patients, which fields, the full purpose).
 - Only the columns asked for are loaded (``.only()``), so only they are decrypted and
   audited; reads go through the audited fields, so exports count against the read budget
@@ -99,7 +99,7 @@ def export_begin(*, user, purpose: str) -> Export:
     export = Export(id=str(uuid.uuid4()), username=user.get_username(), at=timezone.now(), purpose=purpose)
     ctx = context.require()
     ctx.purpose = f"export: {purpose}"[:PURPOSE_COLUMN_LENGTH]
-    ctx.extra = {**ctx.extra, "export": export.id}
+    ctx.extra = {**ctx.extra, "export_id": export.id}
     return export
 
 

@@ -87,7 +87,7 @@ def test_it_exports_a_list_with_the_chosen_columns_audited_per_patient(secretary
     assert set(event.fields) == fields
     for read in reads():
         assert read.purpose == f"export: {PURPOSE}"
-        assert read.extra["export"] == event.extra["export"]
+        assert read.extra["export_id"] == event.extra["export_id"]
 
 
 def test_it_exports_every_contact_column_when_asked(secretary, people):
@@ -234,7 +234,7 @@ def test_it_exports_a_patient_s_own_data_as_json(secretary, patient, seen):
     assert event.patient_id == patient.pk
     assert (event.extra["kind"], event.extra["format"], event.extra["appointments"]) == ("patient_data", "json", 1)
     assert event.extra["include_notes"] is False
-    assert {r.extra["export"] for r in reads()} == {event.extra["export"]}
+    assert {r.extra["export_id"] for r in reads()} == {event.extra["export_id"]}
 
 
 def test_it_includes_the_staff_notes_when_asked(secretary, patient, seen):
