@@ -17,9 +17,13 @@ import logging
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.db import transaction
+
+if TYPE_CHECKING:
+    from audit.budget import ReadBudget
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +78,8 @@ class AuditContext:
     path: str = ""
     extra: dict = field(default_factory=dict)
     flush_threshold: int | None = None
+    # The acting account's read budget (audit.budget), made at its first decryption.
+    budget: ReadBudget | None = None
     _reads: dict[tuple[str, str], _Read] = field(default_factory=dict)
 
     def current_actor(self) -> Actor:
@@ -87,6 +93,28 @@ class AuditContext:
         # Read late, like the actor: the login view starts the session mid-request.
         session = getattr(self.request, "session", None)
         return session.get(SESSION_KEY, "") if session is not None else ""
+
+    def admit(self, patient_id) -> None:
+        """Called before each decryption: refuses it past the account's read budget.
+
+        Raises ``audit.budget.ReadBudgetExceeded``. Data that belongs to no patient, and
+        system jobs (no user behind the actor), are not budgeted.
+        """
+        if patient_id is None:
+            return
+        if self.request is not None:
+            user = getattr(self.request, "user", None)
+            user_id = user.pk if user is not None and user.is_authenticated else None
+        else:
+            user_id = self.actor.user_id if self.actor is not None else None
+        if user_id is None:
+            return
+        budget = self.budget
+        if budget is None or budget.user_id != user_id:  # first decryption, or a login mid-request
+            from audit.budget import ReadBudget
+
+            budget = self.budget = ReadBudget.for_actor(self.current_actor())
+        budget.admit(patient_id)
 
     def record_read(self, *, model_label: str, object_pk, patient_id, field_name: str) -> None:
         pk = str(object_pk)
@@ -135,13 +163,21 @@ def require() -> AuditContext:
 
 @contextlib.contextmanager
 def opened(ctx: AuditContext) -> Iterator[AuditContext]:
-    """Make `ctx` current; write its buffer when the block ends, even on error."""
+    """Make `ctx` current; write its buffer when the block ends, even on error.
+
+    A read budget refusal inside the block (a context acting for a user, outside a request)
+    propagates to the caller once the block is recorded (``audit.budget.budget_settle``).
+    """
     token = _current.set(ctx)
     try:
         yield ctx
     finally:
         try:
             ctx.flush()
+            if ctx.budget is not None:
+                from audit.budget import budget_settle
+
+                budget_settle(ctx)
         finally:
             _current.reset(token)
 

@@ -9,7 +9,8 @@ Rules enforced here (DESIGN.md, Invariant 1):
   (a value copied into another patient's row is refused, not shown).
 - Loading a row does not decrypt it. The column value stays a ``Sealed`` token until the
   attribute is read on a model instance; that read decrypts, inside an audit context only,
-  and records (model, pk, patient, field) in the context's buffer. Paths that bypass model
+  and records (model, pk, patient, field) in the context's buffer; before decrypting, it asks
+  the context to admit the patient under the account's read budget (``audit.budget``). Paths that bypass model
   instances (``values()``, ``values_list()``) get ``Sealed`` objects that refuse to become
   text, and ``EncryptedQuerySet`` refuses them up front.
 - A token that does not decrypt is an error, loudly (the upstream library passes silently
@@ -235,6 +236,8 @@ class EncryptedMixin(upstream.EncryptedMixin):
         """The one place a stored value becomes plaintext: audited or refused."""
         ctx = context.require()
         pk = instance.pk
+        patient_id = instance.audit_patient_id()
+        ctx.admit(patient_id)  # the read budget (audit.budget): refused before anything is decrypted
         try:
             token = unseal(sealed.token, self.bound_to(instance), where=lambda: f"{self.label} pk={pk}")
             plaintext = self.plain_value(token)
@@ -244,7 +247,7 @@ class EncryptedMixin(upstream.EncryptedMixin):
         ctx.record_read(
             model_label=self.model._meta.label,
             object_pk=pk,
-            patient_id=instance.audit_patient_id(),
+            patient_id=patient_id,
             field_name=self.name,
         )
         return plaintext

@@ -1,4 +1,5 @@
-"""The request's audit context, and the fail-closed gate on the response."""
+"""The request's audit context, and the gates on the response: fail closed when the trail
+cannot be written (503), withhold the page past the read budget (429)."""
 
 import logging
 import time
@@ -10,6 +11,7 @@ from django.http import HttpResponse
 from django.template.loader import render_to_string
 
 from audit import context
+from audit.budget import ReadBudgetExceeded, budget_settle
 
 logger = logging.getLogger("audit")
 
@@ -32,12 +34,25 @@ def audit_unavailable_response() -> HttpResponse:
     return response
 
 
+def budget_exceeded_response(refusal: ReadBudgetExceeded) -> HttpResponse:
+    # A fixed template, without the view's context: nothing decrypted for the page can leak.
+    body = render_to_string("audit/budget_exceeded.html", {"refusal": refusal})
+    response = HttpResponse(body, status=429)
+    response["Cache-Control"] = "no-store"
+    return response
+
+
 class AuditContextMiddleware:
     """Opens an audit context per request; writes its reads before the response leaves.
 
     If the trail cannot be written, the response is replaced by an error page: the
     plaintext rendered into it never leaves (fail closed). Streaming responses are
     iterated after this middleware returns, outside the context, so they cannot decrypt.
+
+    Past the account's read budget (audit.budget), the response is replaced by the 429
+    page, whatever the view made of the refusal: the context remembers it, so a view or a
+    template that caught ``ReadBudgetExceeded`` cannot send what it decrypted before. The
+    reads made before the refusal are written (they were decrypted), then the block.
     """
 
     def __init__(self, get_response):
@@ -61,10 +76,14 @@ class AuditContextMiddleware:
             response = self.get_response(request)
             try:
                 ctx.flush()
+                refusal = budget_settle(ctx)
             except Exception:
                 logger.exception("Audit trail write failed; response withheld (request %s)", ctx.request_id)
                 ctx.discard()
                 response = audit_unavailable_response()
+            else:
+                if refusal is not None:
+                    response = budget_exceeded_response(refusal)
         finally:
             context._current.reset(token)
         response["X-Request-ID"] = request.request_id
@@ -74,6 +93,13 @@ class AuditContextMiddleware:
         ctx = context.current()
         if ctx is not None and not ctx.purpose and request.resolver_match:
             ctx.purpose = request.resolver_match.view_name
+        return None
+
+    def process_exception(self, request, exception):
+        # Raised by a decryption in the view or its template: answer instead of a 500
+        # (__call__ puts the final 429 page in place once the block is recorded).
+        if isinstance(exception, ReadBudgetExceeded):
+            return budget_exceeded_response(exception)
         return None
 
     @staticmethod

@@ -29,6 +29,9 @@ ROLE_PERMISSIONS: dict[str, list[str]] = {
         "patients.view_patient",
         "patients.change_patient",
         "audit.view_auditevent",
+        # Read budget blocks: see them and lift them with a reason (audited: audit.budget).
+        "audit.view_readblock",
+        "audit.change_readblock",
         # Break-the-glass grants: review them (each review is audited: patients.services).
         "patients.view_breakglassgrant",
         "patients.change_breakglassgrant",

@@ -22,7 +22,7 @@ from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 from django.urls.converters import IntConverter, PathConverter, UUIDConverter
 
-from audit.models import AuditEvent, EventType
+from audit.models import AuditEvent, EventType, ReadBlock
 from conftest import PASSWORD, client_for, make_patient, totp_device
 from patients.models import Patient
 from patients.services import break_glass_open
@@ -170,6 +170,7 @@ ADMIN_MODEL_EXTRAS = {
 # read-only to anyone who may view.)
 ADMIN_REFUSES = {
     "audit.auditevent": {"add", "delete"},
+    "audit.readblock": {"add", "delete"},  # blocks are opened by the read budget, lifted, kept
     "scheduling.appointment": {"add", "delete"},
     "patients.patient": {"delete"},
     "patients.breakglassgrant": {"add", "delete"},
@@ -267,6 +268,16 @@ def world(secretary, practitioner, other_practitioner, practice_admin, outsider)
     # An emergency access for someone outside the personas (theirs would change what they see).
     third = make_practitioner("dr.third")
     break_glass_open(user=third.user, patient=unseen_patient, reason="Called by the emergency department at night")
+    # A read budget block, also someone else's (a persona's would refuse their pages).
+    ReadBlock.objects.create(
+        user_id=third.user.pk,
+        username="dr.third",
+        role="Practitioner",
+        blocked_at=paris(2030, 3, 4, 12),
+        window="hour",
+        patients_read=200,
+        budget=200,
+    )
 
     unenrolled = User.objects.create_user("nina.new", password=PASSWORD)
     unenrolled.groups.add(Group.objects.get(name=SECRETARY))

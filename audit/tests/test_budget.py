@@ -1,0 +1,303 @@
+"""Read budgets (audit/budget.py): past its role's budget an account decrypts nothing more,
+on every page; the page says so (429, no plaintext), the account is blocked until a practice
+admin lifts it with a reason, the admins are mailed, and system jobs are not budgeted."""
+
+import datetime
+
+import pytest
+from django.template import Context, Template
+from django.urls import reverse
+from django.utils import timezone
+
+from audit import budget as budget_module
+from audit import context
+from audit.budget import ReadBudgetExceeded, budget_settle
+from audit.context import Actor, AuditContext, opened, system_context
+from audit.models import AuditEvent, EventType, ReadBlock
+from conftest import client_for, make_patient
+from patients.models import Patient
+from scheduling.tests.conftest import DAY, at, book, make_doctor, make_type
+
+HOUR_BUDGET, DAY_BUDGET = 5, 8
+ROLES = ("Secretary", "Practitioner", "Practice admin", "default")
+
+
+@pytest.fixture
+def tight(settings):
+    """Every role may reach 5 new patients an hour and 8 a day."""
+    settings.READ_BUDGETS = dict.fromkeys(ROLES, (HOUR_BUDGET, DAY_BUDGET))
+
+
+@pytest.fixture
+def eager():
+    from practice.celery import app
+
+    saved = app.conf.task_always_eager, app.conf.task_eager_propagates
+    app.conf.task_always_eager, app.conf.task_eager_propagates = True, True
+    yield
+    app.conf.task_always_eager, app.conf.task_eager_propagates = saved
+
+
+def _patients(n: int, prefix: str = "Budget") -> list[Patient]:
+    return [
+        make_patient(last_name=f"{prefix}{chr(65 + i)}", first_names=f"Zélie{chr(65 + i)}", email="", nir="")
+        for i in range(n)
+    ]
+
+
+def _names(patient: Patient) -> list[str]:
+    with system_context("tests:names"):
+        return [patient.last_name.casefold(), patient.first_names.casefold()]
+
+
+def _shows_nothing_of(response, patients) -> bool:
+    body = response.content.decode().casefold()
+    return not any(name in body for p in patients for name in _names(p))
+
+
+def _read_patients(user) -> set[str]:
+    return set(
+        AuditEvent.objects.filter(event_type=EventType.READ, actor_user_id=user.pk).values_list("patient_id", flat=True)
+    )
+
+
+def test_it_refuses_the_first_patient_past_the_hourly_budget_and_blocks_the_account(tight, secretary):
+    patients = _patients(HOUR_BUDGET + 2)
+    client = client_for(secretary)
+    for patient in patients[:HOUR_BUDGET]:
+        assert client.get(patient.get_absolute_url()).status_code == 200
+
+    refused = client.get(patients[HOUR_BUDGET].get_absolute_url())
+    assert refused.status_code == 429
+    assert "no-store" in refused["Cache-Control"]
+    assert "read limit" in refused.content.decode()
+    assert _shows_nothing_of(refused, patients)
+
+    block = ReadBlock.objects.get(user_id=secretary.pk, lifted_at__isnull=True)
+    assert (block.window, block.patients_read, block.budget, block.role) == (
+        "hour",
+        HOUR_BUDGET,
+        HOUR_BUDGET,
+        "Secretary",
+    )
+    [event] = AuditEvent.objects.filter(event_type=EventType.BUDGET_BLOCK)
+    assert event.actor_user_id == secretary.pk
+    assert event.extra["window"] == "hour" and event.extra["budget"] == HOUR_BUDGET
+    assert _read_patients(secretary) == {p.pk for p in patients[:HOUR_BUDGET]}
+
+    # The block holds across requests and sessions, even for a patient read before it.
+    assert client.get(patients[0].get_absolute_url()).status_code == 429
+    assert client_for(secretary).get(patients[HOUR_BUDGET + 1].get_absolute_url()).status_code == 429
+    assert ReadBlock.objects.filter(user_id=secretary.pk).count() == 1
+    assert AuditEvent.objects.filter(event_type=EventType.BUDGET_BLOCK).count() == 1
+    assert _read_patients(secretary) == {p.pk for p in patients[:HOUR_BUDGET]}
+
+
+def test_re_reading_a_patient_costs_nothing(tight, secretary):
+    patients = _patients(HOUR_BUDGET)
+    client = client_for(secretary)
+    for _round in range(3):
+        for patient in patients:
+            assert client.get(patient.get_absolute_url()).status_code == 200
+    assert not ReadBlock.objects.exists()
+
+
+def test_the_hour_rolls_and_the_day_holds(tight, secretary, monkeypatch):
+    patients = _patients(DAY_BUDGET + 1)
+    client = client_for(secretary)
+    for patient in patients[:HOUR_BUDGET]:
+        assert client.get(patient.get_absolute_url()).status_code == 200
+
+    # Two hours later (the budget's clock moves; the trail is append-only and stays as written).
+    later = timezone.now() + datetime.timedelta(hours=2)
+    monkeypatch.setattr(budget_module, "_now", lambda: later)
+    for patient in patients[HOUR_BUDGET:DAY_BUDGET]:
+        assert client.get(patient.get_absolute_url()).status_code == 200
+    refused = client.get(patients[DAY_BUDGET].get_absolute_url())
+    assert refused.status_code == 429
+    block = ReadBlock.objects.get()
+    assert (block.window, block.patients_read, block.budget) == ("day", DAY_BUDGET, DAY_BUDGET)
+
+    # A day later the reads have left the window, but the block stays until it is lifted.
+    next_day = later + datetime.timedelta(hours=25)
+    monkeypatch.setattr(budget_module, "_now", lambda: next_day)
+    assert client.get(patients[DAY_BUDGET].get_absolute_url()).status_code == 429
+
+
+@pytest.fixture
+def clinic(practitioner):
+    """Two patients with an appointment each on DAY: `seen` (read first) and `over` (past the budget)."""
+    doctor = make_doctor(practitioner, "Dr Claire Martin")
+    kind = make_type(doctor)
+    seen, over = _patients(2, prefix="Agenda")
+    seen_appt = book(doctor, seen, kind, at(DAY, 9), reason="Motif connu")
+    over_appt = book(doctor, over, kind, at(DAY, 10), reason="Motif secret")
+    return {"seen": seen, "over": over, "seen_appt": seen_appt, "over_appt": over_appt}
+
+
+PAGES = {
+    "patient page": ("secretary", lambda c: ("get", c["over"].get_absolute_url(), None)),
+    "patient list": ("secretary", lambda c: ("get", reverse("patients:list"), None)),
+    "patient search": ("secretary", lambda c: ("post", reverse("patients:list"), {"last_name": "agendab"})),
+    "day view": ("secretary", lambda c: ("get", reverse("scheduling:day", args=[DAY]), None)),
+    "appointment page": (
+        "secretary",
+        lambda c: ("get", reverse("scheduling:appointment", args=[c["over_appt"].pk]), None),
+    ),
+    "admin patient page": (
+        "practice_admin",
+        lambda c: ("get", reverse("admin:patients_patient_change", args=[c["over"].pk]), None),
+    ),
+    "admin patient list": ("practice_admin", lambda c: ("get", reverse("admin:patients_patient_changelist"), None)),
+}
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_that_decrypts_is_refused_past_the_budget(page, request, settings, clinic):
+    """Budget of one patient: the account has read `seen`; any page showing `over` is refused."""
+    persona, make = PAGES[page]
+    user = request.getfixturevalue(persona)
+    settings.READ_BUDGETS = dict.fromkeys(ROLES, (1, 1))
+    client = client_for(user)
+    client.raise_request_exception = True
+    first = client.get(clinic["seen"].get_absolute_url())
+    assert first.status_code == 200
+
+    method, url, data = make(clinic)
+    response = getattr(client, method)(url, data) if data else getattr(client, method)(url)
+    assert response.status_code == 429, page
+    assert _shows_nothing_of(response, [clinic["seen"], clinic["over"]])
+    assert "Motif" not in response.content.decode()
+    assert ReadBlock.objects.filter(user_id=user.pk, lifted_at__isnull=True).exists()
+    assert str(clinic["over"].pk) not in {str(p) for p in _read_patients(user)}
+
+
+def test_a_template_cannot_swallow_the_refusal(tight, secretary):
+    """Django's templates turn some exceptions into empty strings; not this one."""
+    patients = _patients(HOUR_BUDGET + 1)
+    template = Template(
+        "{% for p in patients %}{% if p.last_name %}{{ p.first_names|default:'-' }}{% endif %}{% endfor %}"
+    )
+    ctx = AuditContext(purpose="tests", actor=Actor.for_user(secretary))
+    with pytest.raises(ReadBudgetExceeded), opened(ctx):
+        template.render(Context({"patients": Patient.objects.filter(pk__in=[p.pk for p in patients])}))
+    assert ReadBlock.objects.filter(user_id=secretary.pk).exists()  # written as the context closed
+
+
+def test_system_jobs_are_not_budgeted(tight, secretary):
+    patients = _patients(DAY_BUDGET + 2)
+    with system_context("tests:export"):
+        names = [p.last_name for p in Patient.objects.all()]
+    assert len(names) == len(patients)
+    assert not ReadBlock.objects.exists()
+
+
+def test_parallel_requests_cannot_send_more_than_one_budget(tight, secretary):
+    """Two requests of one account, each under budget on its own: the one that re-checks last
+    sees both and is withheld (the block is opened); the other one's patients were sent."""
+    patients = _patients(8)
+    first = AuditContext(purpose="tests", actor=Actor.for_user(secretary))
+    second = AuditContext(purpose="tests", actor=Actor.for_user(secretary))
+    token = context._current.set(first)
+    try:
+        [p.last_name for p in Patient.objects.filter(pk__in=[p.pk for p in patients[:4]])]
+        inner = context._current.set(second)
+        try:
+            [p.last_name for p in Patient.objects.filter(pk__in=[p.pk for p in patients[4:]])]
+        finally:
+            context._current.reset(inner)
+        first.flush()
+        assert budget_settle(first) is None  # the second one's reads are not written yet
+    finally:
+        context._current.reset(token)
+    token = context._current.set(second)
+    try:
+        second.flush()
+        refusal = budget_settle(second)
+    finally:
+        context._current.reset(token)
+    assert refusal is not None and refusal.window == "hour" and refusal.patients_read == 8
+    assert ReadBlock.objects.get().patients_read == 8
+
+
+def test_the_block_is_mailed_to_the_practice_admins(
+    tight, secretary, practice_admin, mailoutbox, eager, django_capture_on_commit_callbacks
+):
+    practice_admin.email = "alice@clinic.example"
+    practice_admin.save()
+    patients = _patients(HOUR_BUDGET + 1)
+    client = client_for(secretary)
+    for patient in patients[:HOUR_BUDGET]:
+        client.get(patient.get_absolute_url())
+    with django_capture_on_commit_callbacks(execute=True):
+        assert client.get(patients[-1].get_absolute_url()).status_code == 429
+    [mail] = mailoutbox
+    assert mail.to == ["alice@clinic.example"]
+    assert "Read budget exceeded" in mail.subject
+    assert "sophie.secretary" in mail.body
+    assert not any(name in mail.body.casefold() for p in patients for name in _names(p))
+
+
+def _block(user, **overrides) -> ReadBlock:
+    data = {
+        "user_id": user.pk,
+        "username": user.username,
+        "role": "Secretary",
+        "blocked_at": timezone.now(),
+        "window": "hour",
+        "patients_read": 5,
+        "budget": 5,
+    }
+    return ReadBlock.objects.create(**{**data, **overrides})
+
+
+def test_a_practice_admin_lifts_a_block_with_a_reason(tight, secretary, practice_admin):
+    patients = _patients(HOUR_BUDGET + 1)
+    client = client_for(secretary)
+    for patient in patients[:HOUR_BUDGET]:
+        client.get(patient.get_absolute_url())
+    assert client.get(patients[-1].get_absolute_url()).status_code == 429
+    block = ReadBlock.objects.get()
+
+    admin = client_for(practice_admin)
+    url = reverse("admin:audit_readblock_change", args=[block.pk])
+    assert admin.get(reverse("admin:audit_readblock_changelist")).status_code == 200
+    page = admin.get(url)
+    assert page.status_code == 200 and 'name="lift_reason"' in page.content.decode()
+
+    refused = admin.post(url, {"lift_reason": "   "})
+    assert refused.status_code == 200  # the form again, with its error
+    block.refresh_from_db()
+    assert block.lifted_at is None
+    assert not AuditEvent.objects.filter(event_type=EventType.BUDGET_LIFTED).exists()
+
+    reason = "Called Sophie: she prepared the vaccination campaign mailing."
+    assert admin.post(url, {"lift_reason": reason}).status_code == 302
+    block.refresh_from_db()
+    assert block.lifted_at is not None and block.lifted_by == "alice.admin" and block.lift_reason == reason
+    [event] = AuditEvent.objects.filter(event_type=EventType.BUDGET_LIFTED)
+    assert event.actor_user_id == practice_admin.pk
+    assert event.extra["user_id"] == secretary.pk and event.extra["reason"] == reason
+
+    # The count starts again from the lift: the secretary carries on, up to a new budget.
+    assert client.get(patients[-1].get_absolute_url()).status_code == 200
+    assert client.get(patients[0].get_absolute_url()).status_code == 200
+
+    # A lifted block is history: read-only.
+    assert 'name="lift_reason"' not in admin.get(url).content.decode()
+
+
+def test_nobody_lifts_their_own_block(practice_admin):
+    block = _block(practice_admin, role="Practice admin")
+    admin = client_for(practice_admin)
+    url = reverse("admin:audit_readblock_change", args=[block.pk])
+    assert 'name="lift_reason"' not in admin.get(url).content.decode()
+    admin.post(url, {"lift_reason": "It was me, honestly."})
+    block.refresh_from_db()
+    assert block.lifted_at is None
+
+
+def test_a_secretary_cannot_see_or_lift_blocks(secretary, practitioner):
+    block = _block(practitioner)
+    client = client_for(secretary)
+    assert client.get(reverse("admin:audit_readblock_change", args=[block.pk])).status_code in (302, 403)
