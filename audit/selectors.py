@@ -20,8 +20,9 @@ def patient_access_summary(*, patient_id) -> list[dict]:
         .order_by()
         .values("actor_username", "actor_role")
         .annotate(
-            reads=Count("id", filter=Q(event_type=EventType.READ)),
-            others=Count("id", filter=~Q(event_type=EventType.READ)),
+            # Counting a column of the index (not "id") lets a covering index answer alone.
+            reads=Count("event_type", filter=Q(event_type=EventType.READ)),
+            others=Count("event_type", filter=~Q(event_type=EventType.READ)),
             first=Min("occurred_at"),
             last=Max("occurred_at"),
         )

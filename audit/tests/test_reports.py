@@ -286,6 +286,22 @@ def test_the_notification_list_is_audited_and_watermarked(secretary, practice_ad
     assert export.extra["scope"]["actor_user_id"] == secretary.pk
 
 
+def test_the_notification_list_counts_against_the_admins_read_budget(secretary, practice_admin, four, settings):
+    pytest.importorskip("audit.budget")
+    client = client_for(secretary)
+    for patient in four[:3]:
+        client.get(patient.get_absolute_url())
+    settings.READ_BUDGETS = {**settings.READ_BUDGETS, "Practice admin": (2, 2)}
+    response = client_for(practice_admin).post(
+        reverse("audit:breach_scope_csv"), {**_scope_query(actor=secretary.username), "purpose": PURPOSE}
+    )
+    assert response.status_code == 429
+    assert not response["Content-Type"].startswith("text/csv")
+    assert "Patient0" not in response.content.decode()
+    assert not AuditEvent.objects.filter(event_type=EventType.EXPORT).exists()
+    assert AuditEvent.objects.filter(event_type=EventType.BUDGET_BLOCK, actor_user_id=practice_admin.pk).exists()
+
+
 def test_it_keeps_spreadsheet_formulas_out_of_the_list():
     assert _cell('=HYPERLINK("http://x")') == '\'=HYPERLINK("http://x")'
     assert _cell("@SUM(A1)") == "'@SUM(A1)"
