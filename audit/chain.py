@@ -218,12 +218,29 @@ class ChainReport:
 def rows_stream(*, after_id: int = 0, chunk: int = 5000) -> Iterator[dict]:
     """Every trail row with id > ``after_id``, in id order, ``chunk`` rows per query.
 
-    Keyset pagination on the primary key: constant memory, no long transaction, the same on
-    both databases.
+    Keyset pagination on the primary key: constant memory, no long transaction. PostgreSQL
+    reads through a plain cursor (twice the ORM's rate: psycopg already gives aware times,
+    UUIDs and text; only the two JSON columns are parsed here); SQLite through the ORM, whose
+    converters turn its stored text into the same Python values.
     """
     from audit.models import AuditEvent
 
     names = (*COLUMNS, "mac")
+    if default_connection.vendor == "postgresql":
+        select = ", ".join(f'"{name}"' for name in names)
+        fields, extra = names.index("fields"), names.index("extra")
+        sql = f'SELECT {select} FROM "audit_auditevent" WHERE id > %s ORDER BY id LIMIT %s'  # noqa: S608 (constants)
+        while True:
+            with default_connection.cursor() as cursor:
+                cursor.execute(sql, [after_id, chunk])
+                batch = cursor.fetchall()
+            for values in batch:
+                row = dict(zip(names, values, strict=True))
+                row["fields"], row["extra"] = json.loads(values[fields]), json.loads(values[extra])
+                yield row
+            if len(batch) < chunk:
+                return
+            after_id = batch[-1][0]
     while True:
         batch = list(AuditEvent.objects.filter(id__gt=after_id).order_by("id").values_list(*names)[:chunk])
         for values in batch:
