@@ -251,7 +251,7 @@ def test_it_refuses_a_token_copied_with_sql_from_another_patients_row(secretary)
     _assert_nothing_of(response.content.decode(), ANNE)
 
 
-@pytest.mark.parametrize("column", ["last_name", "nir"])
+@pytest.mark.parametrize("column", ["last_name", "notes"])
 def test_it_shows_nothing_of_a_record_whose_later_field_is_refused(secretary, column):
     """The page fails as a whole: fields decrypted before the bad one are not sent either,
     and the trail still names what was decrypted."""
@@ -266,5 +266,20 @@ def test_it_shows_nothing_of_a_record_whose_later_field_is_refused(secretary, co
     _assert_nothing_of(response.content.decode(), ANNE)
     recorded = read_map().get(patient_key(anne), set())
     assert column not in recorded
-    if column == "nir":  # the name is rendered, so decrypted, before the NIR
+    if column == "notes":  # the name is rendered, so decrypted, before the notes
         assert {"last_name", "first_names"} <= recorded
+
+
+def test_it_shows_nothing_of_contact_details_when_one_is_refused(secretary):
+    """The record page masks the NIR (not decrypted); showing it fails as a whole."""
+    anne = make_patient()
+    raw_patient_set(anne.pk, "nir", "not a token")
+    client = client_for(secretary)
+    client.raise_request_exception = False
+
+    assert client.get(reverse("patients:detail", args=[anne.pk])).status_code == 200
+    response = client.post(reverse("patients:reveal", args=[anne.pk]), {"show": "all"})
+
+    assert response.status_code == 500
+    _assert_nothing_of(response.content.decode(), ANNE)
+    assert "nir" not in read_map().get(patient_key(anne), set())
