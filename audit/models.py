@@ -106,7 +106,13 @@ class AuditEvent(models.Model):
         verbose_name_plural = _("audit trail")
         ordering = ["-occurred_at", "-id"]
         indexes = [
-            models.Index(fields=["patient_id", "occurred_at"], name="audit_patient_time"),
+            # Covering: "who opened this record" summarises a much-read patient from the index
+            # alone (170 -> 14 ms p50 for 21,000 rows at 10M, bench/audit_bench.py).
+            models.Index(
+                fields=["patient_id", "occurred_at"],
+                include=["event_type", "actor_username", "actor_role"],
+                name="audit_patient_time",
+            ),
             models.Index(fields=["actor_user_id", "occurred_at"], name="audit_actor_time"),
             models.Index(fields=["event_type", "occurred_at"], name="audit_type_time"),
             models.Index(fields=["session", "occurred_at"], name="audit_session_time", condition=~models.Q(session="")),
