@@ -218,3 +218,15 @@ def server_describe() -> list[tuple[str, str]]:
         ),
         ("machine", f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}"),
     ]
+
+
+def second_factor_passed(client, user) -> None:
+    """Mark a force_login'ed client's session as past the second factor (conftest.client_for)."""
+    from django_otp import DEVICE_ID_SESSION_KEY
+    from django_otp.plugins.otp_totp.models import TOTPDevice
+
+    device = TOTPDevice.objects.filter(user=user, confirmed=True).first()
+    device = device or TOTPDevice.objects.create(user=user, name="authenticator", confirmed=True)
+    session = client.session
+    session[DEVICE_ID_SESSION_KEY] = device.persistent_id
+    session.save()

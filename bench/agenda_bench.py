@@ -883,6 +883,7 @@ def main(argv=None) -> int:
     secretary = _common.role_user(SECRETARY_USERNAME, "Secretary")
     client = Client()
     client.force_login(secretary)
+    _common.second_factor_passed(client, secretary)
     url = f"/agenda/{day.isoformat()}/"
 
     print("Measuring the day view...", flush=True)

@@ -116,6 +116,9 @@ def environment_prepare(args) -> str:
     os.environ["DEBUG"] = "0"
     os.environ["SECURE_SSL_REDIRECT"] = "0"
     os.environ["ALLOWED_HOSTS"] = "testserver,localhost,127.0.0.1"
+    # The budget check still runs (and is measured), with budgets no bench reaches.
+    for role in ("SECRETARY", "PRACTITIONER", "PRACTICE_ADMIN", "OTHER"):
+        os.environ.setdefault(f"READ_BUDGET_{role}", "100000000/100000000")
     os.environ.setdefault("CONN_MAX_AGE", str(args.conn_max_age))
     os.environ.setdefault("LOG_LEVEL", "WARNING")
     return keys_load()
@@ -492,6 +495,18 @@ def baseline_urls_install(plain_model) -> None:
     override_settings(ROOT_URLCONF="bench_urls").enable()
 
 
+def _second_factor_passed(client, user) -> None:
+    """Mark a force_login'ed client's session as past the second factor (conftest.client_for)."""
+    from django_otp import DEVICE_ID_SESSION_KEY
+    from django_otp.plugins.otp_totp.models import TOTPDevice
+
+    device = TOTPDevice.objects.filter(user=user, confirmed=True).first()
+    device = device or TOTPDevice.objects.create(user=user, name="authenticator", confirmed=True)
+    session = client.session
+    session[DEVICE_ID_SESSION_KEY] = device.persistent_id
+    session.save()
+
+
 def clients_make(user):
     """The audited client (settings.MIDDLEWARE) and the baseline one (minus the audit middleware)."""
     from django.conf import settings
@@ -500,11 +515,13 @@ def clients_make(user):
 
     audited = Client()
     audited.force_login(user)
+    _second_factor_passed(audited, user)
     audited.handler.load_middleware()
     without_audit = [m for m in settings.MIDDLEWARE if m != AUDIT_MIDDLEWARE]
     with override_settings(MIDDLEWARE=without_audit):
         baseline = Client()
         baseline.force_login(user)
+        _second_factor_passed(baseline, user)
         baseline.handler.load_middleware()
     return audited, baseline
 
