@@ -34,6 +34,7 @@ from audit.models import EventType
 from audit.services import audit_event_write
 from patients.models import Patient
 from patients.selectors import CONTACT_GROUPS
+from patients.services import EDITABLE_FIELDS
 
 # The front desk's list shows 50 recent patients or 25 search results: an export is of
 # what a page showed, never of the whole table.
@@ -42,29 +43,7 @@ LIST_BASE_COLUMNS = ("last_name", "first_names", "birth_name", "birth_date")
 # Staff's own notes: exported on request only (see PatientExportForm.include_notes).
 STAFF_NOTE_FIELDS = ("notes",)
 # Every encrypted and plain field of the record a right-of-access export holds, in order.
-PATIENT_EXPORT_FIELDS = (
-    "last_name",
-    "birth_name",
-    "first_names",
-    "sex",
-    "birth_date",
-    "phone_mobile",
-    "phone_other",
-    "email",
-    "address",
-    "postal_code",
-    "city",
-    "nir",
-    "referring_doctor",
-    "notes",
-    "language",
-    "consent_sms",
-    "consent_email",
-    "is_archived",
-    "archived_at",
-    "created_at",
-    "updated_at",
-)
+PATIENT_EXPORT_FIELDS = (*EDITABLE_FIELDS, "is_archived", "archived_at", "created_at", "updated_at")
 # A stated purpose, not a click-through ("gdpr" is not one; "right of access, letter of 12 May" is).
 EXPORT_PURPOSE_MIN_LENGTH = 10
 PURPOSE_COLUMN_LENGTH = 120  # audit.models.AuditEvent.purpose
