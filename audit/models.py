@@ -66,6 +66,7 @@ class EventType(models.IntegerChoices):
     TRAIL_SHRANK = 41, _("Audit trail rows missing")
     KEY_CHECK_FAILED = 42, _("Key check failed")
     CHAIN_BROKEN = 43, _("Audit trail chain broken")
+    NOT_FOUND = 44, _("Page not found")
     KEY_ROTATION = 50, _("Key rotation")
     BLIND_INDEX_REBUILD = 51, _("Blind index rebuild")
 
@@ -244,3 +245,32 @@ class ReadBlock(models.Model):
 
     def __str__(self) -> str:
         return f"{self.username} blocked at {self.blocked_at:%Y-%m-%d %H:%M}"
+
+
+class ReadTally(models.Model):
+    """Which patients an account decrypted lately: the read budget's counter (audit/budget.py).
+
+    One row per (account, patient), upserted in the same statement as the trail's READ rows
+    (audit/services.py), so the budget check counts an index range instead of grouping the
+    trail. ``first_read_at`` starts an episode: it moves to the new read when the previous
+    one is more than 24 hours old (the patient is then new to the account again).
+    Derived data: the trail stays the record; rows older than a day are purged nightly.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    user_id = models.IntegerField(_("user id"))
+    patient_id = models.UUIDField(_("patient id"))
+    first_read_at = models.DateTimeField(_("first read"))
+    last_read_at = models.DateTimeField(_("last read"))
+
+    class Meta:
+        verbose_name = _("read tally")
+        verbose_name_plural = _("read tallies")
+        constraints = [models.UniqueConstraint(fields=["user_id", "patient_id"], name="read_tally_once")]
+        indexes = [
+            # The budget's counts: one account's patients read since a moment, index only.
+            models.Index(fields=["user_id", "last_read_at"], include=["first_read_at"], name="read_tally_recent"),
+        ]
+
+    def __str__(self) -> str:
+        return f"user {self.user_id} read patient {self.patient_id} at {self.last_read_at:%Y-%m-%d %H:%M}"
