@@ -146,3 +146,16 @@ def audit_verify_nightly(full: bool = False) -> dict:
         "chain_problem": chain_problem or "",
         "key_problem": bool(problem),
     }
+
+
+@shared_task
+def read_tally_purge() -> int:
+    """Delete read tallies (audit/budget.py) whose last read left the budget's day; the count.
+
+    The budget never looks further back than 24 hours; the trail keeps the reads themselves.
+    """
+    from audit.budget import read_tally_purge as purge
+
+    deleted = purge()
+    logger.info("Read tallies purged: %d", deleted)
+    return deleted

@@ -253,6 +253,7 @@ CELERY_BEAT_SCHEDULE = {
     "audit-verify-nightly": {"task": "audit.tasks.audit_verify_nightly", "schedule": crontab(hour=3, minute=0)},
     "sessions-purge-nightly": {"task": "practice.tasks.sessions_purge", "schedule": crontab(hour=3, minute=30)},
     "lockouts-purge-nightly": {"task": "practice.tasks.lockouts_purge", "schedule": crontab(hour=3, minute=45)},
+    "read-tally-purge-nightly": {"task": "audit.tasks.read_tally_purge", "schedule": crontab(hour=3, minute=50)},
 }
 # A task is acknowledged when it has run, not when it was received: a worker that dies
 # mid-task leaves it to another (tasks are idempotent). One task at a time per process.
