@@ -6,7 +6,8 @@ Rules enforced here:
   ``day`` distinct patients in any rolling 24 hours, and reach at most ``hour`` patients new
   to it (not decrypted by it in the 24 hours before) in any rolling hour. Re-opening a patient
   the account decrypted in the last 24 hours costs nothing and is never refused, so the front
-  desk's day view, opened again and again, counts its patients once.
+  desk's day view, opened again and again, counts its patients once. (A patient stays
+  counted up to ``TALLY_STEP`` longer than 24 hours after its last read: see below.)
 - The check runs before every decryption (``audit.fields.EncryptedMixin.decrypt_for`` calls
   ``AuditContext.admit``): no path that decrypts for a user skips it, admin and exports
   included. System jobs (``system:<job>`` actors: Celery tasks, management commands, the
@@ -18,22 +19,24 @@ Rules enforced here:
   with a written reason (``read_block_lift``, audited as ``BUDGET_LIFTED``); the counts then
   start again from the lift.
 
-Cost: a request that decrypts pays one query at its first decryption: its account's open
-or recently lifted blocks, and its reads of the last 24 hours grouped by patient (on the
-trail's (actor_user_id, occurred_at) index), in one UNION ALL; every later decryption is a
-set lookup. A request that reached patients new to the account pays one more, small query
-after its trail write: the re-check below.
+Cost (the counts come from ``audit.ReadTally``, one row per account and patient, upserted
+in the trail's own INSERT statement): a request that decrypts pays one query at its first
+decryption, which reads the account's open block, its last lift, and two counts on the
+tally's (user, last read) index: patients in the day window and patients new in the hour.
+While those counts plus the patients this request has reached stay within both budgets,
+every decryption is admitted without knowing whether its patient is new (it is counted as
+if it were); only near a budget does the request load the account's patients of the day
+(at most one budget of ids, once) to tell new patients from known ones exactly. So the
+check costs the same whether the account read ten patients today or a thousand.
 
 Concurrency: parallel requests of one account each check against what was written before
 they started, so together they could pass the budget. The re-check closes that without a
-lock: after a request has written its own reads (the response has not left yet), it reads
-the account's reads written since it started and counts again; over budget, its page is
-withheld (429) and the account blocked. Of any set of parallel requests, the last to
-re-check sees the reads of all those that re-checked before it, so the patients whose pages
-actually leave never exceed one budget. The patients of withheld pages stay in the trail:
-they were decrypted in the server, though never sent. (The re-check looks back
-``RECHECK_MARGIN`` before the request's start for reads stamped before it but committed
-after: a trail insert stalled longer than that could escape it.)
+lock: after a request has committed its reads (the response has not left yet), if the
+tally said some of its patients were new to the account, it counts again; over budget, its
+page is withheld (429) and the account blocked. Every request commits before it re-checks,
+so of any set of parallel requests the last to re-check sees the reads of all the others,
+and the patients whose pages actually leave never exceed one budget. The patients of
+withheld pages stay in the trail: they were decrypted in the server, though never sent.
 """
 
 from __future__ import annotations
@@ -44,19 +47,22 @@ import uuid
 from dataclasses import dataclass, field
 
 from django.conf import settings
-from django.db import DatabaseError, IntegrityError, transaction
-from django.db.models import CharField, DateTimeField, Exists, IntegerField, Min, Q, UUIDField, Value
+from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.utils import timezone
 
-from audit.models import AuditEvent, EventType, ReadBlock
+from audit.models import EventType, ReadBlock, ReadTally
 
 logger = logging.getLogger("audit")
 
 HOUR = datetime.timedelta(hours=1)
 DAY = datetime.timedelta(hours=24)
-# How far before a request's first decryption its re-check looks for reads of parallel
-# requests: a row is stamped just before its INSERT, which commits a few ms later.
-RECHECK_MARGIN = datetime.timedelta(seconds=60)
+# A re-read moves a tally's last read only when it is older than this, so re-opening the
+# same patients all day does not rewrite their rows (and index entries) on every page. The
+# day window is widened by as much, so a patient stays counted at least 24 hours after its
+# last read: the budget never counts less than the rule says.
+TALLY_STEP = datetime.timedelta(minutes=15)
+TALLY_DAY = DAY + TALLY_STEP
+UNCAPPED = 2**31 - 1
 
 
 def _now() -> datetime.datetime:
@@ -95,11 +101,23 @@ def _as_uuid(value) -> uuid.UUID:
 
 
 @dataclass
+class _Counts:
+    """What the tally and the blocks say of one account at one moment (``_counts_load``)."""
+
+    lifted_at: datetime.datetime | None
+    day: int  # patients read in the day window
+    hour: int  # patients new to the account in the hour window
+    open_block: tuple[str, int, int] | None  # (window, patients read, budget) of the block in force
+
+
+@dataclass
 class ReadBudget:
     """One account's budget, as seen by one audit context (a request).
 
-    ``_first``: patient -> first decryption by this account in the last 24 hours, loaded at
-    the context's first decryption and kept up to date as this context admits patients.
+    Two modes. Counting (the usual): ``_day`` and ``_hour`` are the tally's counts at the
+    context's first decryption, and ``_unsure`` the patients admitted since, each counted as
+    new. Exact (near a budget): ``_known`` maps every patient of the day window to its first
+    read, so a known patient costs nothing and a new one is counted once.
     """
 
     user_id: int
@@ -109,21 +127,22 @@ class ReadBudget:
     day_limit: int
     refused: ReadBudgetExceeded | None = None
     _loaded_at: datetime.datetime | None = None
-    _since: datetime.datetime | None = None
-    _first: dict[uuid.UUID, datetime.datetime] = field(default_factory=dict)
-    _hour_count: int = 0
-    _passed: set[uuid.UUID] = field(default_factory=set)
+    _day_since: datetime.datetime | None = None
+    _hour_since: datetime.datetime | None = None
+    _lifted_at: datetime.datetime | None = None
+    _day: int = 0
+    _hour: int = 0
+    _unsure: set[uuid.UUID] = field(default_factory=set)
+    _known: dict[uuid.UUID, datetime.datetime] | None = None
     _new: set[uuid.UUID] = field(default_factory=set)
+    _passed: set = field(default_factory=set)
+    # The trail write said some patients of this context were new to the account.
+    _wrote_new: bool = False
 
     @classmethod
     def for_actor(cls, actor) -> ReadBudget:
         hour, day = budget_for_role(actor.role)
         return cls(user_id=actor.user_id, username=actor.username, role=actor.role, hour_limit=hour, day_limit=day)
-
-    @property
-    def new_patients(self) -> int:
-        """Patients this context reached that the account had not decrypted in the last 24 h."""
-        return len(self._new)
 
     def admit(self, patient_id) -> None:
         """Let one decryption of this patient's data happen, or raise ReadBudgetExceeded."""
@@ -132,21 +151,34 @@ class ReadBudget:
         if self.refused is not None:
             raise self.refused
         patient = _as_uuid(patient_id)
-        if patient in self._passed:
-            self._passed.add(patient_id)
-            return
-        if self._loaded_at is None:
-            self._load()
-        if patient not in self._first:
-            day_count = len(self._first)
-            if day_count >= self.day_limit:
-                self._refuse("day", day_count, self.day_limit)
-            if self._hour_count >= self.hour_limit:
-                self._refuse("hour", self._hour_count, self.hour_limit)
-            self._first[patient] = _now()
-            self._hour_count += 1
-            self._new.add(patient)
+        if patient not in self._passed:
+            if self._loaded_at is None:
+                self._load()
+            if not self._admit_counting(patient):
+                self._admit_exact(patient)
         self._passed.update((patient, patient_id))
+
+    def _admit_counting(self, patient: uuid.UUID) -> bool:
+        """Admit the patient as if new, if that stays within both budgets; False otherwise."""
+        if self._known is not None:
+            return False
+        reached = len(self._unsure) + 1
+        if self._day + reached > self.day_limit or self._hour + reached > self.hour_limit:
+            self._exact_load()
+            return False
+        self._unsure.add(patient)
+        return True
+
+    def _admit_exact(self, patient: uuid.UUID) -> None:
+        if patient in self._known:
+            return
+        if len(self._known) >= self.day_limit:
+            self._refuse("day", len(self._known), self.day_limit)
+        if self._hour >= self.hour_limit:
+            self._refuse("hour", self._hour, self.hour_limit)
+        self._known[patient] = self._loaded_at
+        self._hour += 1
+        self._new.add(patient)
 
     def _refuse(self, window: str, count: int, budget: int, *, already_blocked: bool = False):
         self.refused = ReadBudgetExceeded(
@@ -164,82 +196,111 @@ class ReadBudget:
         raise self.refused
 
     def _load(self) -> None:
-        """The account's open block, its blocks lifted in the last 24 h, and its first read of
-        each patient in the last 24 h: one query (a UNION ALL of two indexed ones)."""
+        """At the context's first decryption: the block in force, the last lift, the counts."""
         now = _now()
-        since = now - DAY
-        blocks = (
-            ReadBlock.objects.filter(Q(lifted_at__isnull=True) | Q(lifted_at__gte=since), user_id=self.user_id)
-            .values_list(
-                Value(None, output_field=UUIDField()), "blocked_at", "lifted_at", "window", "patients_read", "budget"
-            )
-            .order_by()
-        )
-        first: dict[uuid.UUID, datetime.datetime] = {}
-        lifted_last = None
-        # A blocked account's reads are not needed: the NOT EXISTS (evaluated once) skips them.
-        open_block = ReadBlock.objects.filter(user_id=self.user_id, lifted_at__isnull=True)
-        reads = self._reads_since(since).exclude(Exists(open_block))
-        for patient, at, lifted_at, window, patients_read, budget in reads.union(blocks, all=True):
-            if patient is not None:
-                first[_as_uuid(patient)] = at
-            elif lifted_at is None:  # the open block: nothing decrypts
-                self._loaded_at = now
-                self._refuse(window, patients_read, budget, already_blocked=True)
-            elif lifted_last is None or lifted_at > lifted_last:
-                lifted_last = lifted_at
-        if lifted_last is not None:
-            # Lifted less than a day ago: the count starts again from the lift (else the next
-            # new patient would block again at once). One more query, in the day after a lift.
-            first = self._first_reads(since=lifted_last)
-        self._first = first
-        self._since = lifted_last or since
-        self._hour_count = sum(1 for at in first.values() if at >= now - HOUR)
+        counts = _counts_load(self.user_id, now, day_cap=self.day_limit + 1, hour_cap=self.hour_limit + 1)
         self._loaded_at = now
+        if counts.open_block is not None:  # nothing decrypts until a practice admin lifts it
+            window, patients_read, budget = counts.open_block
+            self._refuse(window, patients_read, budget, already_blocked=True)
+        self._lifted_at = counts.lifted_at
+        # Lifted less than a day ago: the count starts again from the lift (else the next new
+        # patient would block again at once).
+        self._day_since = max(now - TALLY_DAY, counts.lifted_at or now - TALLY_DAY)
+        self._hour_since = max(now - HOUR, counts.lifted_at or now - HOUR)
+        self._day, self._hour = counts.day, counts.hour
 
-    def _reads_since(self, since: datetime.datetime):
-        """(patient, first READ by this account since ``since``, and four empty columns that
-        line up with the blocks' in ``_load``'s UNION), on the (actor_user_id, occurred_at) index."""
-        return (
-            AuditEvent.objects.filter(
-                actor_user_id=self.user_id, occurred_at__gte=since, event_type=EventType.READ, patient_id__isnull=False
-            )
-            .values("patient_id")
-            .annotate(first=Min("occurred_at"))
-            .values_list(
-                "patient_id",
-                "first",
-                Value(None, output_field=DateTimeField()),
-                Value("", output_field=CharField()),
-                Value(0, output_field=IntegerField()),
-                Value(0, output_field=IntegerField()),
-            )
+    def _exact_load(self) -> None:
+        """Near a budget: every patient of the day window, then the ones admitted while counting."""
+        rows = (
+            ReadTally.objects.filter(user_id=self.user_id, last_read_at__gte=self._day_since)
+            .values_list("patient_id", "first_read_at")
             .order_by()
         )
+        self._known = {_as_uuid(patient): first for patient, first in rows}
+        self._hour = sum(1 for first in self._known.values() if first >= self._hour_since)
+        for patient in self._unsure:
+            if patient not in self._known:
+                self._known[patient] = self._loaded_at
+                self._hour += 1
+                self._new.add(patient)
+        self._unsure.clear()
 
-    def _first_reads(self, *, since: datetime.datetime) -> dict[uuid.UUID, datetime.datetime]:
-        return {_as_uuid(row[0]): row[1] for row in self._reads_since(since)}
+    def written(self, new_patients: int) -> None:
+        """The trail write of this context's reads reported ``new_patients`` new to the account."""
+        self._wrote_new = self._wrote_new or new_patients > 0
 
     def recheck(self) -> ReadBudgetExceeded | None:
-        """After this context's reads are written: count again with the reads of parallel
-        requests written since it started. Over budget: the refusal (the page is withheld)."""
-        if self.refused is not None or not self._new or self._loaded_at is None:
+        """After this context's reads are committed: count again with the reads of parallel
+        requests. Over budget: the refusal (the page is withheld)."""
+        if self.refused is not None or self._loaded_at is None:
             return self.refused
-        recent = self._first_reads(since=max(self._since, self._loaded_at - RECHECK_MARGIN))
-        for patient, first in recent.items():
-            if patient not in self._first:
-                self._first[patient] = first
-                if first >= self._loaded_at - HOUR:
-                    self._hour_count += 1
-        day_count = len(self._first)
+        # After a lift, a patient read before it is new to the budget but not to the tally.
+        reached_new = self._wrote_new or (self._lifted_at is not None and (self._unsure or self._new))
+        if not reached_new:
+            return None
+        # Uncapped: the block, if any, records how many patients the account really reached.
+        counts = _counts_load(self.user_id, self._loaded_at, day_cap=UNCAPPED, hour_cap=UNCAPPED)
         try:
-            if day_count > self.day_limit:
-                self._refuse("day", day_count, self.day_limit)
-            if self._hour_count > self.hour_limit:
-                self._refuse("hour", self._hour_count, self.hour_limit)
+            if counts.day > self.day_limit:
+                self._refuse("day", counts.day, self.day_limit)
+            if counts.hour > self.hour_limit:
+                self._refuse("hour", counts.hour, self.hour_limit)
         except ReadBudgetExceeded as refusal:
             return refusal
         return None
+
+
+# One statement (audit_readtally is ReadTally, audit_readblock is ReadBlock): the last lift of
+# the day decides where both windows start.
+COUNTS_SQL = (
+    "WITH lift AS (SELECT MAX(lifted_at) AS at FROM audit_readblock "
+    "WHERE user_id = %(user)s AND lifted_at >= %(day)s), "
+    "w AS (SELECT lift.at AS lifted, "
+    "CASE WHEN lift.at > %(day)s THEN lift.at ELSE %(day)s END AS day_since, "
+    "CASE WHEN lift.at > %(hour)s THEN lift.at ELSE %(hour)s END AS hour_since FROM lift) "
+    "SELECT w.lifted, "
+    "(SELECT COUNT(*) FROM (SELECT 1 FROM audit_readtally t WHERE t.user_id = %(user)s "
+    "AND t.last_read_at >= w.day_since LIMIT %(day_cap)s) d), "
+    "(SELECT COUNT(*) FROM (SELECT 1 FROM audit_readtally t WHERE t.user_id = %(user)s "
+    "AND t.last_read_at >= w.hour_since AND t.first_read_at >= w.hour_since LIMIT %(hour_cap)s) h), "
+    'b."window", b.patients_read, b.budget FROM w LEFT JOIN audit_readblock b '
+    "ON b.user_id = %(user)s AND b.lifted_at IS NULL"
+)
+
+
+def _counts_load(user_id: int, now: datetime.datetime, *, day_cap: int, hour_cap: int) -> _Counts:
+    """The account's block in force, last lift and tally counts at ``now``: one query, on the
+    tally's (user_id, last_read_at) index and the blocks' user_id index. Each count stops at
+    its cap (a budget plus one: more tells nothing more), so its cost is bounded by the budget,
+    not by what an unbudgeted account may have read."""
+    adapt = connection.ops.adapt_datetimefield_value
+    params = {
+        "user": user_id,
+        "day": adapt(now - TALLY_DAY),
+        "hour": adapt(now - HOUR),
+        "day_cap": day_cap,
+        "hour_cap": hour_cap,
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(COUNTS_SQL, params)
+        lifted, day, hour, window, patients_read, budget = cursor.fetchone()
+    if isinstance(lifted, str):  # SQLite gives the raw text back
+        lifted = ReadBlock._meta.get_field("lifted_at").to_python(lifted)
+        lifted = lifted if timezone.is_aware(lifted) else timezone.make_aware(lifted, datetime.UTC)
+    return _Counts(
+        lifted_at=lifted,
+        day=day,
+        hour=hour,
+        open_block=(window, patients_read, budget) if window is not None else None,
+    )
+
+
+def read_tally_purge(*, now: datetime.datetime | None = None) -> int:
+    """Delete the tallies whose last read is older than the budget's day: the number deleted."""
+    cutoff = (now or timezone.now()) - TALLY_DAY
+    deleted, _ = ReadTally.objects.filter(last_read_at__lt=cutoff).delete()
+    return deleted
 
 
 def budget_settle(ctx) -> ReadBudgetExceeded | None:

@@ -18,12 +18,13 @@ the first bad one; ``manage.py audit_verify`` and the nightly task use it.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import hmac
 import ipaddress
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -121,31 +122,35 @@ def mac_for(prev_mac: str, values: dict, *, key: bytes | None = None) -> str:
 SQL_TAG = "/* audit chain */ "
 
 
+# PostgreSQL: the lock is its own statement, before the read, because under READ COMMITTED each
+# statement sees what was committed when it started: the read must start after the previous
+# holder committed. The ids are drawn under the lock, so they are larger than every id chained
+# before.
+_PG_LOCK = "/* audit chain */ SELECT pg_advisory_xact_lock(%s)"
+_PG_TAIL = (
+    "/* audit chain */ SELECT last.mac, "
+    "ARRAY(SELECT nextval(pg_get_serial_sequence('audit_auditevent', 'id')) FROM generate_series(1, %s)) "
+    "FROM (SELECT 1) AS one LEFT JOIN LATERAL "
+    '(SELECT mac FROM "audit_auditevent" ORDER BY id DESC LIMIT 1) AS last ON true'
+)
+
+
 def chain_tail_lock(count: int, connection=None) -> tuple[str, list[int]]:
     """Take the chain's writer lock; return the last row's MAC and ``count`` fresh ids.
 
     Must run inside ``transaction.atomic`` and be followed, in the same transaction, by the
     insert of the rows chained onto the returned MAC, with the returned ids (increasing).
-    PostgreSQL: the advisory lock is its own statement, before the read, because under READ
-    COMMITTED each statement sees what was committed when it started: the read must start
-    after the previous holder committed. The ids are drawn under the lock, so they are larger
-    than every id chained before. SQLite: the transaction already holds the database's write
-    lock (BEGIN IMMEDIATE), so the read and the insert see and extend the same tail; the ids
-    follow AUTOINCREMENT's rule (never reuse one, even a deleted last row's).
+    SQLite: the transaction already holds the database's write lock (BEGIN IMMEDIATE), so the
+    read and the insert see and extend the same tail; the ids follow AUTOINCREMENT's rule
+    (never reuse one, even a deleted last row's).
     """
     connection = connection or default_connection
     if not connection.in_atomic_block:
         raise RuntimeError("The audit chain is extended inside a transaction only.")
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
-            cursor.execute("/* audit chain */ SELECT pg_advisory_xact_lock(%s)", [ADVISORY_LOCK_ID])
-            cursor.execute(
-                "/* audit chain */ SELECT last.mac, "
-                "ARRAY(SELECT nextval(pg_get_serial_sequence('audit_auditevent', 'id')) FROM generate_series(1, %s)) "
-                "FROM (SELECT 1) AS one LEFT JOIN LATERAL "
-                '(SELECT mac FROM "audit_auditevent" ORDER BY id DESC LIMIT 1) AS last ON true',
-                [count],
-            )
+            cursor.execute(_PG_LOCK, [ADVISORY_LOCK_ID])
+            cursor.execute(_PG_TAIL, [count])
             mac, ids = cursor.fetchone()
             return mac or GENESIS, sorted(ids)
         cursor.execute(
@@ -158,6 +163,20 @@ def chain_tail_lock(count: int, connection=None) -> tuple[str, list[int]]:
         return mac if last_id else GENESIS, list(range(next_id, next_id + count))
 
 
+def _rows_normalize(rows: list[dict]) -> None:
+    for row in rows:
+        # The values as the database gives them back (tuples as lists, keys as strings), so
+        # that the MAC computed now is the MAC recomputed from the stored row.
+        row["fields"] = json.loads(json.dumps(row.get("fields", [])))
+        row["extra"] = json.loads(json.dumps(row.get("extra", {})))
+
+
+def _rows_seal(rows: list[dict], prev: str, ids: list[int]) -> None:
+    for row, row_id in zip(rows, ids, strict=True):
+        row["id"] = row_id
+        row["mac"] = prev = mac_for(prev, row)
+
+
 def chain_rows(rows: list[dict], connection=None) -> None:
     """Give each row (a dict of column values, without id or mac) its id and MAC, in order.
 
@@ -165,15 +184,47 @@ def chain_rows(rows: list[dict], connection=None) -> None:
     before the insert.
     """
     connection = connection or default_connection
-    for row in rows:
-        # The values as the database gives them back (tuples as lists, keys as strings), so
-        # that the MAC computed now is the MAC recomputed from the stored row.
-        row["fields"] = json.loads(json.dumps(row.get("fields", [])))
-        row["extra"] = json.loads(json.dumps(row.get("extra", {})))
+    _rows_normalize(rows)
     prev, ids = chain_tail_lock(len(rows), connection)
-    for row, row_id in zip(rows, ids, strict=True):
-        row["id"] = row_id
-        row["mac"] = prev = mac_for(prev, row)
+    _rows_seal(rows, prev, ids)
+
+
+def chain_write_alone(rows: list[dict], statement: Callable[[list[dict]], tuple[str, list]], connection=None) -> list:
+    """Chain and insert ``rows`` in a transaction of their own, in two round trips (PostgreSQL,
+    outside any transaction: a request's reads, written after its view has returned).
+
+    The same steps as ``chain_rows`` followed by the insert inside ``transaction.atomic``, which
+    costs five round trips (BEGIN, lock, tail, insert, COMMIT): here ``BEGIN; lock; tail`` go
+    as one message and ``insert; COMMIT`` as another (client-side binding, Django's default
+    with psycopg 3, sends several statements at once). The lock is still taken and the tail
+    still read in statements of their own, in that order. ``statement(rows)`` gives the
+    insert's SQL and parameters once the rows have their ids and MACs; the insert's rows (its
+    RETURNING) are returned. On any error the transaction is rolled back and the error raised.
+    """
+    connection = connection or default_connection
+    if connection.vendor != "postgresql" or connection.in_atomic_block or not connection.get_autocommit():
+        raise RuntimeError("chain_write_alone is for PostgreSQL outside a transaction; use chain_rows.")
+    _rows_normalize(rows)
+    with connection.cursor() as cursor:
+        try:
+            cursor.execute(f"BEGIN; {_PG_LOCK}; {_PG_TAIL}", [ADVISORY_LOCK_ID, len(rows)])
+            cursor.nextset()  # past BEGIN's and the lock's results, to the tail's
+            cursor.nextset()
+            mac, ids = cursor.fetchone()
+            _rows_seal(rows, mac or GENESIS, sorted(ids))
+            sql, params = statement(rows)
+            cursor.execute(f"{sql}; COMMIT", params)
+            return cursor.fetchall() if cursor.description else []
+        except BaseException:
+            _rollback_quietly(cursor)
+            raise
+
+
+def _rollback_quietly(cursor) -> None:
+    # The original error is what matters; a connection too broken to roll back is closed by
+    # Django at the end of the request (its transaction dies with it).
+    with contextlib.suppress(Exception):
+        cursor.execute("ROLLBACK")
 
 
 # --------------------------------------------------------------------------- verifying

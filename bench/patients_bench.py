@@ -457,7 +457,7 @@ def baseline_urls_install(plain_model) -> None:
     from django.views.decorators.http import require_http_methods
 
     import practice.urls
-    from patients.forms import PatientSearchForm
+    from patients.forms import PatientListExportForm, PatientSearchForm
     from patients.selectors import RESULT_FIELDS
     from practice.roles import PRACTICE_ADMIN, SECRETARY, has_role
 
@@ -469,11 +469,10 @@ def baseline_urls_install(plain_model) -> None:
             raise PermissionDenied
         form = PatientSearchForm(None)
         recent = list(plain_model.objects.filter(is_archived=False).only(*RESULT_FIELDS).order_by("-updated_at")[:50])
-        return render(
-            request,
-            "patients/list.html",
-            {"form": form, "results": [], "recent": recent, "searched": False, "too_many": False},
-        )
+        context = {"form": form, "results": [], "recent": recent, "searched": False, "too_many": False}
+        # The export form names the listed patients, as on the real page.
+        context["export_form"] = PatientListExportForm(initial={"patient": [p.pk for p in recent]})
+        return render(request, "patients/list.html", context)
 
     @never_cache
     @login_required

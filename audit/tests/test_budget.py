@@ -3,17 +3,23 @@ on every page; the page says so (429, no plaintext), the account is blocked unti
 admin lifts it with a reason, the admins are mailed, and system jobs are not budgeted."""
 
 import datetime
+import io
+import threading
+import uuid
 
 import pytest
+from django.db import connection
 from django.template import Context, Template
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
 from audit import budget as budget_module
 from audit import context
-from audit.budget import ReadBudgetExceeded, budget_settle
+from audit.budget import ReadBudgetExceeded, budget_settle, read_tally_purge
+from audit.chain import SQL_TAG
 from audit.context import Actor, AuditContext, opened, system_context
-from audit.models import AuditEvent, EventType, ReadBlock
+from audit.models import AuditEvent, EventType, ReadBlock, ReadTally
 from conftest import client_for, make_patient
 from patients.models import Patient
 from scheduling.tests.conftest import DAY, at, book, make_doctor, make_type
@@ -301,3 +307,132 @@ def test_a_secretary_cannot_see_or_lift_blocks(secretary, practitioner):
     block = _block(practitioner)
     client = client_for(secretary)
     assert client.get(reverse("admin:audit_readblock_change", args=[block.pk])).status_code in (302, 403)
+
+
+# The counter behind the check (audit.ReadTally) ------------------------------------------------
+
+
+def _tally(user, patient_ids, *, first, last) -> None:
+    ReadTally.objects.bulk_create(
+        ReadTally(user_id=user.pk, patient_id=pk, first_read_at=first, last_read_at=last) for pk in patient_ids
+    )
+
+
+def _page_queries(client, url) -> list[str]:
+    with CaptureQueriesContext(connection) as queries:
+        assert client.get(url).status_code == 200
+    return [q["sql"] for q in queries.captured_queries]
+
+
+def test_the_check_costs_the_same_after_a_thousand_patients_today(secretary):
+    """The account's reads of the day are counted on an index, not loaded: a patient page
+    makes the same queries whether the account read nobody or 1,000 patients today."""
+    fresh, busy = _patients(2)
+    client = client_for(secretary)
+    quiet = _page_queries(client, fresh.get_absolute_url())
+    now = timezone.now()
+    _tally(secretary, [uuid.uuid4() for _ in range(1000)], first=now - datetime.timedelta(hours=3), last=now)
+    heavy = _page_queries(client_for(secretary), busy.get_absolute_url())
+    assert len(heavy) == len(quiet)
+    # Nothing reads the trail to decide (the chain's own tail read aside): the tally's count does.
+    reads_of_trail = [
+        sql
+        for sql in heavy
+        if "audit_auditevent" in sql and not sql.lstrip().startswith(("INSERT", SQL_TAG.strip(), "WITH"))
+    ]
+    assert reads_of_trail == []
+
+
+def test_near_the_budget_known_patients_stay_free_and_new_ones_count_once(tight, secretary):
+    """Four patients read, then pages that mix them with new ones: the account reaches
+    exactly its hourly budget of five new patients, whatever it re-opens."""
+    known, new = _patients(4), _patients(3, prefix="Nouveau")
+    client = client_for(secretary)
+    for patient in known:
+        assert client.get(patient.get_absolute_url()).status_code == 200
+    ctx = AuditContext(purpose="tests", actor=Actor.for_user(secretary))
+    with opened(ctx):
+        assert len([p.last_name for p in Patient.objects.filter(pk__in=[p.pk for p in [*known, new[0]]])]) == 5
+    assert client.get(known[2].get_absolute_url()).status_code == 200
+    assert client.get(new[1].get_absolute_url()).status_code == 429
+    assert ReadBlock.objects.get().window == "hour"
+    assert _read_patients(secretary) == {p.pk for p in [*known, new[0]]}
+
+
+def test_a_patient_last_read_over_a_day_ago_is_new_again(tight, secretary):
+    """Day-old reads leave both windows: the patient counts as new (a fresh episode)."""
+    old, *others = _patients(HOUR_BUDGET + 1)
+    now = timezone.now()
+    _tally(secretary, [old.pk], first=now - datetime.timedelta(hours=30), last=now - datetime.timedelta(hours=25))
+    client = client_for(secretary)
+    for patient in others[: HOUR_BUDGET - 1]:
+        assert client.get(patient.get_absolute_url()).status_code == 200
+    assert client.get(old.get_absolute_url()).status_code == 200  # the fifth new patient of the hour
+    tally = ReadTally.objects.get(user_id=secretary.pk, patient_id=old.pk)
+    assert tally.first_read_at == tally.last_read_at > now
+    assert client.get(others[-1].get_absolute_url()).status_code == 429
+
+
+def test_the_nightly_purge_keeps_the_last_day(secretary):
+    now = timezone.now()
+    recent, stale = uuid.uuid4(), uuid.uuid4()
+    _tally(secretary, [recent], first=now - datetime.timedelta(hours=30), last=now - datetime.timedelta(hours=23))
+    _tally(secretary, [stale], first=now - datetime.timedelta(hours=30), last=now - datetime.timedelta(hours=25))
+    assert read_tally_purge() == 1
+    assert set(ReadTally.objects.values_list("patient_id", flat=True)) == {recent}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_parallel_readers_of_one_account_are_counted_once_each(secretary):
+    """Eight requests of one account at once, outside any transaction as in production, over
+    overlapping patients: each patient is in the tally once, and the chain verifies."""
+    from django.core.management import call_command
+    from django.db import connections
+
+    patients = _patients(12)
+    barrier = threading.Barrier(8)
+    errors = []
+
+    def reader(n: int) -> None:
+        try:
+            barrier.wait()
+            for start in range(0, 12, 3):
+                ctx = AuditContext(purpose="tests", actor=Actor.for_user(secretary))
+                with opened(ctx):
+                    chosen = patients[(start + n) % 12 : (start + n) % 12 + 3]
+                    assert all(p.last_name for p in Patient.objects.filter(pk__in=[p.pk for p in chosen]))
+        except Exception as exc:  # noqa: BLE001 (reported below)
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=reader, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert errors == []
+    tallied = list(ReadTally.objects.filter(user_id=secretary.pk).values_list("patient_id", flat=True))
+    assert sorted(tallied) == sorted(_read_patients(secretary)) and len(tallied) == len(set(tallied))
+    assert not ReadBlock.objects.exists()
+    out = io.StringIO()
+    call_command("audit_verify", stdout=out)
+    assert "chain is intact" in out.getvalue()
+
+
+def test_a_re_read_keeps_the_patient_counted_for_another_day(secretary):
+    """A patient read 23 h 50 ago and again now stays in the day's count a day from now; a
+    patient read a few minutes ago is not rewritten (the tally moves in TALLY_STEP steps)."""
+    yesterday, lately = _patients(2)
+    now = timezone.now()
+    old = now - datetime.timedelta(hours=23, minutes=50)
+    recent = now - datetime.timedelta(minutes=5)
+    _tally(secretary, [yesterday.pk], first=old, last=old)
+    _tally(secretary, [lately.pk], first=recent, last=recent)
+    client = client_for(secretary)
+    for patient in (yesterday, lately):
+        assert client.get(patient.get_absolute_url()).status_code == 200
+    moved = ReadTally.objects.get(patient_id=yesterday.pk)
+    assert moved.first_read_at == old and moved.last_read_at > now
+    assert ReadTally.objects.get(patient_id=lately.pk).last_read_at == recent

@@ -14,6 +14,7 @@ from django.urls import reverse
 
 from audit.context import system_context
 from audit.fields import CiphertextError, crypter
+from audit.models import ReadTally
 from audit.tests.helpers import patient_key, raw_patient_column, raw_patient_set, read_map, reads
 from conftest import PASSWORD, client_for, make_patient
 from patients.models import Patient
@@ -115,6 +116,34 @@ def test_it_withholds_a_decrypted_page_when_the_trail_cannot_be_written(
     again = getattr(client, method)(url(patient), data)
     assert again.status_code == 200
     assert patient_key(patient) in read_map()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_failed_trail_write_outside_any_transaction_leaves_nothing_behind(secretary, caplog):
+    """As in production, the request's reads are written in autocommit (on PostgreSQL in two
+    round trips, audit.chain.chain_write_alone): a failure withholds the page, rolls the whole
+    write back (no trail row, no tally), and leaves the connection ready for the next request."""
+    patient = make_patient()
+    client = client_for(secretary)
+    caplog.set_level(logging.INFO)
+
+    with audit_trail_down():
+        response = client.get(patient.get_absolute_url())
+        assert response.status_code == 503
+        _assert_nothing_of(response.content.decode(), ANNE)
+        assert not connection.in_atomic_block
+        if _pg():
+            assert connection.connection.info.transaction_status == 0  # idle: rolled back
+    assert reads() == []
+    assert not ReadTally.objects.filter(user_id=secretary.pk).exists()
+
+    again = client.get(patient.get_absolute_url())
+    assert again.status_code == 200
+    assert patient_key(patient) in read_map()
+    assert ReadTally.objects.filter(user_id=secretary.pk, patient_id=patient.pk).count() == 1
+    out = io.StringIO()
+    call_command("audit_verify", stdout=out)
+    assert "chain is intact" in out.getvalue()
 
 
 def test_it_still_serves_pages_that_decrypt_nothing_while_the_trail_is_down(db):
