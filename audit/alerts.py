@@ -56,6 +56,7 @@ ALERT_EVENT_TYPES = frozenset(
         EventType.TRAIL_SHRANK,  # audit rows were deleted (nightly check)
         EventType.CHAIN_BROKEN,  # an audit row was changed, forged or removed (nightly check)
         EventType.KEY_CHECK_FAILED,  # the configured keys do not read the database (nightly check)
+        EventType.ANOMALY,  # a high-severity anomaly signal: scraping, id walking, a 404 storm (audit/anomalies.py)
     }
 )
 
@@ -194,23 +195,37 @@ def _mail_render(events: list[AuditEvent], counts: dict[int, int], total: int) -
                     "event": event.get_event_type_display(),
                     "user": _who(event),
                     "ip": _where(event),
-                    "link": reverse("admin:audit_auditevent_change", args=[event.pk]),
+                    "link": _link(event),
                 }
             )
+            if event.event_type == EventType.ANOMALY and event.extra.get("summary"):
+                # Counts and a username, written by the scan (audit/anomalies.py): no patient data.
+                lines.append("    " + _CONTROL_CHARACTERS.sub("?", str(event.extra["summary"]))[:300])
         if total > len(events):
             lines += ["", _("… and %(count)d more, in the audit trail.") % {"count": total - len(events)}]
         lines += [
             "",
-            _("Each line ends with the event's page in the administration (the audit trail)."),
+            _(
+                "Each line ends with the event's page in the administration (the audit trail), or for an "
+                "anomaly, its page with the events behind it."
+            ),
             _("This mail never contains patient data."),
         ]
     return subject, "\n".join(lines) + "\n"
 
 
+def _link(event: AuditEvent) -> str:
+    anomaly_id = event.extra.get("anomaly_id") if event.event_type == EventType.ANOMALY else None
+    if isinstance(anomaly_id, int):
+        return reverse("audit:anomaly", args=[anomaly_id])
+    return reverse("admin:audit_auditevent_change", args=[event.pk])
+
+
 def _who(event: AuditEvent) -> str:
     # A lockout's actor is anonymous: the username that was tried is in ``extra``. It was typed
-    # by whoever attacked, so no control characters reach the mail (no forged lines).
-    name = event.extra.get("username") if event.event_type == EventType.LOCKOUT else None
+    # by whoever attacked, so no control characters reach the mail (no forged lines). An
+    # anomaly's actor is the scan: the account it is about is in ``extra``.
+    name = event.extra.get("username") if event.event_type in (EventType.LOCKOUT, EventType.ANOMALY) else None
     return _CONTROL_CHARACTERS.sub("?", str(name or event.actor_username))[:150] or "-"
 
 

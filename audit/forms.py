@@ -67,3 +67,53 @@ class NotificationExportForm(BreachScopeForm):
             "Why you need the patients' names and contact details, e.g. “notify patients of incident 2026-03”."
         ),
     )
+
+
+class AnomalyFilterForm(forms.Form):
+    """The anomaly list's filters; all optional."""
+
+    severity = forms.TypedChoiceField(
+        label=_("Severity"), required=False, coerce=int, empty_value=None, choices=[("", _("Any"))]
+    )
+    kind = forms.ChoiceField(label=_("Signal"), required=False, choices=[("", _("Any"))])
+    reviewed = forms.ChoiceField(
+        label=_("Reviewed"),
+        required=False,
+        choices=[("", _("Any")), ("no", _("Not reviewed yet")), ("yes", _("Reviewed"))],
+    )
+
+    def __init__(self, *args, **kwargs):
+        from audit.models import AnomalyKind, Severity
+
+        super().__init__(*args, **kwargs)
+        self.fields["severity"].choices = [("", _("Any")), *Severity.choices]
+        self.fields["kind"].choices = [("", _("Any")), *AnomalyKind.choices]
+
+    def filter(self, anomalies):
+        data = self.cleaned_data
+        if data.get("severity"):
+            anomalies = anomalies.filter(severity=data["severity"])
+        if data.get("kind"):
+            anomalies = anomalies.filter(kind=data["kind"])
+        if data.get("reviewed") == "no":
+            anomalies = anomalies.filter(reviewed_at__isnull=True)
+        elif data.get("reviewed") == "yes":
+            anomalies = anomalies.filter(reviewed_at__isnull=False)
+        return anomalies
+
+
+class AnomalyReviewForm(forms.Form):
+    note = forms.CharField(
+        label=_("What you found"),
+        min_length=3,
+        max_length=2000,
+        widget=forms.Textarea(attrs={"rows": 3}),
+        help_text=_(
+            "E.g. “Asked Sophie: she was preparing the vaccination campaign.” Recorded in the audit trail. "
+            "Do not write patient data here."
+        ),
+    )
+
+
+class ReadChartForm(forms.Form):
+    day = forms.DateField(label=_("Day"), required=False, widget=forms.DateInput(attrs={"type": "date"}))

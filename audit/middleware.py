@@ -12,6 +12,8 @@ from django.template.loader import render_to_string
 
 from audit import context
 from audit.budget import ReadBudgetExceeded, budget_settle
+from audit.models import EventType
+from audit.services import audit_event_write
 
 logger = logging.getLogger("audit")
 
@@ -84,6 +86,8 @@ class AuditContextMiddleware:
             else:
                 if refusal is not None:
                     response = budget_exceeded_response(refusal)
+            if response.status_code == 404:
+                self._not_found_record(request)
         finally:
             context._current.reset(token)
         response["X-Request-ID"] = request.request_id
@@ -101,6 +105,20 @@ class AuditContextMiddleware:
         if isinstance(exception, ReadBudgetExceeded):
             return budget_exceeded_response(exception)
         return None
+
+    @staticmethod
+    def _not_found_record(request) -> None:
+        """A page not found, for a logged-in user: one NOT_FOUND event (path without the query
+        string, with the session's audit id), so a session guessing ids shows as a 404 storm
+        (audit/anomalies.py). Written after the reads, and never at the user's expense: a
+        failed write is logged and the 404 stays a 404."""
+        user = getattr(request, "user", None)
+        if user is None or not user.is_authenticated:
+            return
+        try:
+            audit_event_write(event_type=EventType.NOT_FOUND)
+        except Exception:
+            logger.exception("Could not record a page not found in the audit trail (request %s)", request.request_id)
 
     @staticmethod
     def _session_expired(request) -> bool:

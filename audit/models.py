@@ -67,6 +67,7 @@ class EventType(models.IntegerChoices):
     KEY_CHECK_FAILED = 42, _("Key check failed")
     CHAIN_BROKEN = 43, _("Audit trail chain broken")
     NOT_FOUND = 44, _("Page not found")
+    ANOMALY = 45, _("Anomaly detected")
     KEY_ROTATION = 50, _("Key rotation")
     BLIND_INDEX_REBUILD = 51, _("Blind index rebuild")
 
@@ -274,3 +275,82 @@ class ReadTally(models.Model):
 
     def __str__(self) -> str:
         return f"user {self.user_id} read patient {self.patient_id} at {self.last_read_at:%Y-%m-%d %H:%M}"
+
+
+class AnomalyKind(models.TextChoices):
+    VOLUME = "volume", _("Volume far above the user's own")
+    WALKING = "walking", _("Records walked one after the other")
+    OUT_OF_HOURS = "out_of_hours", _("Reads outside opening hours")
+    NO_APPOINTMENT = "no_appointment", _("Patients without an appointment with the reader")
+    LIST_PAGES = "list_pages", _("Many patients through lists or exports")
+    FAILURES = "failures", _("Failed logins or pages not found")
+
+
+class Severity(models.IntegerChoices):
+    LOW = 1, _("low")
+    MEDIUM = 2, _("medium")
+    HIGH = 3, _("high")
+
+
+class Anomaly(models.Model):
+    """A pattern in the trail worth a practice admin's look, found by ``audit.anomalies``.
+
+    One row per signal, subject (an account, a login session, an address) and hour: the scan
+    re-evaluates the hours it touches and updates their rows (``key`` keeps a re-run from adding
+    any). The subject is copied, like the trail's actor. ``evidence`` is the filter that
+    reproduces the trail events behind the finding (``audit.anomalies.anomaly_events``); the
+    summary and details hold counts and thresholds, never patient data.
+    """
+
+    key = models.CharField(_("key"), max_length=200, unique=True, editable=False)
+    kind = models.CharField(_("signal"), max_length=20, choices=AnomalyKind.choices)
+    severity = models.PositiveSmallIntegerField(_("severity"), choices=Severity.choices)
+    user_id = models.IntegerField(_("user id"), null=True, blank=True)
+    username = models.CharField(_("user"), max_length=150, blank=True)
+    role = models.CharField(_("role"), max_length=40, blank=True)
+    session = models.CharField(_("session"), max_length=32, blank=True)
+    ip = models.GenericIPAddressField(_("IP address"), null=True, blank=True)
+    window_start = models.DateTimeField(_("from"))
+    window_end = models.DateTimeField(_("to"))
+    detected_at = models.DateTimeField(_("detected at"))
+    updated_at = models.DateTimeField(_("last updated"))
+    event_count = models.PositiveIntegerField(_("events"), default=0)
+    patient_count = models.PositiveIntegerField(_("patients"), default=0)
+    summary = models.CharField(_("summary"), max_length=300)
+    details = models.JSONField(_("details"), default=dict, blank=True)
+    evidence = models.JSONField(_("events behind it"), default=dict, blank=True)
+    # The ANOMALY event written when the finding reached high severity (mailed to the admins).
+    alert_event_id = models.BigIntegerField(_("alert event"), null=True, blank=True)
+    reviewed_at = models.DateTimeField(_("reviewed at"), null=True, blank=True)
+    reviewed_by = models.CharField(_("reviewed by"), max_length=150, blank=True)
+    review_note = models.TextField(_("review note"), blank=True)
+
+    class Meta:
+        verbose_name = _("anomaly")
+        verbose_name_plural = _("anomalies")
+        ordering = ["-window_start", "-severity", "-id"]
+        indexes = [
+            models.Index(fields=["-window_start"], name="anomaly_recent"),
+            models.Index(fields=["severity", "-window_start"], name="anomaly_severity"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} ({self.get_severity_display()}) {self.username or self.ip or self.session}"
+
+
+class AnomalyCursor(models.Model):
+    """How far the anomaly scan has looked: one row (id 1), so each periodic run continues
+    where the last one stopped. Not locked during a scan (that would hold a transaction, and
+    with it the trail's chain lock, for the whole scan): two overlapping runs only repeat
+    work, since findings are keyed (``Anomaly.key``)."""
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1)
+    scanned_until = models.DateTimeField(null=True, blank=True)
+    last_run_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("anomaly scan cursor")
+        verbose_name_plural = _("anomaly scan cursor")
+
+    def __str__(self) -> str:
+        return f"anomalies scanned until {self.scanned_until}"

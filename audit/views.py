@@ -1,5 +1,8 @@
 """Investigation pages over the audit trail: practice admins (and superusers) only.
 
+The anomaly pages and the reads chart show counts and patient ids from the trail only: they
+decrypt nothing.
+
 Secretaries and practitioners never read the trail; they get 403 before anything is
 loaded. The pages send Cache-Control: no-store. The breach scope page decrypts nothing;
 the access report decrypts the patient's name for its header (an audited read); the
@@ -7,18 +10,32 @@ notification list decrypts contact details under a stated purpose (audited reads
 EXPORT event), and those reads count against the admin's read budget.
 """
 
+import datetime
+import math
 from uuid import UUID
 
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse
-from django.shortcuts import render
+from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
+from django.utils.translation import gettext as _
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
 
-from audit.forms import BreachScopeForm, NotificationExportForm
+from audit.anomalies import anomalies_scan_due, anomaly_events, anomaly_review, daily_distribution, reads_per_hour
+from audit.budget import budget_for_role
+from audit.context import Actor
+from audit.forms import (
+    AnomalyFilterForm,
+    AnomalyReviewForm,
+    BreachScopeForm,
+    NotificationExportForm,
+    ReadChartForm,
+)
+from audit.models import Anomaly
 from audit.reports import breach_notification_export, breach_scope, purpose_label, record_label
 from audit.selectors import patient_access_events, patient_access_summary
 from patients.models import Patient
@@ -146,3 +163,184 @@ def breach_scope_csv(request: HttpRequest) -> HttpResponse:
     stamp = timezone.localtime().strftime("%Y%m%d-%H%M")
     response["Content-Disposition"] = f'attachment; filename="breach-notification-{stamp}.csv"'
     return response
+
+
+# Anomaly signals (audit/anomalies.py) -----------------------------------------------------------
+
+ANOMALY_PAGE_SIZE = 50
+
+
+@never_cache
+@login_required
+def anomaly_list(request: HttpRequest) -> HttpResponse:
+    """The anomaly signals found in the trail, newest hour first, filtered by severity, signal
+    and review. Counts and usernames only: nothing is decrypted."""
+    _require_trail_reader(request)
+    form = AnomalyFilterForm(request.GET or None)
+    anomalies = Anomaly.objects.defer("details", "evidence")
+    if form.is_bound and form.is_valid():
+        anomalies = form.filter(anomalies)
+    page = Paginator(anomalies, ANOMALY_PAGE_SIZE).get_page(request.GET.get("page"))
+    return render(
+        request,
+        "audit/anomalies.html",
+        {"form": form, "page": page, "query": _query_without_page(request)},
+    )
+
+
+def _anomaly_page(request: HttpRequest, anomaly: Anomaly, review_form: AnomalyReviewForm, status: int = 200):
+    page = Paginator(anomaly_events(anomaly), PAGE_SIZE).get_page(request.GET.get("page"))
+    _labelled(page.object_list)
+    details = [(name.replace("_", " "), value) for name, value in anomaly.details.items()]
+    return render(
+        request,
+        "audit/anomaly_detail.html",
+        {
+            "anomaly": anomaly,
+            "page": page,
+            "details": details,
+            "review_form": review_form,
+            # The breach scope link covers the whole hour (its form takes minutes).
+            "scope_end": anomaly.window_start + datetime.timedelta(hours=1),
+        },
+        status=status,
+    )
+
+
+@never_cache
+@login_required
+def anomaly_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    """One finding: what was seen, the thresholds, and the trail events behind it (100 a page,
+    oldest first), with the review form."""
+    _require_trail_reader(request)
+    anomaly = get_object_or_404(Anomaly, pk=pk)
+    return _anomaly_page(request, anomaly, AnomalyReviewForm())
+
+
+@never_cache
+@login_required
+@require_POST
+def anomaly_review_view(request: HttpRequest, pk: int) -> HttpResponse:
+    """Mark a finding as handled with a note (audited)."""
+    _require_trail_reader(request)
+    anomaly = get_object_or_404(Anomaly, pk=pk)
+    form = AnomalyReviewForm(request.POST)
+    if not form.is_valid():
+        return _anomaly_page(request, anomaly, form, status=400)
+    anomaly_review(anomaly=anomaly, actor=Actor.for_user(request.user), note=form.cleaned_data["note"])
+    messages.success(request, _("The anomaly is marked as reviewed."))
+    return redirect("audit:anomaly", pk=anomaly.pk)
+
+
+@never_cache
+@login_required
+@require_POST
+def anomalies_scan_now(request: HttpRequest) -> HttpResponse:
+    """Run the periodic scan now (what beat does every five minutes), e.g. while investigating."""
+    _require_trail_reader(request)
+    result = anomalies_scan_due()
+    counts = {"findings": result.findings, "created": result.created}
+    messages.success(request, _("Scan done: %(findings)d findings (%(created)d new).") % counts)
+    return redirect("audit:anomalies")
+
+
+# The reads chart: server-rendered SVG (no script: the CSP allows none inline, and none is needed).
+CHART_WIDTH, CHART_HEIGHT = 880, 320
+CHART_LEFT, CHART_RIGHT, CHART_TOP, CHART_BOTTOM = 52, 16, 16, 44
+CHART_SERIES_STYLES = 8  # series-0 .. series-7 in static/css/audit.css, then dashed
+
+
+def _nice_ceiling(value: int) -> tuple[int, int]:
+    """(axis maximum, tick step): a round number at or above ``value``, in five steps or so."""
+    if value <= 5:
+        return 5, 1
+    magnitude = 10 ** math.floor(math.log10(value / 5))
+    for factor in (1, 2, 5, 10):
+        step = factor * magnitude
+        if step * 5 >= value:
+            return math.ceil(value / step) * step, step
+    return value, max(value // 5, 1)
+
+
+def _chart(hourly) -> dict:
+    """Coordinates for templates/audit/_read_chart.svg.html: axes, ticks, one polyline per user."""
+    plot_width = CHART_WIDTH - CHART_LEFT - CHART_RIGHT
+    plot_height = CHART_HEIGHT - CHART_TOP - CHART_BOTTOM
+    slots = max(len(hourly.hours), 1)
+    top = max((max(user["counts"]) for user in hourly.users), default=0)
+    y_max, y_step = _nice_ceiling(top)
+
+    def x(position: int) -> float:
+        return round(CHART_LEFT + (position + 0.5) * plot_width / slots, 1)
+
+    def y(value: int) -> float:
+        return round(CHART_TOP + plot_height - value * plot_height / y_max, 1)
+
+    bottom = CHART_TOP + plot_height
+    y_ticks = [{"value": v, "y": y(v)} for v in range(0, y_max + 1, y_step)]
+    x_ticks = [
+        {"label": hour.strftime("%H"), "x": x(n), "full": hour.strftime("%H:%M")} for n, hour in enumerate(hourly.hours)
+    ]
+    series = []
+    for n, user in enumerate(hourly.users):
+        css = f"series-{n % CHART_SERIES_STYLES}" + (" dashed" if n >= CHART_SERIES_STYLES else "")
+        points = [
+            {"x": x(i), "y": y(count), "count": count, "hour": x_ticks[i]["full"]}
+            for i, count in enumerate(user["counts"])
+        ]
+        series.append(
+            {
+                **user,
+                "css": css,
+                "points": points,
+                "polyline": " ".join(f"{p['x']},{p['y']}" for p in points),
+                "peak": max(user["counts"]),
+                "total_hours": sum(1 for count in user["counts"] if count),
+            }
+        )
+    return {
+        "width": CHART_WIDTH,
+        "height": CHART_HEIGHT,
+        "left": CHART_LEFT,
+        "right": CHART_WIDTH - CHART_RIGHT,
+        "top": CHART_TOP,
+        "bottom": bottom,
+        "label_y": bottom + 18,
+        "title_y": CHART_HEIGHT - 4,
+        "y_label_x": CHART_LEFT - 8,
+        "center_x": CHART_LEFT + plot_width / 2,
+        "y_ticks": y_ticks,
+        "x_ticks": x_ticks,
+        "series": series,
+    }
+
+
+@never_cache
+@login_required
+def read_chart(request: HttpRequest) -> HttpResponse:
+    """Distinct patients read per user and hour on one day (practice time), as a chart and the
+    same numbers as a table; and each user's daily distribution over the last 30 days, which is
+    what read budgets are sized from. Counts from the trail only."""
+    _require_trail_reader(request)
+    form = ReadChartForm(request.GET or None)
+    day = timezone.localdate()
+    if form.is_bound and form.is_valid() and form.cleaned_data["day"]:
+        day = form.cleaned_data["day"]
+    hourly = reads_per_hour(day=day)
+    chart = _chart(hourly)
+    distribution = daily_distribution(last_day=day)
+    for user in distribution:
+        user["budget_hour"], user["budget_day"] = budget_for_role(user["role"])
+    return render(
+        request,
+        "audit/read_chart.html",
+        {
+            "form": form,
+            "day": day,
+            "previous_day": day - datetime.timedelta(days=1),
+            "next_day": day + datetime.timedelta(days=1),
+            "chart": chart,
+            "distribution": distribution,
+        },
+        status=200 if not form.is_bound or form.is_valid() else 400,
+    )

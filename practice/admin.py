@@ -19,14 +19,29 @@ from django_otp.plugins.otp_totp.models import TOTPDevice
 from audit.context import Actor
 from audit.models import EventType
 from audit.services import audit_event_write
-from practice.models import Clinic, Practitioner, Specialty
+from practice.models import WEEKDAY_NAMES, Clinic, Practitioner, Specialty
 from practice.services import lockout_lift, user_second_factor_reset, user_sessions_end
 from scheduling.admin import AbsenceInline, WorkingHoursInline
 
 
 @admin.register(Clinic)
 class ClinicAdmin(admin.ModelAdmin):
-    """The clinic's one row: its name, address and phone, as reminders show them."""
+    """The clinic's one row: its name, address and phone, as reminders show them, and its
+    opening hours (reads of patient data outside them are an anomaly signal)."""
+
+    fieldsets = [
+        (None, {"fields": ["name", "address", "phone", "email", "reminders_show_specialty"]}),
+        (
+            _("Opening hours"),
+            {
+                "description": _(
+                    "In the practice's time zone. Leave both times empty on a day the practice is closed. "
+                    "Patient records read outside these hours are listed among the anomaly signals."
+                ),
+                "fields": [(f"{day}_opens", f"{day}_closes") for day in WEEKDAY_NAMES],
+            },
+        ),
+    ]
 
     def has_add_permission(self, request) -> bool:
         return not Clinic.objects.exists() and super().has_add_permission(request)

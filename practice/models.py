@@ -1,3 +1,6 @@
+import datetime
+from zoneinfo import ZoneInfo
+
 from django.conf import settings
 from django.contrib.sessions.base_session import AbstractBaseSession
 from django.core.validators import RegexValidator
@@ -103,6 +106,9 @@ class UserSession(AbstractBaseSession):
         return SessionStore
 
 
+WEEKDAY_NAMES = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+
+
 class Clinic(models.Model):
     """The practice's own details, edited by practice admins in Django admin (one row).
 
@@ -120,10 +126,36 @@ class Clinic(models.Model):
         default=False,
         help_text=_("Off by default: a specialty can say more about a patient than they would like on a phone screen."),
     )
+    # Opening hours, wall-clock time in the practice's time zone (settings.TIME_ZONE), one
+    # interval a day; a day without both times is closed. Reads of patient data outside them
+    # are an anomaly signal (audit/anomalies.py).
+    monday_opens = models.TimeField(_("Monday: opens"), null=True, blank=True, default=datetime.time(8))
+    monday_closes = models.TimeField(_("Monday: closes"), null=True, blank=True, default=datetime.time(19))
+    tuesday_opens = models.TimeField(_("Tuesday: opens"), null=True, blank=True, default=datetime.time(8))
+    tuesday_closes = models.TimeField(_("Tuesday: closes"), null=True, blank=True, default=datetime.time(19))
+    wednesday_opens = models.TimeField(_("Wednesday: opens"), null=True, blank=True, default=datetime.time(8))
+    wednesday_closes = models.TimeField(_("Wednesday: closes"), null=True, blank=True, default=datetime.time(19))
+    thursday_opens = models.TimeField(_("Thursday: opens"), null=True, blank=True, default=datetime.time(8))
+    thursday_closes = models.TimeField(_("Thursday: closes"), null=True, blank=True, default=datetime.time(19))
+    friday_opens = models.TimeField(_("Friday: opens"), null=True, blank=True, default=datetime.time(8))
+    friday_closes = models.TimeField(_("Friday: closes"), null=True, blank=True, default=datetime.time(19))
+    saturday_opens = models.TimeField(_("Saturday: opens"), null=True, blank=True, default=datetime.time(8))
+    saturday_closes = models.TimeField(_("Saturday: closes"), null=True, blank=True, default=datetime.time(12))
+    sunday_opens = models.TimeField(_("Sunday: opens"), null=True, blank=True)
+    sunday_closes = models.TimeField(_("Sunday: closes"), null=True, blank=True)
 
     class Meta:
         verbose_name = _("clinic")
         verbose_name_plural = _("clinic")
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(**{f"{day}_opens__isnull": True})
+                | models.Q(**{f"{day}_closes__isnull": True})
+                | models.Q(**{f"{day}_opens__lt": models.F(f"{day}_closes")}),
+                name=f"clinic_{day}_opens_before_closing",
+            )
+            for day in WEEKDAY_NAMES
+        ]
 
     def __str__(self) -> str:
         return self.name
@@ -132,3 +164,46 @@ class Clinic(models.Model):
     def current(cls) -> "Clinic":
         clinic, _created = cls.objects.get_or_create(pk=1)
         return clinic
+
+    def opening_hours(self, weekday: int) -> tuple[datetime.time, datetime.time] | None:
+        """(opens, closes) on ``weekday`` (0 = Monday), or None when closed that day."""
+        day = WEEKDAY_NAMES[weekday]
+        opens, closes = getattr(self, f"{day}_opens"), getattr(self, f"{day}_closes")
+        if opens is None or closes is None or opens >= closes:
+            return None
+        return opens, closes
+
+    def open_intervals(
+        self, start: datetime.datetime, end: datetime.datetime
+    ) -> list[tuple[datetime.datetime, datetime.datetime]]:
+        """The moments between ``start`` and ``end`` (aware) when the practice is open, as
+        aware intervals, in order. Wall-clock times are read in the practice's time zone on
+        each day, so a day of a DST change keeps its 08:00 to 19:00."""
+        zone = ZoneInfo(settings.TIME_ZONE)
+        intervals = []
+        day = start.astimezone(zone).date() - datetime.timedelta(days=1)
+        last = end.astimezone(zone).date()
+        while day <= last:
+            hours = self.opening_hours(day.weekday())
+            if hours is not None:
+                opens = datetime.datetime.combine(day, hours[0], tzinfo=zone)
+                closes = datetime.datetime.combine(day, hours[1], tzinfo=zone)
+                lo, hi = max(opens, start), min(closes, end)
+                if lo < hi:
+                    intervals.append((lo, hi))
+            day += datetime.timedelta(days=1)
+        return intervals
+
+    def closed_intervals(
+        self, start: datetime.datetime, end: datetime.datetime
+    ) -> list[tuple[datetime.datetime, datetime.datetime]]:
+        """The complement of ``open_intervals`` between ``start`` and ``end``."""
+        closed, cursor = [], start
+        for opens, closes in self.open_intervals(start, end):
+            if cursor < opens:
+                closed.append((cursor, opens))
+            cursor = max(cursor, closes)
+        if cursor < end:
+            closed.append((cursor, end))
+        return closed
+

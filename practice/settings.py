@@ -254,6 +254,8 @@ CELERY_BEAT_SCHEDULE = {
     "sessions-purge-nightly": {"task": "practice.tasks.sessions_purge", "schedule": crontab(hour=3, minute=30)},
     "lockouts-purge-nightly": {"task": "practice.tasks.lockouts_purge", "schedule": crontab(hour=3, minute=45)},
     "read-tally-purge-nightly": {"task": "audit.tasks.read_tally_purge", "schedule": crontab(hour=3, minute=50)},
+    # Anomaly signals from the trail (audit/anomalies.py); high ones are mailed at once.
+    "anomalies-scan": {"task": "audit.tasks.anomalies_scan", "schedule": 300.0},
 }
 # A task is acknowledged when it has run, not when it was received: a worker that dies
 # mid-task leaves it to another (tasks are idempotent). One task at a time per process.
@@ -310,6 +312,47 @@ READ_BUDGETS = {
 
 # Audit: records buffered per context are written in one insert; large buffers flush early.
 AUDIT_FLUSH_THRESHOLD = env.int("AUDIT_FLUSH_THRESHOLD", default=2000)
+
+
+# Anomaly signals (audit/anomalies.py): beat scans the trail every five minutes, one clock
+# hour at a time; a finding's severity comes from the "<low>/<medium>/<high>" levels
+# below (README, Anomaly signals). High ones are mailed to the practice admins at once.
+def _levels(name: str, default: str) -> tuple[float, float, float]:
+    raw = env.str(name, default=default)
+    try:
+        low, medium, high = (float(part) for part in raw.split("/"))
+    except ValueError:
+        raise ImproperlyConfigured(f'{name} must be "<low>/<medium>/<high>", e.g. "{default}".') from None
+    if not 0 < low <= medium <= high:
+        raise ImproperlyConfigured(f"{name}: the levels must be positive and in increasing order.")
+    return low, medium, high
+
+
+# Volume: an account's distinct patients in an hour over its own usual busiest hours (the
+# 95th percentile of its active hours in the last ANOMALY_BASELINE_DAYS; half its role's hourly
+# budget until it has ANOMALY_BASELINE_MIN_HOURS of them), never below the floor.
+ANOMALY_VOLUME_MIN_PATIENTS = env.int("ANOMALY_VOLUME_MIN_PATIENTS", default=30)
+ANOMALY_VOLUME_RATIO = _levels("ANOMALY_VOLUME_RATIO", "2/3/5")
+ANOMALY_BASELINE_DAYS = env.int("ANOMALY_BASELINE_DAYS", default=28)
+ANOMALY_BASELINE_MIN_HOURS = env.int("ANOMALY_BASELINE_MIN_HOURS", default=10)
+# Walking: a session opening at least this many patients' records in an hour, each once, with
+# no write; high when the gaps between its pages vary less than this (coefficient of variation).
+ANOMALY_WALK_MIN_PATIENTS = env.int("ANOMALY_WALK_MIN_PATIENTS", default=30)
+ANOMALY_WALK_MAX_VARIATION = env.float("ANOMALY_WALK_MAX_VARIATION", default=0.5)
+# Distinct patients read outside the clinic's opening hours (Administration, Clinic), in an
+# hour, by one account; reads within the grace after closing (or before opening) do not count.
+ANOMALY_OUT_OF_HOURS = _levels("ANOMALY_OUT_OF_HOURS", "1/10/50")
+ANOMALY_OUT_OF_HOURS_GRACE_MINUTES = env.int("ANOMALY_OUT_OF_HOURS_GRACE_MINUTES", default=30)
+# Distinct patients a practitioner read without an appointment with them (from this many days
+# before the read to this many after) nor an emergency access, in an hour.
+ANOMALY_NO_APPOINTMENT = _levels("ANOMALY_NO_APPOINTMENT", "1/3/10")
+ANOMALY_APPOINTMENT_PAST_DAYS = env.int("ANOMALY_APPOINTMENT_PAST_DAYS", default=365)
+ANOMALY_APPOINTMENT_AHEAD_DAYS = env.int("ANOMALY_APPOINTMENT_AHEAD_DAYS", default=90)
+# Distinct patients through the patient list (pages, searches) and exports, per account and hour.
+ANOMALY_LIST_PATIENTS = _levels("ANOMALY_LIST_PATIENTS", "100/250/500")
+# Failed logins, failed second factors and pages not found, per session (or per address for
+# the anonymous), in an hour.
+ANOMALY_FAILURES = _levels("ANOMALY_FAILURES", "10/25/50")
 
 # Agenda grid: rows of AGENDA_SLOT_MINUTES between these wall-clock hours (practice time).
 AGENDA_SLOT_MINUTES = env.int("AGENDA_SLOT_MINUTES", default=5)

@@ -143,6 +143,11 @@ TABLE: dict[str, Row] = {
     "audit:patient_access_print": Row(LOGIN, 403, 403, 403, 200, 403),
     "audit:breach_scope": Row(LOGIN, 403, 403, 403, 200, 403),  # the empty form
     "audit:breach_scope_csv": _logged_in(405),  # POST only, with a stated purpose
+    "audit:anomalies": Row(LOGIN, 403, 403, 403, 200, 403),
+    "audit:anomalies_scan": _logged_in(405),  # POST only
+    "audit:anomaly": Row(LOGIN, 403, 403, 403, 200, 403),  # `pk`: an anomaly of the world
+    "audit:anomaly_review": _logged_in(405),  # POST only, with a note
+    "audit:read_chart": Row(LOGIN, 403, 403, 403, 200, 403),
 }
 
 # Admin views that are not a model's, for a practice admin (other roles: the admin rule).
@@ -234,6 +239,7 @@ class World:
     unseen_patient: Patient  # no appointment with anyone
     admin_rows: dict  # model -> primary key of a real row, for admin object pages
     users: dict
+    anomaly: int = 0  # an anomaly signal's id (audit:anomaly pages)
 
 
 @pytest.fixture
@@ -279,6 +285,24 @@ def world(secretary, practitioner, other_practitioner, practice_admin, outsider)
         budget=200,
     )
 
+    # An anomaly signal about someone outside the personas.
+    from audit.models import Anomaly, AnomalyKind, Severity
+
+    anomaly = Anomaly.objects.create(
+        key="world",
+        kind=AnomalyKind.OUT_OF_HOURS,
+        severity=Severity.LOW,
+        user_id=third.user.pk,
+        username="dr.third",
+        role="Practitioner",
+        window_start=paris(2030, 3, 4, 22),
+        window_end=paris(2030, 3, 4, 23),
+        detected_at=paris(2030, 3, 4, 23),
+        updated_at=paris(2030, 3, 4, 23),
+        summary="dr.third read 1 patient outside the opening hours.",
+        evidence={"start": "2030-03-04T21:00:00+00:00", "end": "2030-03-04T22:00:00+00:00", "event_types": [1]},
+    )
+
     unenrolled = User.objects.create_user("nina.new", password=PASSWORD)
     unenrolled.groups.add(Group.objects.get(name=SECRETARY))
     users = {
@@ -307,6 +331,7 @@ def world(secretary, practitioner, other_practitioner, practice_admin, outsider)
         unseen_patient=unseen_patient,
         admin_rows=admin_rows,
         users=users,
+        anomaly=anomaly.pk,
     )
 
 
@@ -335,6 +360,8 @@ def _kwargs(pattern: Pattern, world: World, objects: Objects) -> list[dict]:
             kwargs[name] = objects.appointment
         elif isinstance(converter, IntConverter) and pattern.key.startswith("scheduling:"):
             kwargs[name] = objects.practitioner
+        elif isinstance(converter, IntConverter) and pattern.key.startswith("audit:"):
+            kwargs[name] = world.anomaly
         elif isinstance(converter, AgendaDateConverter):
             kwargs[name] = DAY
         elif pattern.key == "password_reset_confirm":
