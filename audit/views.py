@@ -246,7 +246,7 @@ def anomalies_scan_now(request: HttpRequest) -> HttpResponse:
 
 # The reads chart: server-rendered SVG (no script: the CSP allows none inline, and none is needed).
 CHART_WIDTH, CHART_HEIGHT = 880, 320
-CHART_LEFT, CHART_RIGHT, CHART_TOP, CHART_BOTTOM = 52, 16, 16, 44
+CHART_LEFT, CHART_RIGHT, CHART_TOP, CHART_BOTTOM = 52, 16, 30, 44
 CHART_SERIES_STYLES = 8  # series-0 .. series-7 in static/css/audit.css, then dashed
 
 
@@ -308,6 +308,7 @@ def _chart(hourly) -> dict:
         "label_y": bottom + 18,
         "title_y": CHART_HEIGHT - 4,
         "y_label_x": CHART_LEFT - 8,
+        "y_title_y": CHART_TOP - 14,
         "center_x": CHART_LEFT + plot_width / 2,
         "y_ticks": y_ticks,
         "x_ticks": x_ticks,

@@ -193,17 +193,3 @@ class Clinic(models.Model):
                     intervals.append((lo, hi))
             day += datetime.timedelta(days=1)
         return intervals
-
-    def closed_intervals(
-        self, start: datetime.datetime, end: datetime.datetime
-    ) -> list[tuple[datetime.datetime, datetime.datetime]]:
-        """The complement of ``open_intervals`` between ``start`` and ``end``."""
-        closed, cursor = [], start
-        for opens, closes in self.open_intervals(start, end):
-            if cursor < opens:
-                closed.append((cursor, opens))
-            cursor = max(cursor, closes)
-        if cursor < end:
-            closed.append((cursor, end))
-        return closed
-

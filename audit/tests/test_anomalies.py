@@ -30,6 +30,16 @@ MONDAY = datetime.date(2026, 11, 16)
 SUNDAY = datetime.date(2026, 11, 15)
 
 
+@pytest.fixture(autouse=True)
+def _no_cached_baselines():
+    """Volume baselines are cached per account and day; ids repeat between tests."""
+    from django.core.cache import cache
+
+    cache.clear()
+    yield
+    cache.clear()
+
+
 @pytest.fixture
 def eager():
     from practice.celery import app
