@@ -31,12 +31,13 @@ check costs the same whether the account read ten patients today or a thousand.
 
 Concurrency: parallel requests of one account each check against what was written before
 they started, so together they could pass the budget. The re-check closes that without a
-lock: after a request has committed its reads (the response has not left yet), if the
-tally said some of its patients were new to the account, it counts again; over budget, its
-page is withheld (429) and the account blocked. Every request commits before it re-checks,
-so of any set of parallel requests the last to re-check sees the reads of all the others,
-and the patients whose pages actually leave never exceed one budget. The patients of
-withheld pages stay in the trail: they were decrypted in the server, though never sent.
+lock of its own: the trail write that records a request's reads also counts the account's
+patients (in the same statement as the INSERT, only when some patient was new), under the
+chain's advisory lock, which every trail writer holds until its commit. So each write sees
+every earlier writer's reads, and of any set of parallel requests the last to write sees
+all the others'. Over budget, its page is withheld (429) and the account blocked: the
+patients whose pages actually leave never exceed one budget. The patients of withheld
+pages stay in the trail: they were decrypted in the server, though never sent.
 """
 
 from __future__ import annotations
@@ -136,8 +137,10 @@ class ReadBudget:
     _known: dict[uuid.UUID, datetime.datetime] | None = None
     _new: set[uuid.UUID] = field(default_factory=set)
     _passed: set = field(default_factory=set)
-    # The trail write said some patients of this context were new to the account.
+    # The trail write said some patients of this context were new to the account, without
+    # counting (the re-check counts), or counted: the day and hour counts after it.
     _wrote_new: bool = False
+    _after: tuple[int, int] | None = None
 
     @classmethod
     def for_actor(cls, actor) -> ReadBudget:
@@ -226,26 +229,51 @@ class ReadBudget:
                 self._new.add(patient)
         self._unsure.clear()
 
-    def written(self, new_patients: int) -> None:
-        """The trail write of this context's reads reported ``new_patients`` new to the account."""
-        self._wrote_new = self._wrote_new or new_patients > 0
+    def windows(self) -> tuple[datetime.datetime, datetime.datetime] | None:
+        """Where the day and hour windows start, for the trail write to count in; None if this
+        context decrypted nothing for the account, was refused, or the account's block was
+        lifted in the last day (then the re-check counts on its own: see ``recheck``)."""
+        if self._loaded_at is None or self.refused is not None or self._lifted_at is not None:
+            return None
+        return self._day_since, self._hour_since
+
+    def written(self, new_patients: int, before: tuple[int, int] | None = None) -> None:
+        """The trail write of this context's reads: ``new_patients`` were new to the account,
+        and ``before`` (if the write counted) the account's patients in the day and hour windows
+        as the write saw them, under the chain lock, without its own rows."""
+        if new_patients <= 0:
+            return
+        if before is None:
+            self._wrote_new = True  # the re-check counts after the commit
+            return
+        day, hour = before[0] + new_patients, before[1] + new_patients
+        self._after = (max(day, self._after[0]), max(hour, self._after[1])) if self._after else (day, hour)
 
     def recheck(self) -> ReadBudgetExceeded | None:
-        """After this context's reads are committed: count again with the reads of parallel
-        requests. Over budget: the refusal (the page is withheld)."""
+        """Once this context's reads are committed: is the account over budget with the reads of
+        parallel requests? Then the refusal (the page is withheld).
+
+        Usually the trail write already counted (``written``): under the chain's lock, after
+        every earlier writer's commit, so of parallel requests the last to write sees all the
+        others' patients, and the patients whose pages leave never exceed one budget. When it
+        could not (after a lift, or a user who logged in mid-request), this counts again, after
+        the commit, which is as sound: each request commits before it counts.
+        """
         if self.refused is not None or self._loaded_at is None:
             return self.refused
+        after = self._after
         # After a lift, a patient read before it is new to the budget but not to the tally.
-        reached_new = self._wrote_new or (self._lifted_at is not None and (self._unsure or self._new))
-        if not reached_new:
+        if self._wrote_new or (self._lifted_at is not None and (self._unsure or self._new)):
+            # Uncapped: the block, if any, records how many patients the account really reached.
+            counts = _counts_load(self.user_id, self._loaded_at, day_cap=UNCAPPED, hour_cap=UNCAPPED)
+            after = (counts.day, counts.hour)
+        if after is None:
             return None
-        # Uncapped: the block, if any, records how many patients the account really reached.
-        counts = _counts_load(self.user_id, self._loaded_at, day_cap=UNCAPPED, hour_cap=UNCAPPED)
         try:
-            if counts.day > self.day_limit:
-                self._refuse("day", counts.day, self.day_limit)
-            if counts.hour > self.hour_limit:
-                self._refuse("hour", counts.hour, self.hour_limit)
+            if after[0] > self.day_limit:
+                self._refuse("day", after[0], self.day_limit)
+            if after[1] > self.hour_limit:
+                self._refuse("hour", after[1], self.hour_limit)
         except ReadBudgetExceeded as refusal:
             return refusal
         return None

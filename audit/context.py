@@ -139,9 +139,9 @@ class AuditContext:
         from audit.services import audit_reads_write
 
         reads = list(self._reads.values())
-        new_patients = audit_reads_write(context=self, reads=reads)
+        written = audit_reads_write(context=self, reads=reads)
         if self.budget is not None:
-            self.budget.written(new_patients)
+            self.budget.written(written.new_patients, written.before)
         self._reads.clear()
         return len(reads)
 

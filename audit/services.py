@@ -7,9 +7,11 @@ transaction that writes an audit row early makes the other writers wait for its 
 
 from __future__ import annotations
 
+import datetime
 import json
 import uuid
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from django.db import transaction
 from django.utils import timezone
@@ -43,12 +45,21 @@ def _context_columns(ctx: context.AuditContext | None) -> dict:
     }
 
 
-def audit_reads_write(*, context: context.AuditContext, reads: Iterable) -> int:
-    """Write buffered reads in one INSERT, chained (audit/chain.py), and count them in the
-    reader's ``ReadTally`` (the read budget's counter) in the same statement.
+@dataclass
+class ReadsWritten:
+    """What a trail write of reads tells the reader's budget (audit/budget.py): how many of
+    the patients were new to the account, and, if asked to count, the account's patients in
+    the budget's day and hour windows before the write (under the chain lock)."""
 
-    Returns how many of the reads' patients were new to the reading account (not read by it
-    in the 24 hours before). Any database error propagates (fail closed).
+    new_patients: int = 0
+    before: tuple[int, int] | None = None
+
+
+def audit_reads_write(*, context: context.AuditContext, reads: Iterable) -> ReadsWritten:
+    """Write buffered reads in one INSERT, chained (audit/chain.py), and count them in the
+    reader's ``ReadTally`` (the read budget's counter) in the same statement; when some
+    patient was new to the account and its budget gave its windows, count the account's
+    patients there too (the budget's re-check). Any database error propagates (fail closed).
     """
     now = timezone.now()
     columns = _context_columns(context)
@@ -67,57 +78,93 @@ def audit_reads_write(*, context: context.AuditContext, reads: Iterable) -> int:
         for read in reads
     ]
     if not rows:
-        return 0
+        return ReadsWritten()
     user_id = columns["actor_user_id"]
     # System jobs have no budget, hence no tally. Sorted: parallel writers lock rows in one order.
     patients = sorted({_as_uuid(r["patient_id"]) for r in rows if r["patient_id"] is not None}) if user_id else []
+    budget = context.budget
+    windows = budget.windows() if budget is not None and budget.user_id == user_id else None
+    tally = _Tally(user_id, patients, now, windows)
     connection = transaction.get_connection()
-    # The chain lock is held until the transaction ends: outside one, this block is the
-    # transaction (short); inside one, a savepoint keeps a failed insert from poisoning the
-    # caller's transaction (the caller still sees the error).
     if connection.vendor == "postgresql":
 
         def statement(chained: list[dict]) -> tuple[str, list]:
-            return _reads_insert_postgresql(now, columns, chained[0]["extra"], chained, patients)
+            return _reads_insert_postgresql(now, columns, chained[0]["extra"], chained, tally)
 
         if not connection.in_atomic_block:  # a request's reads, after its view: two round trips
-            return _new_count(chain_write_alone(rows, statement, connection), patients)
+            return tally.result(chain_write_alone(rows, statement, connection))
+        # The chain lock is held until the transaction ends; inside the caller's transaction, a
+        # savepoint keeps a failed insert from poisoning it (the caller still sees the error).
         with transaction.atomic():
             chain_rows(rows, connection)
             sql, params = statement(rows)
             with connection.cursor() as cursor:
                 cursor.execute(sql, params)
-                return _new_count(cursor.fetchall() if patients else [], patients)
+                return tally.result(cursor.fetchall() if patients else [])
     with transaction.atomic():
         chain_rows(rows, connection)
         AuditEvent.objects.bulk_create([AuditEvent(**row) for row in rows])
-        return _tally_count(user_id, patients, now)
+        return tally.upsert_orm()
 
 
 def _as_uuid(value) -> uuid.UUID:
     return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
 
 
-def _tally_count(user_id: int | None, patients: list[uuid.UUID], now) -> int:
-    """The tally's upsert in three ORM statements (SQLite: the write lock is already held, so
-    what the first one sees does not change before the others run); the new patients' count."""
-    if not patients:
-        return 0
-    recent = ReadTally.objects.filter(user_id=user_id, patient_id__in=patients, last_read_at__gte=now - TALLY_DAY)
-    known = dict(recent.values_list("patient_id", "last_read_at"))
-    stale = [patient for patient, last in known.items() if last < now - TALLY_STEP]
-    if stale:
-        ReadTally.objects.filter(user_id=user_id, patient_id__in=stale).update(last_read_at=now)
-    new = [p for p in patients if p not in known]
-    # A patient last read more than a day ago starts a new episode: both times move.
-    ReadTally.objects.bulk_create(
-        [ReadTally(user_id=user_id, patient_id=p, first_read_at=now, last_read_at=now) for p in new],
-        update_conflicts=True,
-        unique_fields=["user_id", "patient_id"],
-        update_fields=["first_read_at", "last_read_at"],
-        batch_size=500,
-    )
-    return len(new)
+@dataclass
+class _Tally:
+    """One trail write's part of the read budget's tally (audit.ReadTally)."""
+
+    user_id: int | None
+    patients: list[uuid.UUID]
+    now: datetime.datetime
+    windows: tuple[datetime.datetime, datetime.datetime] | None
+
+    def params(self) -> list:
+        """The tally part of ``_INSERT_READS_AND_TALLY``'s parameters."""
+        day_since, hour_since = self.windows or (self.now, self.now)
+        counting = self.windows is not None
+        return [
+            *(self.user_id, self.now, self.now, self.patients),
+            *(self.now - TALLY_DAY, self.now - TALLY_STEP, self.now),
+            *(counting, self.user_id, day_since),
+            *(counting, self.user_id, hour_since, hour_since),
+        ]
+
+    def result(self, returned: list) -> ReadsWritten:
+        if not self.patients or not returned:
+            return ReadsWritten()
+        new, day, hour = returned[0]
+        return ReadsWritten(new_patients=new, before=(day, hour) if new and day is not None else None)
+
+    def upsert_orm(self) -> ReadsWritten:
+        """The tally's upsert through the ORM (SQLite: the write lock is already held, so what
+        the first statement sees does not change before the others run)."""
+        if not self.patients:
+            return ReadsWritten()
+        user_id, now = self.user_id, self.now
+        mine = ReadTally.objects.filter(user_id=user_id)
+        recent = mine.filter(patient_id__in=self.patients, last_read_at__gte=now - TALLY_DAY)
+        known = dict(recent.values_list("patient_id", "last_read_at"))
+        stale = [patient for patient, last in known.items() if last < now - TALLY_STEP]
+        if stale:
+            mine.filter(patient_id__in=stale).update(last_read_at=now)
+        new = [p for p in self.patients if p not in known]
+        # A patient last read more than a day ago starts a new episode: both times move.
+        ReadTally.objects.bulk_create(
+            [ReadTally(user_id=user_id, patient_id=p, first_read_at=now, last_read_at=now) for p in new],
+            update_conflicts=True,
+            unique_fields=["user_id", "patient_id"],
+            update_fields=["first_read_at", "last_read_at"],
+            batch_size=500,
+        )
+        if not new or self.windows is None:
+            return ReadsWritten(new_patients=len(new))
+        day_since, hour_since = self.windows
+        day = mine.filter(last_read_at__gte=day_since).count()
+        hour = mine.filter(last_read_at__gte=hour_since, first_read_at__gte=hour_since).count()
+        # Counted after the upsert here: "before" is without this write's new patients.
+        return ReadsWritten(new_patients=len(new), before=(day - len(new), hour - len(new)))
 
 
 _COMMON = (
@@ -141,23 +188,34 @@ _INSERT_READS = (
     "AS t(i, m, o, p, f, c)"
 )
 # The same INSERT as a data-modifying CTE, then the tally's upsert (audit.ReadTally): one round
-# trip for both. A patient whose last read is more than a day old starts a new episode; the
-# returned flags say which patients were new to the account.
+# trip for both. A patient whose last read is more than a day old starts a new episode. The
+# statement returns how many patients were new to the account and, if some were and the
+# budget asked (the boolean parameters), the account's patients in the budget's day and hour
+# windows as the statement's snapshot sees them: taken after the chain lock, so after every
+# earlier writer's commit, and without this statement's own rows (a CTE's changes are not
+# visible to the rest of its statement). Subqueries under a false CASE are not run.
 _INSERT_READS_AND_TALLY = (
     "WITH trail AS ("  # noqa: S608 (constants only)
     + _INSERT_READS
-    + ") INSERT INTO audit_readtally AS r (user_id, patient_id, first_read_at, last_read_at) "
+    + "), tally AS (INSERT INTO audit_readtally AS r (user_id, patient_id, first_read_at, last_read_at) "
     "SELECT %s, p, %s, %s FROM unnest(%s::uuid[]) AS p "
     "ON CONFLICT (user_id, patient_id) DO UPDATE SET "
     "first_read_at = CASE WHEN r.last_read_at < %s THEN EXCLUDED.first_read_at ELSE r.first_read_at END, "
     "last_read_at = GREATEST(r.last_read_at, EXCLUDED.last_read_at) "
     # A row read within TALLY_STEP is left as it is (audit/budget.py), and not returned.
     "WHERE r.last_read_at < %s "
-    "RETURNING r.first_read_at = %s"
+    "RETURNING r.first_read_at = %s AS new), "
+    "n AS (SELECT COUNT(*) FILTER (WHERE new) AS new FROM tally) "
+    "SELECT n.new, "
+    "CASE WHEN n.new > 0 AND %s THEN (SELECT COUNT(*) FROM audit_readtally t "
+    "WHERE t.user_id = %s AND t.last_read_at >= %s) END, "
+    "CASE WHEN n.new > 0 AND %s THEN (SELECT COUNT(*) FROM audit_readtally t "
+    "WHERE t.user_id = %s AND t.last_read_at >= %s AND t.first_read_at >= %s) END "
+    "FROM n"
 )
 
 
-def _reads_insert_postgresql(now, columns: dict, extra: dict, rows: list[dict], patients: list) -> tuple[str, list]:
+def _reads_insert_postgresql(now, columns: dict, extra: dict, rows: list[dict], tally: _Tally) -> tuple[str, list]:
     """One INSERT ... SELECT FROM unnest(arrays): a third of bulk_create's cost per row, which
     matters because every page that shows patients pays it before its response leaves; the
     tally's upsert rides in the same statement and returns, per patient, whether it was new
@@ -175,14 +233,9 @@ def _reads_insert_postgresql(now, columns: dict, extra: dict, rows: list[dict], 
         [json.dumps(r["fields"]) for r in rows],
         [r["mac"] for r in rows],
     ]
-    if not patients:
+    if not tally.patients:
         return _INSERT_READS, params
-    user_id, day_ago, step_ago = columns["actor_user_id"], now - TALLY_DAY, now - TALLY_STEP
-    return _INSERT_READS_AND_TALLY, [*params, user_id, now, now, patients, day_ago, step_ago, now]
-
-
-def _new_count(returned: list, patients: list) -> int:
-    return sum(1 for (new,) in returned if new) if patients else 0
+    return _INSERT_READS_AND_TALLY, [*params, *tally.params()]
 
 
 def audit_event_write(

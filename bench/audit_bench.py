@@ -495,50 +495,74 @@ def measure_breach(runs: int, rng: random.Random, rows: int) -> None:
     print()
 
 
+def tally_build(end: datetime.datetime) -> tuple[float, int]:
+    """The read budget's tally (audit.ReadTally) as the app would hold it at ``end``: built from
+    the generated trail's last day (the app upserts it with each trail write; migration
+    audit.0009 builds it this way from an existing trail). Seconds taken and rows."""
+    from django.db import connection
+
+    from audit.budget import TALLY_DAY
+
+    started = perf_counter()
+    with connection.cursor() as cursor:
+        cursor.execute("DELETE FROM audit_readtally")
+        cursor.execute(
+            "INSERT INTO audit_readtally (user_id, patient_id, first_read_at, last_read_at) "
+            "SELECT actor_user_id, patient_id, MIN(occurred_at), MAX(occurred_at) FROM audit_auditevent "
+            "WHERE event_type = 1 AND actor_user_id IS NOT NULL AND patient_id IS NOT NULL "
+            "AND occurred_at >= %s AND occurred_at < %s GROUP BY actor_user_id, patient_id",
+            [end - TALLY_DAY, end],
+        )
+        count = cursor.rowcount
+        cursor.execute("VACUUM ANALYZE audit_readtally")
+    return perf_counter() - started, count
+
+
 def measure_budget(runs: int, rng: random.Random) -> None:
-    """The read budget's queries (audit.budget.ReadBudget): the load at a request's first
-    decryption (the account's blocks and its reads of the last 24 hours, one query), and the
-    re-check after the trail write. The budget's clock is set inside the generated year."""
-    import importlib.util
-    from unittest import mock
+    """The read budget's check (audit.budget): one query at a request's first decryption (the
+    account's block, last lift and two counts on the tally), the exact load near a budget (the
+    day's patient ids), and the re-check after a write that reached new patients."""
+    from django.db import connection
 
-    print("[c] Read-budget check per request (audit.budget)")
-    if importlib.util.find_spec("audit.budget") is None:
-        print("  audit/budget.py does not exist yet: not timed")
-        print()
-        return
     from audit import budget as budgets
-    from audit.context import Actor
+    from audit.models import ReadTally
 
-    # The budget reads "the last 24 hours" up to now, unbounded above: its clock is set at the
-    # generated trail's end, so that nothing lies after it (as in production).
+    print("[c] Read-budget check per request (audit.budget, counted on audit.ReadTally)")
+    # The budget's clock is the generated trail's end, so that nothing lies after it (as in production).
     end = START + datetime.timedelta(days=DAYS)
+    seconds, tally_rows = tally_build(end)
+    print(f"  tally of the last day built from the trail: {tally_rows:,} rows in {seconds:.1f} s (as at upgrade)")
     actors = [_common.role_user(username, role) for username, role in PEOPLE[:16]]  # secretaries, practitioners
-    cases = [(rng.choice(actors), end) for _ in range(runs)]
-    loads, rechecks, sizes = [], [], []
-    try:
-        for user, moment in cases:
-            actor = Actor.for_user(user)
-            with mock.patch.object(budgets, "_now", return_value=moment):
-                budget = budgets.ReadBudget.for_actor(actor)
-                t0 = perf_counter()
-                budget._load()
-                loads.append(perf_counter() - t0)
-                sizes.append(len(budget._first))
-                t0 = perf_counter()
-                budget._first_reads(since=moment - budgets.RECHECK_MARGIN)
-                rechecks.append(perf_counter() - t0)
-    except (AttributeError, TypeError) as exc:
-        print(f"  audit.budget changed its internals ({exc}): not timed")
-        print()
-        return
-    except budgets.ReadBudgetExceeded as exc:
-        print(f"  a bench account is blocked ({exc}): not timed")
-        print()
-        return
-    print(f"  patients an account read in the 24 h before: {pct(sizes, 50):,} at the median, {max(sizes):,} at most")
-    line("load at the first decryption", loads)
-    line("re-check after the trail write", rechecks)
+    sizes = {u.pk: ReadTally.objects.filter(user_id=u.pk).count() for u in actors}
+    print(
+        f"  patients an account read in the day before: {pct(list(sizes.values()), 50):,} at the median, "
+        f"{max(sizes.values()):,} at most"
+    )
+    shipped = {"Secretary": (600, 1500), "Practitioner": (200, 500)}  # practice/settings.py defaults
+    cases = [rng.choice(actors) for _ in range(runs)]
+    capped, uncapped, exact = [], [], []
+    for user in cases:
+        hour, day = shipped[dict(PEOPLE)[user.username]]
+        t0 = perf_counter()
+        budgets._counts_load(user.pk, end, day_cap=day + 1, hour_cap=hour + 1)
+        capped.append(perf_counter() - t0)
+        t0 = perf_counter()
+        budgets._counts_load(user.pk, end, day_cap=budgets.UNCAPPED, hour_cap=budgets.UNCAPPED)
+        uncapped.append(perf_counter() - t0)
+        budget = budgets.ReadBudget(user_id=user.pk, username=user.username, role="", hour_limit=hour, day_limit=day)
+        budget._loaded_at, budget._day_since = end, end - budgets.TALLY_DAY
+        budget._hour_since = end - budgets.HOUR
+        t0 = perf_counter()
+        budget._exact_load()
+        exact.append(perf_counter() - t0)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_relation_size('audit_readtally'), pg_indexes_size('audit_readtally')")
+        table, indexes = cursor.fetchone()
+    print(f"  tally size: table {table / 1e6:.1f} MB, indexes {indexes / 1e6:.1f} MB (the trail: see above)")
+    line("check at the first decryption (shipped budgets)", capped)
+    line("the same, counts uncapped (the whole day)", uncapped)
+    line("exact load near a budget (the day's patient ids)", exact)
+    print("  (the re-check after a write that reached new patients is the uncapped count)")
     print()
 
 

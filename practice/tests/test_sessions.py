@@ -5,6 +5,7 @@ reset password ends the other sessions."""
 import datetime
 import time
 
+import pytest
 from django.conf import settings
 from django.contrib.auth.tokens import default_token_generator
 from django.test import Client
@@ -153,3 +154,30 @@ def test_it_ends_every_session_when_the_password_is_reset(secretary):
     assert _goes_to_login(logged_in.get("/agenda/"))
     assert _goes_to_login(visitor.get("/agenda/"))  # a reset does not log in
     assert AuditEvent.objects.filter(event_type=EventType.PASSWORD_RESET, actor_user_id=secretary.pk).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_session_saved_outside_a_transaction_is_one_update_and_fails_when_ended_meanwhile():
+    """A request saves its session in autocommit, as one UPDATE (no BEGIN/COMMIT); if the
+    session was ended meanwhile (log out everywhere), the save fails instead of reviving it."""
+    from django.contrib.sessions.backends.base import UpdateError
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from practice.models import UserSession
+    from practice.sessions import SessionStore
+
+    store = SessionStore()
+    store["step"] = 1
+    store.create()
+    store["step"] = 2
+    with CaptureQueriesContext(connection) as captured:
+        store.save()
+    assert [q["sql"].split()[0] for q in captured.captured_queries] == ["UPDATE"]
+    assert SessionStore(store.session_key).load()["step"] == 2
+
+    UserSession.objects.filter(session_key=store.session_key).delete()
+    store["step"] = 3
+    with pytest.raises(UpdateError):
+        store.save()
+    assert not UserSession.objects.filter(session_key=store.session_key).exists()

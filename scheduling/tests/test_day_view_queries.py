@@ -12,16 +12,16 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
-from audit.chain import SQL_TAG
 from audit.models import AuditEvent, EventType
 from conftest import client_for, make_patient
 from practice.models import Practitioner
 from scheduling.tests.conftest import DAY, at, book, make_doctor, make_type
 
-TRAIL_INSERT = re.compile(r'^\s*INSERT INTO "?audit_auditevent"?', re.IGNORECASE)
-# Transaction control is not a query against the data: pytest-django's test transaction turns
-# every atomic block into SAVEPOINT / RELEASE pairs that production (autocommit) does not send.
-TRANSACTION_CONTROL = re.compile(r"^\s*(SAVEPOINT|RELEASE SAVEPOINT|ROLLBACK TO SAVEPOINT|BEGIN|COMMIT)\b", re.I)
+# The trail write (audit/services.py): the chain's statements (tagged) and the INSERT of the
+# reads, which on PostgreSQL also upserts the read budget's tally (WITH trail AS (INSERT ...)).
+TRAIL_WRITE = re.compile(
+    r'^\s*(/\* audit chain \*/|BEGIN; /\* audit chain|WITH trail AS|INSERT INTO "?audit_auditevent"?)', re.I
+)
 
 MAX_QUERIES = 12
 
@@ -46,57 +46,55 @@ def _clinic(name: str, practitioners: int, per_practitioner: int) -> list:
     return patients
 
 
-def _day_view(user) -> tuple[CaptureQueriesContext, str, str]:
+def _day_view(client) -> tuple[list[str], str, int]:
+    """The statements of one load of the day (as a logged-in front desk's second visit), the
+    page, and the last trail id before it."""
     url = reverse("scheduling:day", args=[DAY])
-    client = client_for(user)
+    before = AuditEvent.objects.order_by("-id").values_list("id", flat=True).first() or 0
     with CaptureQueriesContext(connection) as captured:
         response = client.get(url)
     assert response.status_code == 200
-    return captured, response.content.decode(), url
+    return [q["sql"] for q in captured.captured_queries], response.content.decode(), before
 
 
-def _counts(captured) -> tuple[int, int]:
-    """(queries other than the trail write, INSERT statements of the trail write)."""
-    statements = [q["sql"] for q in captured.captured_queries if not TRANSACTION_CONTROL.match(q["sql"])]
-    # The chain's lock and tail read (audit/chain.py, tagged) belong to the trail write.
-    statements = [s for s in statements if not s.startswith(SQL_TAG)]
-    trail = [s for s in statements if TRAIL_INSERT.match(s)]
-    return len(statements) - len(trail), len(trail)
-
-
-def _check_reads(url: str, patients) -> None:
+def _check_reads(after_id: int, patients) -> None:
     """One READ row per patient shown, naming exactly the two name fields; nothing else decrypted."""
-    reads = list(AuditEvent.objects.filter(event_type=EventType.READ, path=url))
+    reads = list(AuditEvent.objects.filter(event_type=EventType.READ, id__gt=after_id))
     assert sorted(str(e.patient_id) for e in reads) == sorted(str(p.pk) for p in patients)
     for event in reads:
         assert event.model_label == "patients.Patient"
         assert event.object_pk == str(event.patient_id)
         assert event.fields == ["first_names", "last_name"]
-    assert not [e for e in reads if {"reason", "internal_note"} & set(e.fields)]
 
 
 @pytest.mark.slow
-def test_it_costs_the_same_queries_for_one_or_three_hundred_appointments(secretary, audit_trail_writable):
+@pytest.mark.django_db(transaction=True)
+def test_it_costs_the_same_queries_for_one_or_three_hundred_appointments(secretary):
+    """Counted as production runs it (autocommit, no test transaction around the request):
+    every statement the page sends, the session, the read budget and the trail write included."""
+    client = client_for(secretary)
     few = _clinic("Small", 1, 1)
-    small, body, url = _day_view(secretary)
+    _day_view(client)  # the session's first page; the count is for the pages after it
+    small, body, before = _day_view(client)
     assert body.count('class="appt ') == 1
     assert "SMALL0X0" in body
-    _check_reads(url, few)
+    _check_reads(before, few)
 
     Practitioner.objects.update(is_active=False)
-    AuditEvent.objects.filter(event_type=EventType.READ).delete()
     many = _clinic("Large", 10, 30)
-    large, body, url = _day_view(secretary)
+    large, body, before = _day_view(client)
     assert body.count('class="appt ') == 300
     assert body.count('class="col-head ') == 10
-    _check_reads(url, many)
+    _check_reads(before, many)
 
-    small_queries, small_trail = _counts(small)
-    large_queries, large_trail = _counts(large)
-    assert large_queries == small_queries
-    # The trail write is one bulk INSERT: one statement on PostgreSQL; SQLite splits it into
-    # batches of its 999 bound parameters (Django's limit), all written before the response.
-    assert small_trail == 1
+    def page_statements(statements):
+        # SQLite writes the read budget's tally in statements of their own (audit/services.py).
+        tally = [sql for sql in statements if "audit_readtally" in sql and not sql.startswith("WITH lift AS")]
+        return [sql for sql in statements if not TRAIL_WRITE.match(sql) and sql not in tally]
+
+    assert len(page_statements(large)) == len(page_statements(small))
     if connection.vendor == "postgresql":
-        assert large_trail == 1
-    assert large_queries + 1 <= MAX_QUERIES, [q["sql"][:120] for q in large.captured_queries]
+        # The trail write is two statements (audit.chain.chain_write_alone), whatever the rows.
+        assert len(large) == len(small)
+        assert len(large) - len(page_statements(large)) == 2
+        assert len(large) <= MAX_QUERIES, [sql[:120] for sql in large]
