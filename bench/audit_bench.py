@@ -559,10 +559,11 @@ def measure_budget(runs: int, rng: random.Random) -> None:
         cursor.execute("SELECT pg_relation_size('audit_readtally'), pg_indexes_size('audit_readtally')")
         table, indexes = cursor.fetchone()
     print(f"  tally size: table {table / 1e6:.1f} MB, indexes {indexes / 1e6:.1f} MB (the trail: see above)")
-    line("check at the first decryption (shipped budgets)", capped)
-    line("the same, counts uncapped (the whole day)", uncapped)
-    line("exact load near a budget (the day's patient ids)", exact)
-    print("  (the re-check after a write that reached new patients is the uncapped count)")
+    line("first decryption, shipped budgets", capped)
+    line("first decryption, uncapped counts", uncapped)
+    line("exact load near a budget", exact)
+    print("  (first decryption: one query per request; the exact load: the day's patient ids, once, only near")
+    print("  a budget; the re-check rides in the trail write's INSERT, under the chain lock)")
     print()
 
 

@@ -9,7 +9,8 @@ Sets Django up itself (production settings, see _common.py), creates and migrate
 database, then:
 1. writes: N threads (own connections) each write audit events for a fixed time, one event
    per transaction (``audit_event_write``, the security-event path) and 50 reads per
-   transaction (``audit_reads_write``, a list page), chained (the advisory lock, ids drawn
+   transaction (``audit_reads_write``, a list page), and a list page's reads as a request
+   writes them (outside any transaction, with the read budget's tally), chained (the advisory lock, ids drawn
    under it, MACs in Python) and, for the ratio, unchained (a plain INSERT, no lock);
    ``--hold-ms``: the event is written at the start of a service transaction that then
    works that long before committing (the lock is held until the commit);
@@ -186,10 +187,20 @@ def run_writers(kind: str, chained: bool, writers: int, seconds: float, hold_ms:
     def work(i: int) -> None:
         try:
             ctx = AuditContext(purpose="bench", actor=Actor.system("bench"))
+            if kind == "request":  # a person's page: the read budget's tally is written too
+                ctx = AuditContext(
+                    purpose="bench", actor=Actor(user_id=100_000 + i, username="bench", role="Secretary")
+                )
             reads = _reads(READS_PER_PAGE)
             barrier.wait()
             n = 0
             while perf_counter() < stop_at[0]:
+                if kind == "request":
+                    # As a request writes its reads after its view: no transaction around it, so
+                    # the write takes two round trips (audit.chain.chain_write_alone).
+                    (_chained_page if chained else _unchained_page)(ctx, reads)
+                    n += 1
+                    continue
                 with transaction.atomic():
                     if kind == "event":
                         (_chained_event if chained else _unchained_event)()
@@ -229,8 +240,12 @@ def measure_writes(args) -> None:
         f"{'path':<28} {'hold':>6} {'writers':>7} {'unchained tx/s':>15} {'chained tx/s':>13} "
         f"{'chained rows/s':>15} {'ratio':>6} {'p/writer tx/s':>14}"
     )
-    for kind in ("event", "page"):
-        label = "audit_event_write (1 row)" if kind == "event" else f"audit_reads_write ({READS_PER_PAGE} rows)"
+    labels = {
+        "event": "audit_event_write (1 row)",
+        "page": f"audit_reads_write ({READS_PER_PAGE} rows)",
+        "request": f"request's reads ({READS_PER_PAGE}, +tally)",
+    }
+    for kind, label in labels.items():
         for hold in holds if kind == "event" else [0.0]:
             for writers in writer_counts:
                 plain_tx, _plain_rows, plain_s = run_writers(kind, False, writers, args.seconds, hold)
