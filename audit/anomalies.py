@@ -110,7 +110,14 @@ class Finding:
 
     @property
     def key(self) -> str:
-        subject = f"{self.user_id or '-'}|{self.session or '-'}|{self.ip or '-'}"
+        """Signal, subject and hour. The subject is what the detector groups by: a login
+        session, else an account, else an address (the other columns describe it)."""
+        if self.session:
+            subject = f"session:{self.session}"
+        elif self.user_id is not None:
+            subject = f"user:{self.user_id}"
+        else:
+            subject = f"ip:{self.ip or '-'}"
         return f"{self.kind}|{subject}|{self.window_start.astimezone(datetime.UTC):%Y-%m-%dT%H}"
 
 
@@ -344,9 +351,8 @@ def detect_walking(start, end, clinic) -> list[Finding]:
             severity = Severity.MEDIUM
         else:
             severity = Severity.LOW
-        ip = (
-            record_reads.filter(session=row["session"]).exclude(ip=None).values_list("ip", flat=True).first()
-        )  # one row, on the session index
+        # The address of the session's first record page (one row).
+        ip = record_reads.filter(session=row["session"]).exclude(ip=None).values_list("ip", flat=True).first()
         if regular:
             summary = _(
                 "%(user)s opened %(count)d patients' records one after the other in one session, each once, "

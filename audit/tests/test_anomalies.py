@@ -424,6 +424,20 @@ def test_a_practice_admin_filters_and_reviews_an_anomaly(practice_admin, secreta
     )
 
 
+def test_a_practice_admin_runs_the_scan_from_the_list(practice_admin, secretary):
+    client = client_for(practice_admin)
+    moment = timezone.now() - datetime.timedelta(minutes=1)
+    Trail().page(secretary, moment, [uuid.uuid4() for _n in range(120)], purpose="patients:list").save()
+
+    response = client.post(reverse("audit:anomalies_scan"), follow=True)
+
+    assert response.status_code == 200
+    assert "Scan done" in response.content.decode()
+    [anomaly] = found(kind=AnomalyKind.LIST_PAGES)
+    assert anomaly.user_id == secretary.pk and anomaly.patient_count == 120
+    assert AnomalyCursor.objects.get().scanned_until is not None
+
+
 def test_the_chart_shows_distinct_patients_per_user_and_hour(practice_admin, secretary, practitioner):
     shared = [uuid.uuid4() for _n in range(5)]
     trail = Trail()
