@@ -22,6 +22,7 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
 
@@ -35,7 +36,7 @@ from audit.forms import (
     NotificationExportForm,
     ReadChartForm,
 )
-from audit.models import Anomaly
+from audit.models import Anomaly, EventType
 from audit.reports import breach_notification_export, breach_scope, purpose_label, record_label
 from audit.selectors import patient_access_events, patient_access_summary
 from patients.models import Patient
@@ -188,10 +189,60 @@ def anomaly_list(request: HttpRequest) -> HttpResponse:
     )
 
 
+# The words for what a finding's details hold (audit/anomalies.py); other keys show as stored.
+DETAIL_LABELS = {
+    "patients": gettext_lazy("Distinct patients"),
+    "reads": gettext_lazy("Decrypted reads"),
+    "pages": gettext_lazy("Pages opened"),
+    "events": gettext_lazy("Events"),
+    "by_type": gettext_lazy("By event type"),
+    "baseline_p95": gettext_lazy("Usual busiest hours (95th percentile of active hours)"),
+    "baseline_hours": gettext_lazy("Active hours in the baseline"),
+    "baseline_days": gettext_lazy("Baseline period (days)"),
+    "reference": gettext_lazy("Compared with"),
+    "ratio": gettext_lazy("Ratio"),
+    "floor": gettext_lazy("Never below (patients)"),
+    "gaps": gettext_lazy("Gaps between pages"),
+    "gap_variation": gettext_lazy("Variation of the gaps (0: machine-regular)"),
+    "max_variation": gettext_lazy("Regular at or below"),
+    "min_patients": gettext_lazy("Minimum patients"),
+    "writes": gettext_lazy("Writes in the hour"),
+    "closed": gettext_lazy("Closed (UTC)"),
+    "grace_minutes": gettext_lazy("Grace (minutes)"),
+    "appointment_past_days": gettext_lazy("Appointments looked for, days before"),
+    "appointment_ahead_days": gettext_lazy("Appointments looked for, days after"),
+    "levels": gettext_lazy("Levels (low / medium / high)"),
+}
+
+
+def _detail_value(value) -> str:
+    """A detail in words: counts per event type by their labels, levels as "1 / 10 / 50",
+    closed periods as "start – end"."""
+    if value is None:
+        return "—"
+    if isinstance(value, dict):
+        parts = []
+        for name, count in value.items():
+            label = EventType[name.upper()].label if name.upper() in EventType.__members__ else name
+            parts.append(f"{label}: {count}")
+        return ", ".join(parts)
+    if isinstance(value, list):
+        parts = []
+        for item in value:
+            if isinstance(item, list):
+                parts.append(" – ".join(str(part) for part in item))
+            elif isinstance(item, float):
+                parts.append(f"{item:g}")
+            else:
+                parts.append(str(item))
+        return " / ".join(parts)
+    return str(value)
+
+
 def _anomaly_page(request: HttpRequest, anomaly: Anomaly, review_form: AnomalyReviewForm, status: int = 200):
     page = Paginator(anomaly_events(anomaly), PAGE_SIZE).get_page(request.GET.get("page"))
     _labelled(page.object_list)
-    details = [(name.replace("_", " "), value) for name, value in anomaly.details.items()]
+    details = [(DETAIL_LABELS.get(name, name), _detail_value(value)) for name, value in anomaly.details.items()]
     return render(
         request,
         "audit/anomaly_detail.html",

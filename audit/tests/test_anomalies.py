@@ -153,6 +153,9 @@ def test_it_flags_a_script_walking_patient_pages_and_mails_the_admins_once(
     alert = AuditEvent.objects.get(event_type=EventType.ANOMALY)
     assert alert.pk == high.alert_event_id and alert.actor_username == "system:anomalies_scan"
 
+    page = client_for(mailed_admin).get(reverse("audit:anomaly", args=[high.pk])).content.decode()
+    assert "Variation of the gaps (0: machine-regular)" in page and "Writes in the hour" in page
+
     # The next runs find the same: no new row, no second mail.
     rows = Anomaly.objects.count()
     with django_capture_on_commit_callbacks(execute=True):
@@ -170,7 +173,7 @@ def test_it_flags_a_script_walking_patient_pages_and_mails_the_admins_once(
     assert "Walk0" not in body  # ids only: the page decrypts nothing
 
 
-def test_it_flags_a_session_guessing_ids_and_records_each_404_without_the_query(practitioner):
+def test_it_flags_a_session_guessing_ids_and_records_each_404_without_the_query(practitioner, practice_admin):
     make_practitioner(practitioner.username)
     client = client_for(practitioner)
     session = client.session[SESSION_KEY]
@@ -187,6 +190,9 @@ def test_it_flags_a_session_guessing_ids_and_records_each_404_without_the_query(
     storms = found(kind=AnomalyKind.FAILURES, session=session)
     assert storms and sum(a.event_count for a in storms) == 50
     assert max(a.severity for a in storms) >= Severity.MEDIUM
+    storm = max(storms, key=lambda a: a.event_count)
+    page = client_for(practice_admin).get(reverse("audit:anomaly", args=[storm.pk])).content.decode()
+    assert "Page not found: " in page
     assert {e.pk for a in storms for e in anomaly_events(a)} == set(misses.values_list("pk", flat=True))
 
 
