@@ -38,8 +38,14 @@ def patient_key(patient) -> tuple[str, str]:
 
 
 def audit_inserts(captured) -> int:
-    """INSERT statements into the trail among queries captured by CaptureQueriesContext."""
-    return sum(1 for q in captured.captured_queries if q["sql"].lstrip().startswith(AUDIT_INSERT))
+    """INSERT statements into the trail among queries captured by CaptureQueriesContext (on
+    PostgreSQL, a request's reads are inserted by a statement that also upserts the read
+    budget's tally: ``WITH trail AS (INSERT INTO "audit_auditevent" ...``)."""
+    return sum(
+        1
+        for q in captured.captured_queries
+        if q["sql"].lstrip().removeprefix("WITH trail AS (").startswith(AUDIT_INSERT)
+    )
 
 
 def valid_nir(body: str) -> str:
