@@ -5,7 +5,7 @@ Rules enforced here:
   ``audit_actor_time``, ``audit_session_time``): nothing is decrypted, no trail row is loaded
   into Python, only counts per account, session or address.
 - One clock hour at a time (UTC hours, which are the practice's hours too in whole-hour time
-  zones). Beat runs ``anomalies_scan_due`` every five minutes: it re-evaluates the hours from
+  zones). Beat runs ``anomalies_scan_due`` every minute: it re-evaluates the hours from
   where the previous run stopped, the current hour included, so a finding grows with its hour
   and each finding is one ``Anomaly`` row per (signal, subject, hour): a re-run never adds a
   row (``Anomaly.key``), and a shorter re-run never shrinks one.

@@ -165,7 +165,7 @@ def read_tally_purge() -> int:
 def anomalies_scan() -> dict:
     """Look for anomaly signals in the trail written since the previous run (audit/anomalies.py).
 
-    Beat runs it every five minutes; high-severity findings are mailed at once (ANOMALY events).
+    Beat runs it every minute; high-severity findings are mailed at once (ANOMALY events).
     Reads the trail's counts only: decrypts nothing.
     """
     from audit.anomalies import anomalies_scan_due
