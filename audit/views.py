@@ -287,7 +287,7 @@ def anomaly_review_view(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 @require_POST
 def anomalies_scan_now(request: HttpRequest) -> HttpResponse:
-    """Run the periodic scan now (what beat does every five minutes), e.g. while investigating."""
+    """Run the periodic scan now (what beat does every minute), e.g. while investigating."""
     _require_trail_reader(request)
     result = anomalies_scan_due()
     counts = {"findings": result.findings, "created": result.created}

@@ -166,9 +166,9 @@ def test_it_writes_in_the_practice_language_and_time_zone(admins, mailoutbox, se
     alerts.security_alerts_send(settle=NOW)
 
     [mail] = mailoutbox
-    assert "Connexion bloquée × 1" in mail.subject
+    assert "Connexion verrouillée × 1" in mail.subject
     local = event.occurred_at.astimezone(ZoneInfo("America/Cayenne"))
-    assert f"{local:%Y-%m-%d %H:%M:%S} -03  Connexion bloquée  " in mail.body
+    assert f"{local:%Y-%m-%d %H:%M:%S} -03  Connexion verrouillée  " in mail.body
 
 
 def test_it_moves_on_with_a_warning_when_no_one_can_be_mailed(practice_admin, mailoutbox, settings, caplog):
