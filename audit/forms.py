@@ -116,4 +116,7 @@ class AnomalyReviewForm(forms.Form):
 
 
 class ReadChartForm(forms.Form):
-    day = forms.DateField(label=_("Day"), required=False, widget=forms.DateInput(attrs={"type": "date"}))
+    # ISO format: a date input shows nothing for a value in the locale's format.
+    day = forms.DateField(
+        label=_("Day"), required=False, widget=forms.DateInput(attrs={"type": "date"}, format="%Y-%m-%d")
+    )

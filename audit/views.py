@@ -374,8 +374,8 @@ def read_chart(request: HttpRequest) -> HttpResponse:
     same numbers as a table; and each user's daily distribution over the last 30 days, which is
     what read budgets are sized from. Counts from the trail only."""
     _require_trail_reader(request)
-    form = ReadChartForm(request.GET or None)
     day = timezone.localdate()
+    form = ReadChartForm(request.GET or None, initial={"day": day})
     if form.is_bound and form.is_valid() and form.cleaned_data["day"]:
         day = form.cleaned_data["day"]
     hourly = reads_per_hour(day=day)

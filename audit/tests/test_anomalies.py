@@ -471,8 +471,11 @@ def test_the_chart_shows_distinct_patients_per_user_and_hour(practice_admin, sec
     assert distribution[secretary.username]["max"] == 30 and distribution[secretary.username]["days"] == 2
     assert distribution[secretary.username]["median"] == 23.5
     assert distribution[practitioner.username]["max"] == 3
-    # Today by default.
-    assert client_for(practice_admin).get(reverse("audit:read_chart")).context["day"] == timezone.localdate()
+    assert f'type="date" name="day" value="{MONDAY.isoformat()}"' in body  # the day picker shows the day
+    # Today by default, in the day picker too.
+    today = client_for(practice_admin).get(reverse("audit:read_chart"))
+    assert today.context["day"] == timezone.localdate()
+    assert f'value="{timezone.localdate().isoformat()}"' in today.content.decode()
 
 
 def test_the_mail_describes_a_high_anomaly_without_patient_data(mailed_admin, secretary, mailoutbox):
