@@ -97,7 +97,6 @@ class Finding:
     severity: int
     window_start: datetime.datetime
     window_end: datetime.datetime
-    summary: str
     user_id: int | None = None
     username: str = ""
     role: str = ""
@@ -107,6 +106,10 @@ class Finding:
     patient_count: int = 0
     details: dict = field(default_factory=dict)
     evidence: dict = field(default_factory=dict)
+
+    @property
+    def summary(self) -> str:
+        return anomaly_summary(self)
 
     @property
     def key(self) -> str:
@@ -119,6 +122,50 @@ class Finding:
         else:
             subject = f"ip:{self.ip or '-'}"
         return f"{self.kind}|{subject}|{self.window_start.astimezone(datetime.UTC):%Y-%m-%dT%H}"
+
+
+def anomaly_summary(anomaly) -> str:
+    """What was seen, in words, in the active language: from a finding or a stored ``Anomaly``
+    (kind, subject and the counts in ``details``), so a page shows it in its reader's language.
+    Counts and names of accounts only, never patient data."""
+    details, user, count = anomaly.details, anomaly.username, anomaly.patient_count
+    if anomaly.kind == AnomalyKind.VOLUME:
+        return _(
+            "%(user)s read %(count)d patients in an hour, %(ratio).1f times their usual busiest hours (%(reference)d)."
+        ) % {"user": user, "count": count, "ratio": details.get("ratio", 0), "reference": details.get("reference", 0)}
+    if anomaly.kind == AnomalyKind.WALKING:
+        variation = details.get("gap_variation")
+        if variation is not None and variation <= details.get("max_variation", 0):
+            return _(
+                "%(user)s opened %(count)d patients' records one after the other in one session, each once, "
+                "at a regular rhythm (variation %(variation).2f), writing nothing."
+            ) % {"user": user, "count": count, "variation": variation}
+        return _("%(user)s opened %(count)d patients' records in one session, each once, writing nothing.") % {
+            "user": user,
+            "count": count,
+        }
+    if anomaly.kind == AnomalyKind.OUT_OF_HOURS:
+        return ngettext(
+            "%(user)s read %(count)d patient outside the opening hours.",
+            "%(user)s read %(count)d patients outside the opening hours.",
+            count,
+        ) % {"user": user, "count": count}
+    if anomaly.kind == AnomalyKind.NO_APPOINTMENT:
+        return ngettext(
+            "%(user)s read %(count)d patient who has no appointment with them and no emergency access.",
+            "%(user)s read %(count)d patients who have no appointment with them and no emergency access.",
+            count,
+        ) % {"user": user, "count": count}
+    if anomaly.kind == AnomalyKind.LIST_PAGES:
+        return _("%(user)s saw %(count)d patients through the patient list and exports in an hour.") % {
+            "user": user,
+            "count": count,
+        }
+    who = user if anomaly.session and user else (anomaly.ip or anomaly.session)
+    return _("%(count)d failed logins, failed second factors or pages not found in an hour from %(who)s.") % {
+        "count": anomaly.event_count,
+        "who": who,
+    }
 
 
 @dataclass
@@ -244,11 +291,6 @@ def detect_volume(start, end, clinic) -> list[Finding]:
                 role=row["role"],
                 event_count=row["events"],
                 patient_count=row["patients"],
-                summary=_(
-                    "%(user)s read %(count)d patients in an hour, %(ratio).1f times their usual busiest hours "
-                    "(%(reference)d)."
-                )
-                % {"user": row["username"], "count": row["patients"], "ratio": ratio, "reference": reference},
                 details={
                     "patients": row["patients"],
                     "reads": row["events"],
@@ -353,13 +395,6 @@ def detect_walking(start, end, clinic) -> list[Finding]:
             severity = Severity.LOW
         # The address of the session's first record page (one row).
         ip = record_reads.filter(session=row["session"]).exclude(ip=None).values_list("ip", flat=True).first()
-        if regular:
-            summary = _(
-                "%(user)s opened %(count)d patients' records one after the other in one session, each once, "
-                "at a regular rhythm (variation %(variation).2f), writing nothing."
-            )
-        else:
-            summary = _("%(user)s opened %(count)d patients' records in one session, each once, writing nothing.")
         findings.append(
             Finding(
                 kind=AnomalyKind.WALKING,
@@ -373,7 +408,6 @@ def detect_walking(start, end, clinic) -> list[Finding]:
                 ip=ip,
                 event_count=row["events"],
                 patient_count=row["patients"],
-                summary=summary % {"user": row["username"], "count": row["patients"], "variation": variation or 0.0},
                 details={
                     "patients": row["patients"],
                     "pages": row["pages"],
@@ -437,12 +471,6 @@ def detect_out_of_hours(start, end, clinic) -> list[Finding]:
                 role=row["role"],
                 event_count=row["events"],
                 patient_count=row["patients"],
-                summary=ngettext(
-                    "%(user)s read %(count)d patient outside the opening hours.",
-                    "%(user)s read %(count)d patients outside the opening hours.",
-                    row["patients"],
-                )
-                % {"user": row["username"], "count": row["patients"]},
                 details={
                     "patients": row["patients"],
                     "reads": row["events"],
@@ -502,12 +530,6 @@ def detect_no_appointment(start, end, clinic) -> list[Finding]:
                 role=row["role"],
                 event_count=row["events"],
                 patient_count=row["patients"],
-                summary=ngettext(
-                    "%(user)s read %(count)d patient who has no appointment with them and no emergency access.",
-                    "%(user)s read %(count)d patients who have no appointment with them and no emergency access.",
-                    row["patients"],
-                )
-                % {"user": row["username"], "count": row["patients"]},
                 details={
                     "patients": row["patients"],
                     "reads": row["events"],
@@ -545,8 +567,6 @@ def detect_list_pages(start, end, clinic) -> list[Finding]:
                 role=row["role"],
                 event_count=row["events"],
                 patient_count=row["patients"],
-                summary=_("%(user)s saw %(count)d patients through the patient list and exports in an hour.")
-                % {"user": row["username"], "count": row["patients"]},
                 details={"patients": row["patients"], "reads": row["events"], "levels": list(levels)},
                 evidence=_evidence(
                     start,
@@ -588,7 +608,6 @@ def detect_failures(start, end, clinic) -> list[Finding]:
         severity = _level(subject["n"], levels)
         if severity is None:
             continue
-        who = subject["username"] if session and subject["username"] else (ip or session)
         filters = {"session": session} if session else {"ip": ip, "session": ""}
         findings.append(
             Finding(
@@ -602,8 +621,6 @@ def detect_failures(start, end, clinic) -> list[Finding]:
                 session=session,
                 ip=ip if not session else subject.get("ip"),
                 event_count=subject["n"],
-                summary=_("%(count)d failed logins, failed second factors or pages not found in an hour from %(who)s.")
-                % {"count": subject["n"], "who": who},
                 details={"events": subject["n"], "by_type": subject["types"], "levels": list(levels)},
                 evidence=_evidence(start, end, FAILURE_EVENTS, **filters),
             )

@@ -337,6 +337,14 @@ class Anomaly(models.Model):
     def __str__(self) -> str:
         return f"{self.get_kind_display()} ({self.get_severity_display()}) {self.username or self.ip or self.session}"
 
+    @property
+    def summary_text(self) -> str:
+        """The summary in the active language (``summary`` keeps the words of the scan, in the
+        practice's language, as the alert mail said them)."""
+        from audit.anomalies import anomaly_summary
+
+        return anomaly_summary(self)
+
 
 class AnomalyCursor(models.Model):
     """How far the anomaly scan has looked: one row (id 1), so each periodic run continues

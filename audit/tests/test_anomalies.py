@@ -497,3 +497,20 @@ def test_the_mail_describes_a_high_anomaly_without_patient_data(mailed_admin, se
         assert reverse("audit:anomaly", args=[anomaly.pk]) in mail.body
         assert anomaly.summary in mail.body
     assert User.objects.get(pk=secretary.pk).username in mail.body
+
+
+def test_each_reader_sees_what_was_seen_in_their_language(practice_admin, secretary, settings):
+    """The scan stores its words in the practice's language (as the alert mail said them); the
+    pages say them again in the reader's language."""
+    Trail().page(secretary, at(MONDAY, 22, 30), [uuid.uuid4(), uuid.uuid4()]).save()
+    scan_day(MONDAY)
+    [anomaly] = found(kind=AnomalyKind.OUT_OF_HOURS)
+    english = f"{secretary.username} read 2 patients outside the opening hours."
+    assert anomaly.summary == english
+
+    client = client_for(practice_admin)
+    client.cookies[settings.LANGUAGE_COOKIE_NAME] = "fr"
+    for url in (reverse("audit:anomalies"), reverse("audit:anomaly", args=[anomaly.pk])):
+        page = client.get(url).content.decode()
+        assert f"{secretary.username} a consulté 2 patients hors des heures d’ouverture." in page
+        assert english not in page
