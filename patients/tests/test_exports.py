@@ -289,7 +289,6 @@ def test_it_links_the_export_from_the_record_for_the_front_desk_only(secretary, 
 
 
 def test_it_counts_a_list_export_against_the_read_budget(secretary, people, settings):
-    pytest.importorskip("audit.budget")
     settings.READ_BUDGETS = {**settings.READ_BUDGETS, "Secretary": (1, 1)}
     data = {"patient": [str(p.pk) for p in people], "purpose": PURPOSE}
     response = client_for(secretary).post(reverse("patients:export_list"), data)
@@ -303,7 +302,6 @@ def test_it_counts_a_list_export_against_the_read_budget(secretary, people, sett
 
 
 def test_it_counts_a_patient_export_against_the_read_budget(secretary, people, settings):
-    pytest.importorskip("audit.budget")
     settings.READ_BUDGETS = {**settings.READ_BUDGETS, "Secretary": (1, 1)}
     client = client_for(secretary)
     assert client.get(people[0].get_absolute_url()).status_code == 200

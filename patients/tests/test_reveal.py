@@ -139,7 +139,6 @@ def test_it_masks_the_phone_on_the_appointment_page_and_offers_the_reveal(secret
 
 
 def test_it_counts_a_reveal_against_the_read_budget(secretary, patient, settings):
-    pytest.importorskip("audit.budget")
     settings.READ_BUDGETS = {**settings.READ_BUDGETS, "Secretary": (1, 1)}
     other = make_patient(last_name="Girard", first_names="Paul", phone_mobile="+33687654321")
     client = client_for(secretary)
