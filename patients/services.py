@@ -63,6 +63,17 @@ def patient_create(*, data: dict, actor, patient: Patient | None = None) -> Pati
     return patient
 
 
+# What decides whether a patient gets reminders, and where (scheduling/reminders.py).
+REMINDER_FIELDS = frozenset({"consent_sms", "consent_email", "phone_mobile", "email"})
+
+
+def _reminders_replan(patient: Patient) -> None:
+    # scheduling depends on patients, not the other way round: imported when needed.
+    from scheduling.reminders import reminders_replan_for_patient
+
+    reminders_replan_for_patient(patient.pk)
+
+
 @transaction.atomic
 def patient_update(*, patient: Patient, data: dict, actor) -> list[str]:
     """Apply changed values; returns the names of the fields that changed (audited, not values)."""
@@ -75,6 +86,8 @@ def patient_update(*, patient: Patient, data: dict, actor) -> list[str]:
     patient.full_clean()
     patient.save()
     _audit(patient, EventType.CHANGE, fields=changed)
+    if REMINDER_FIELDS.intersection(changed):
+        _reminders_replan(patient)
     return changed
 
 
@@ -88,6 +101,7 @@ def patient_archive(*, patient: Patient, actor) -> None:
     patient.updated_by = actor
     patient.save(update_fields=["is_archived", "archived_at", "updated_by", "updated_at"])
     _audit(patient, EventType.ARCHIVE)
+    _reminders_replan(patient)  # an archived patient is reminded of nothing
 
 
 @transaction.atomic
@@ -99,6 +113,7 @@ def patient_restore(*, patient: Patient, actor) -> None:
     patient.updated_by = actor
     patient.save(update_fields=["is_archived", "archived_at", "updated_by", "updated_at"])
     _audit(patient, EventType.RESTORE)
+    _reminders_replan(patient)
 
 
 @transaction.atomic

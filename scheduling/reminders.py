@@ -174,6 +174,23 @@ def reminders_plan(*, appointment: Appointment) -> list[Reminder]:
     return planned
 
 
+def reminders_replan_for_patient(patient_id) -> int:
+    """After a patient's consent, contact details or archive state changed: bring the reminders
+    of their upcoming booked appointments in line (planned where they now fit, cancelled where
+    they no longer do). Call it inside the transaction of the change. The appointments are
+    locked first, so a move or a booking running beside it plans after it, not alongside.
+    Returns how many appointments were looked at."""
+    upcoming = list(
+        Appointment.objects.select_for_update(of=("self",))
+        .select_related("appointment_type")
+        .filter(patient_id=patient_id, status=AppointmentStatus.BOOKED, start__gt=timezone.now())
+        .order_by("start")
+    )
+    for appointment in upcoming:
+        reminders_plan(appointment=appointment)
+    return len(upcoming)
+
+
 def reminders_enqueue(reminder_ids: list[int]) -> int:
     """Queue reminder_send for each id; how many were queued.
 

@@ -446,3 +446,53 @@ def test_the_page_says_when_no_reminder_is_planned(secretary, appointment):
 
 def test_another_practitioner_sees_no_reminders_of_an_appointment_not_theirs(other_practitioner, other_doctor, booked):
     assert client_for(other_practitioner).get(booked.get_absolute_url()).status_code == 404
+
+
+# --------------------------------------------------------------------------- the patient changes
+
+
+def _update(patient, **data):
+    from patients.services import patient_update
+
+    with system_context("tests"):
+        return patient_update(patient=patient, data=data, actor=None)
+
+
+def test_consent_given_after_booking_plans_the_reminders_then_withdrawing_cancels_them(doctor, consultation, clinic):
+    patient = make_patient(consent_sms=False, consent_email=False)
+    later = book(doctor, patient, consultation, at(DAY, 9))
+    assert _rows(later) == set()
+
+    _update(patient, consent_sms=True)
+    assert _rows(later) == {("sms", "first", "pending")}
+
+    _update(patient, consent_sms=False, consent_email=True)
+    assert _rows(later) == {("sms", "first", "cancelled"), ("email", "first", "pending")}
+    _time_passes()
+    tasks.reminders_sweep()
+    assert sms.outbox == [] and len(mail.outbox) == 1
+
+
+def test_a_mobile_number_added_after_booking_plans_the_sms(doctor, consultation, clinic):
+    patient = make_patient(consent_sms=True, consent_email=False, phone_mobile="")
+    later = book(doctor, patient, consultation, at(DAY, 9))
+    assert _rows(later) == set()
+    _update(patient, phone_mobile="+33698765432")
+    assert _rows(later) == {("sms", "first", "pending")}
+
+
+def test_archiving_a_patient_cancels_their_reminders_and_restoring_plans_them_again(booked, consenting):
+    from patients.services import patient_archive, patient_restore
+
+    with system_context("tests"):
+        patient_archive(patient=consenting, actor=None)
+    assert {status for _c, _k, status in _rows(booked)} == {"cancelled"}
+    with system_context("tests"):
+        patient_restore(patient=consenting, actor=None)
+    assert {("email", "first", "pending"), ("sms", "first", "pending")} <= _rows(booked)
+
+
+def test_a_change_that_does_not_touch_reminders_leaves_them_alone(booked, consenting):
+    before = {(r.pk, r.status) for r in Reminder.objects.filter(appointment=booked)}
+    _update(consenting, last_name="Lefebvre")
+    assert {(r.pk, r.status) for r in Reminder.objects.filter(appointment=booked)} == before
