@@ -107,6 +107,21 @@ class Finding:
     details: dict = field(default_factory=dict)
     evidence: dict = field(default_factory=dict)
 
+    @classmethod
+    def for_account(cls, row: dict, start, end, **values) -> Finding:
+        """A finding about one account over [start, end), from a per-account row of counts
+        (``actor_user_id``, ``username``, ``role``, ``events``, ``patients``)."""
+        return cls(
+            window_start=start,
+            window_end=end,
+            user_id=row["actor_user_id"],
+            username=row["username"],
+            role=row["role"],
+            event_count=row["events"],
+            patient_count=row["patients"],
+            **values,
+        )
+
     @property
     def summary(self) -> str:
         return anomaly_summary(self)
@@ -281,16 +296,12 @@ def detect_volume(start, end, clinic) -> list[Finding]:
         if severity is None:
             continue
         findings.append(
-            Finding(
+            Finding.for_account(
+                row,
+                start,
+                end,
                 kind=AnomalyKind.VOLUME,
                 severity=severity,
-                window_start=start,
-                window_end=end,
-                user_id=row["actor_user_id"],
-                username=row["username"],
-                role=row["role"],
-                event_count=row["events"],
-                patient_count=row["patients"],
                 details={
                     "patients": row["patients"],
                     "reads": row["events"],
@@ -461,16 +472,12 @@ def detect_out_of_hours(start, end, clinic) -> list[Finding]:
     for row in _per_user(_reads(start, end).filter(outside)).filter(patients__gte=levels[0]):
         severity = _level(row["patients"], levels)
         findings.append(
-            Finding(
+            Finding.for_account(
+                row,
+                start,
+                end,
                 kind=AnomalyKind.OUT_OF_HOURS,
                 severity=severity,
-                window_start=start,
-                window_end=end,
-                user_id=row["actor_user_id"],
-                username=row["username"],
-                role=row["role"],
-                event_count=row["events"],
-                patient_count=row["patients"],
                 details={
                     "patients": row["patients"],
                     "reads": row["events"],
@@ -520,16 +527,12 @@ def detect_no_appointment(start, end, clinic) -> list[Finding]:
             .order_by("patient_id")[:EVIDENCE_MAX_PATIENTS]
         )
         findings.append(
-            Finding(
+            Finding.for_account(
+                row,
+                start,
+                end,
                 kind=AnomalyKind.NO_APPOINTMENT,
                 severity=_level(row["patients"], levels),
-                window_start=start,
-                window_end=end,
-                user_id=row["actor_user_id"],
-                username=row["username"],
-                role=row["role"],
-                event_count=row["events"],
-                patient_count=row["patients"],
                 details={
                     "patients": row["patients"],
                     "reads": row["events"],
@@ -557,16 +560,12 @@ def detect_list_pages(start, end, clinic) -> list[Finding]:
     findings = []
     for row in _per_user(through_lists).filter(patients__gte=levels[0]):
         findings.append(
-            Finding(
+            Finding.for_account(
+                row,
+                start,
+                end,
                 kind=AnomalyKind.LIST_PAGES,
                 severity=_level(row["patients"], levels),
-                window_start=start,
-                window_end=end,
-                user_id=row["actor_user_id"],
-                username=row["username"],
-                role=row["role"],
-                event_count=row["events"],
-                patient_count=row["patients"],
                 details={"patients": row["patients"], "reads": row["events"], "levels": list(levels)},
                 evidence=_evidence(
                     start,
