@@ -16,6 +16,6 @@ class AuditConfig(AppConfig):
     verbose_name = _("Audit trail")
 
     def ready(self):
-        from audit import checks, signals  # noqa: F401  (registers checks and receivers)
+        from audit import checks, explain, signals  # noqa: F401  (registers checks, explainers, receivers)
 
         post_migrate.connect(_ensure_canary, sender=self, dispatch_uid="audit.ensure_canary")

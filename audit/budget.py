@@ -183,6 +183,11 @@ class ReadBudget:
         self._hour += 1
         self._new.add(patient)
 
+    def block_for_reasons(self, window: str, count: int, limit: int) -> None:
+        """Too many step-ups (audit.explain): refuse like a budget past its limit, so the block
+        opens and the admins are alerted once this context's reads are written."""
+        self._refuse(window, count, limit)
+
     def _refuse(self, window: str, count: int, budget: int, *, already_blocked: bool = False):
         self.refused = ReadBudgetExceeded(
             window=window, patients_read=count, budget=budget, already_blocked=already_blocked

@@ -59,6 +59,8 @@ COLUMNS = (
     "patient_id",
     "fields",
     "extra",
+    "explanation",
+    "explained_by",
 )
 
 
@@ -103,6 +105,12 @@ def canonical(values: dict) -> bytes:
         values.get("fields", []),
         values.get("extra", {}),
     ]
+    # A read's explanation (audit/explain.py) joins the content only when there is one, so rows
+    # written before explanations existed keep their MACs; a row whose explanation is removed
+    # or added afterwards no longer matches its own.
+    explanation = values.get("explanation") or ""
+    if explanation:
+        row.append(["why", explanation, values.get("explained_by") or ""])
     return json.dumps(row, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 

@@ -24,6 +24,7 @@ from django.db import transaction
 
 if TYPE_CHECKING:
     from audit.budget import ReadBudget
+    from audit.explain import Admission
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +60,8 @@ class _Read:
     object_pk: str
     patient_id: object
     fields: set[str]
+    explanation: str = ""
+    explained_by: str = ""
 
 
 # The session's audit id (audit.signals sets it at login; see AuditEvent.session).
@@ -80,6 +83,10 @@ class AuditContext:
     flush_threshold: int | None = None
     # The acting account's read budget (audit.budget), made at its first decryption.
     budget: ReadBudget | None = None
+    # The acting account's explanations and allowance (audit.explain), made like the budget.
+    admission: Admission | None = None
+    # Inside ``audit.explain.masked_lines``: decryptions serve masked search lines.
+    masked: bool = False
     _reads: dict[tuple[str, str], _Read] = field(default_factory=dict)
 
     def current_actor(self) -> Actor:
@@ -94,19 +101,39 @@ class AuditContext:
         session = getattr(self.request, "session", None)
         return session.get(SESSION_KEY, "") if session is not None else ""
 
-    def admit(self, patient_id) -> None:
-        """Called before each decryption: refuses it past the account's read budget.
+    def _user_id(self) -> int | None:
+        if self.request is not None:
+            user = getattr(self.request, "user", None)
+            return user.pk if user is not None and user.is_authenticated else None
+        return self.actor.user_id if self.actor is not None else None
 
-        Raises ``audit.budget.ReadBudgetExceeded``. Data that belongs to no patient, and
-        system jobs (no user behind the actor), are not budgeted.
+    def _admission(self, user_id: int) -> Admission:
+        admission = self.admission
+        if admission is None or admission.reader.user_id != user_id:  # first read, or a login mid-request
+            from audit.explain import Admission, Reader
+
+            actor = self.current_actor()
+            admission = self.admission = Admission(reader=Reader(user_id=user_id, role=actor.role))
+        return admission
+
+    def prepare(self, patient_ids) -> None:
+        """Explain a batch of patients about to be read (``EncryptedQuerySet`` calls it when it
+        loads rows): one query for all of them, before anything is decrypted."""
+        user_id = self._user_id()
+        if user_id is not None:
+            self._admission(user_id).prepare(patient_ids)
+
+    def admit(self, patient_id) -> None:
+        """Called before each decryption: refuses it past the account's read budget, or when
+        nothing explains the patient and the allowance is used up (audit.explain).
+
+        Raises ``audit.budget.ReadBudgetExceeded`` or ``audit.explain.ExplanationRequired``.
+        Data that belongs to no patient, and system jobs (no user behind the actor), are not
+        budgeted nor explained.
         """
         if patient_id is None:
             return
-        if self.request is not None:
-            user = getattr(self.request, "user", None)
-            user_id = user.pk if user is not None and user.is_authenticated else None
-        else:
-            user_id = self.actor.user_id if self.actor is not None else None
+        user_id = self._user_id()
         if user_id is None:
             return
         budget = self.budget
@@ -115,6 +142,16 @@ class AuditContext:
 
             budget = self.budget = ReadBudget.for_actor(self.current_actor())
         budget.admit(patient_id)
+        self._admission(user_id).admit(patient_id, masked=self.masked, on_block=budget.block_for_reasons)
+
+    @property
+    def withheld(self) -> str:
+        """Why this context's page must not leave ("" when it may): a refusal happened in it."""
+        if self.budget is not None and self.budget.refused is not None:
+            return "read-limit"
+        if self.admission is not None and self.admission.refused is not None:
+            return "step-up"
+        return ""
 
     def record_read(self, *, model_label: str, object_pk, patient_id, field_name: str) -> None:
         pk = str(object_pk)
@@ -139,6 +176,14 @@ class AuditContext:
         from audit.services import audit_reads_write
 
         reads = list(self._reads.values())
+        if self.admission is not None:
+            for read in reads:
+                if read.patient_id is not None:
+                    read.explanation, read.explained_by = self.admission.explanation_of(read.patient_id)
+        if self.withheld and "withheld" not in self.extra:
+            # A refusal happened: the page these reads were for does not leave (reports tell them
+            # apart from what was served).
+            self.extra = {**self.extra, "withheld": self.withheld}
         written = audit_reads_write(context=self, reads=reads)
         if self.budget is not None:
             self.budget.written(written.new_patients, written.before)

@@ -36,6 +36,7 @@ from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from django.conf import settings
 from django.core.exceptions import FieldDoesNotExist, FieldError, ImproperlyConfigured
 from django.db import DatabaseError, models, transaction
+from django.db.models.query import ModelIterable
 from django.db.models.query_utils import DeferredAttribute
 
 from audit import context
@@ -296,8 +297,31 @@ def encrypted_fields(model) -> list[EncryptedMixin]:
     return [f for f in model._meta.concrete_fields if isinstance(f, EncryptedMixin)]
 
 
+def _sealed_loaded(instance) -> bool:
+    """Did this row (or a row loaded with it by select_related) bring an encrypted value?"""
+    if any(isinstance(value, Sealed) for value in instance.__dict__.values()):
+        return True
+    related = instance._state.fields_cache.values()
+    return any(r is not None and any(isinstance(v, Sealed) for v in r.__dict__.values()) for r in related)
+
+
 class EncryptedQuerySet(models.QuerySet):
-    """Refuses values()/values_list() over encrypted columns: they bypass audited reads."""
+    """Refuses values()/values_list() over encrypted columns: they bypass audited reads.
+
+    When it loads rows that carry encrypted values, it hands their patients to the audit
+    context (``AuditContext.prepare``) so that they are explained in one query for the whole
+    batch, before the first of them is decrypted (audit.explain).
+    """
+
+    def _fetch_all(self):
+        fresh = self._result_cache is None
+        super()._fetch_all()
+        if not fresh or self._iterable_class is not ModelIterable or not self._result_cache:
+            return
+        ctx = context.current()
+        if ctx is None or not _sealed_loaded(self._result_cache[0]):
+            return
+        ctx.prepare(row.audit_patient_id() for row in self._result_cache)
 
     def _refuse_encrypted(self, names) -> None:
         opts = self.model._meta

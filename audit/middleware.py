@@ -9,9 +9,11 @@ from django.conf import settings
 from django.contrib.auth import logout
 from django.http import HttpResponse
 from django.template.loader import render_to_string
+from django.urls import reverse
 
 from audit import context
 from audit.budget import ReadBudgetExceeded, budget_settle
+from audit.explain import ExplanationRequired
 from audit.models import EventType
 from audit.services import audit_event_write
 
@@ -32,6 +34,22 @@ def audit_unavailable_response() -> HttpResponse:
     # Rendered from a fixed template without the view's context: no plaintext can leak.
     body = render_to_string("audit/unavailable.html")
     response = HttpResponse(body, status=503)
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+def step_up_response(request, refusal: ExplanationRequired) -> HttpResponse:
+    """The page that replaces one needing an explanation: why the user needs this patient's
+    record, and their second factor again. A fixed template without the view's context (nothing
+    decrypted for the page can leak); it names the patient by id only."""
+    action = reverse(settings.STEP_UP_URL_NAME, args=[refusal.patient_id])
+    following = request.get_full_path() if request.method == "GET" else ""
+    body = render_to_string(
+        "audit/step_up.html",
+        {"refusal": refusal, "action": action, "next": following, "min_length": settings.READ_REASON_MIN_LENGTH},
+        request=request,
+    )
+    response = HttpResponse(body, status=403)
     response["Cache-Control"] = "no-store"
     return response
 
@@ -76,9 +94,14 @@ class AuditContextMiddleware:
             if expired:
                 logout(request)
             response = self.get_response(request)
+            step_up = ctx.admission.refused if ctx.admission is not None else None
+            refused_before = bool(ctx.withheld)
             try:
                 ctx.flush()
                 refusal = budget_settle(ctx)
+                if refusal is not None and not refused_before:
+                    # Refused only by the re-check, once the reads were written: say so in the trail.
+                    audit_event_write(event_type=EventType.WITHHELD, extra={"withheld": "read-limit"})
             except Exception:
                 logger.exception("Audit trail write failed; response withheld (request %s)", ctx.request_id)
                 ctx.discard()
@@ -86,6 +109,8 @@ class AuditContextMiddleware:
             else:
                 if refusal is not None:
                     response = budget_exceeded_response(refusal)
+                elif step_up is not None:
+                    response = step_up_response(request, step_up)
             if response.status_code == 404:
                 self._not_found_record(request)
         finally:
@@ -104,6 +129,8 @@ class AuditContextMiddleware:
         # (__call__ puts the final 429 page in place once the block is recorded).
         if isinstance(exception, ReadBudgetExceeded):
             return budget_exceeded_response(exception)
+        if isinstance(exception, ExplanationRequired):
+            return step_up_response(request, exception)
         return None
 
     @staticmethod

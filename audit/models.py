@@ -36,8 +36,30 @@ class EncryptedModel(models.Model):
         raise ImproperlyConfigured(f"{type(self).__name__} must say which patient its rows belong to.")
 
 
+class Explanation(models.TextChoices):
+    """Why a READ row's patient could be decrypted for its reader (audit/explain.py), written on
+    the row before the plaintext leaves. The first five explain the read; the last two mean it
+    was unexplained and paid from the reader's allowance."""
+
+    APPOINTMENT = "appointment", _("appointment")
+    CARE = "care", _("care relationship")
+    OWN_ACTION = "own", _("own recent action")
+    GRANT = "grant", _("emergency access")
+    REASON = "reason", _("stated reason")
+    UNEXPLAINED = "unexplained", _("unexplained (allowance)")
+    MASKED = "masked", _("masked search line (allowance)")
+
+
+# Codes that explain a read (the others are paid from an allowance).
+EXPLAINED = frozenset(
+    {Explanation.APPOINTMENT, Explanation.CARE, Explanation.OWN_ACTION, Explanation.GRANT, Explanation.REASON}
+)
+
+
 class EventType(models.IntegerChoices):
     READ = 1, _("Decrypted read")
+    READ_EXPLAINED = 2, _("Read explained afterwards")
+    WITHHELD = 3, _("Page withheld")
     CREATE = 10, _("Created")
     CHANGE = 11, _("Changed")
     ARCHIVE = 12, _("Archived")
@@ -62,6 +84,8 @@ class EventType(models.IntegerChoices):
     BUDGET_BLOCK = 31, _("Read budget exceeded")
     BREAK_GLASS_REVIEWED = 35, _("Break-the-glass access reviewed")
     BUDGET_LIFTED = 36, _("Read budget block lifted")
+    REASON_ASKED = 37, _("Reason asked before a read")
+    REASON_STATED = 38, _("Reason stated for a read")
     CIPHERTEXT_REFUSED = 40, _("Stored value refused")
     TRAIL_SHRANK = 41, _("Audit trail rows missing")
     KEY_CHECK_FAILED = 42, _("Key check failed")
@@ -99,6 +123,11 @@ class AuditEvent(models.Model):
     patient_id = models.UUIDField(_("patient id"), null=True, blank=True)
     fields = models.JSONField(_("fields"), default=list, blank=True)
     extra = models.JSONField(_("details"), default=dict, blank=True)
+    # READ rows: why the patient could be decrypted (Explanation) and the id of what explains
+    # it (an appointment, a grant, a stated reason, the user's own earlier event). Empty on
+    # other rows, on system jobs' reads and on rows written before explanations existed.
+    explanation = models.CharField(_("explanation"), max_length=12, blank=True, choices=Explanation.choices)
+    explained_by = models.CharField(_("explained by"), max_length=64, blank=True)
     # HMAC-SHA256 (hex) over the previous row's mac and this row's canonical content, keyed
     # by AUDIT_CHAIN_KEY (outside the database): audit/chain.py. Empty only before the chain.
     mac = models.CharField(_("chain MAC"), max_length=64, blank=True, editable=False)
@@ -118,6 +147,13 @@ class AuditEvent(models.Model):
             models.Index(fields=["actor_user_id", "occurred_at"], name="audit_actor_time"),
             models.Index(fields=["event_type", "occurred_at"], name="audit_type_time"),
             models.Index(fields=["session", "occurred_at"], name="audit_session_time", condition=~models.Q(session="")),
+            # The "own action" explanation (audit/explain.py): this user's writes on these patients
+            # lately. Writes are a small part of the trail, so the partial index stays small.
+            models.Index(
+                fields=["actor_user_id", "patient_id", "occurred_at"],
+                name="audit_actor_writes",
+                condition=models.Q(event_type__in=[10, 11, 12, 13, 14]),
+            ),
         ]
 
     def __str__(self) -> str:
@@ -362,3 +398,64 @@ class AnomalyCursor(models.Model):
 
     def __str__(self) -> str:
         return f"anomalies scanned until {self.scanned_until}"
+
+
+class AllowanceKind(models.TextChoices):
+    UNEXPLAINED = "unexplained", _("unexplained patient")
+    MASKED = "masked", _("masked search line")
+    ASKED = "asked", _("reason asked")
+
+
+class AllowanceUse(models.Model):
+    """One patient paid from an account's allowance (audit/explain.py): served without an
+    explanation (``unexplained``), shown as a masked search line (``masked``), or asked for with
+    the step-up page (``asked``, counted against the reason limit).
+
+    One row per (account, patient, kind); ``used_at`` starts its episode, which lasts a day (the
+    same patient again within the day costs nothing). ``given_back_at`` is set when the read was
+    explained afterwards (the same user booked, moved, cancelled or edited for the patient within
+    ``EXPLAIN_AFTERWARDS_MINUTES``): the patient no longer counts. Derived data, like the tally:
+    the trail is the record; rows older than a day are purged nightly.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    user_id = models.IntegerField(_("user id"))
+    patient_id = models.UUIDField(_("patient id"))
+    kind = models.CharField(_("kind"), max_length=12, choices=AllowanceKind.choices)
+    used_at = models.DateTimeField(_("used at"))
+    given_back_at = models.DateTimeField(_("given back at"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("allowance use")
+        verbose_name_plural = _("allowance uses")
+        constraints = [
+            models.UniqueConstraint(fields=["user_id", "patient_id", "kind"], name="allowance_use_once"),
+        ]
+        indexes = [models.Index(fields=["user_id", "kind", "used_at"], name="allowance_user_recent")]
+
+    def __str__(self) -> str:
+        return f"user {self.user_id} {self.kind} patient {self.patient_id} at {self.used_at:%Y-%m-%d %H:%M}"
+
+
+class ReadReason(models.Model):
+    """A reason a user wrote, with their second factor, to open one patient outside any
+    explanation (the step-up page). It explains that patient for that user until the end of the
+    practice's day. The text is what the user typed, shown to the practice admins in reports,
+    and copied into the trail's REASON_STATED event."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user_id = models.IntegerField(_("user id"))
+    username = models.CharField(_("user"), max_length=150)
+    patient_id = models.UUIDField(_("patient id"))
+    reason = models.TextField(_("reason"))
+    stated_at = models.DateTimeField(_("stated at"))
+    valid_until = models.DateTimeField(_("valid until"))
+
+    class Meta:
+        verbose_name = _("stated reason")
+        verbose_name_plural = _("stated reasons")
+        ordering = ["-stated_at"]
+        indexes = [models.Index(fields=["user_id", "patient_id", "valid_until"], name="read_reason_lookup")]
+
+    def __str__(self) -> str:
+        return f"{self.username} → patient {str(self.patient_id)[:8]} at {self.stated_at:%Y-%m-%d %H:%M}"

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -20,7 +21,7 @@ from audit import context
 from audit.alerts import ALERT_EVENT_TYPES, security_alert_schedule
 from audit.budget import TALLY_DAY, TALLY_STEP
 from audit.chain import chain_rows, chain_write_alone
-from audit.models import AuditEvent, EventType, ReadTally
+from audit.models import AllowanceKind, AllowanceUse, AuditEvent, EventType, Explanation, ReadTally
 
 
 def _context_columns(ctx: context.AuditContext | None) -> dict:
@@ -73,6 +74,8 @@ def audit_reads_write(*, context: context.AuditContext, reads: Iterable) -> Read
             "patient_id": read.patient_id,
             "fields": sorted(read.fields),
             "extra": extra,
+            "explanation": read.explanation,
+            "explained_by": read.explained_by,
             **columns,
         }
         for read in reads
@@ -182,10 +185,10 @@ _COMMON = (
 _INSERT_READS = (
     'INSERT INTO "audit_auditevent" (occurred_at, event_type, extra, '
     + ", ".join(_COMMON)
-    + ", id, model_label, object_pk, patient_id, fields, mac) "
-    "SELECT %s, %s, %s::jsonb, %s, %s, %s, %s::inet, %s, %s, %s, %s, %s, t.i, t.m, t.o, t.p, t.f::jsonb, t.c "
-    "FROM unnest(%s::bigint[], %s::varchar[], %s::varchar[], %s::uuid[], %s::text[], %s::varchar[]) "
-    "AS t(i, m, o, p, f, c)"
+    + ", id, model_label, object_pk, patient_id, fields, explanation, explained_by, mac) "
+    "SELECT %s, %s, %s::jsonb, %s, %s, %s, %s::inet, %s, %s, %s, %s, %s, t.i, t.m, t.o, t.p, t.f::jsonb, t.e, t.b, t.c "
+    "FROM unnest(%s::bigint[], %s::varchar[], %s::varchar[], %s::uuid[], %s::text[], %s::varchar[], "
+    "%s::varchar[], %s::varchar[]) AS t(i, m, o, p, f, e, b, c)"
 )
 # The same INSERT as a data-modifying CTE, then the tally's upsert (audit.ReadTally): one round
 # trip for both. A patient whose last read is more than a day old starts a new episode. The
@@ -231,6 +234,8 @@ def _reads_insert_postgresql(now, columns: dict, extra: dict, rows: list[dict], 
         [r["object_pk"] for r in rows],
         [r["patient_id"] for r in rows],
         [json.dumps(r["fields"]) for r in rows],
+        [r["explanation"] for r in rows],
+        [r["explained_by"] for r in rows],
         [r["mac"] for r in rows],
     ]
     if not tally.patients:
@@ -270,7 +275,52 @@ def audit_event_write(
     with transaction.atomic():  # the chain lock, then the insert (audit/chain.py)
         chain_rows([row])
         event = AuditEvent.objects.create(**row)
+    if event_type in AFTERWARDS_EVENT_TYPES and patient_id is not None and columns["actor_user_id"] is not None:
+        reads_explained_afterwards(event)
     if event_type in ALERT_EVENT_TYPES:
         # Mailed to the practice admins once the caller's transaction commits (audit/alerts.py).
         security_alert_schedule()
     return event
+
+
+# A user's write for a patient that explains their unexplained reads of the patient just before
+# (the phone call that ends in a booking): creating or changing the record, booking, moving,
+# cancelling or changing one of the patient's appointments.
+AFTERWARDS_EVENT_TYPES = frozenset(
+    {EventType.CREATE, EventType.CHANGE, EventType.ARCHIVE, EventType.RESTORE, EventType.MERGE}
+)
+
+
+def reads_explained_afterwards(event: AuditEvent) -> AuditEvent | None:
+    """Give the patient of ``event`` (a write) back to its author's allowance if they read it
+    unexplained within ``EXPLAIN_AFTERWARDS_MINUTES`` before, and write a READ_EXPLAINED event
+    naming those reads and the write that explains them. In the caller's transaction, like the
+    write itself: a rolled-back booking explains nothing. None if there was nothing to explain."""
+    since = event.occurred_at - datetime.timedelta(minutes=settings.EXPLAIN_AFTERWARDS_MINUTES)
+    uses = AllowanceUse.objects.filter(
+        user_id=event.actor_user_id,
+        patient_id=event.patient_id,
+        kind__in=[AllowanceKind.UNEXPLAINED, AllowanceKind.MASKED],
+        used_at__gte=since,
+        given_back_at__isnull=True,
+    )
+    if not uses.update(given_back_at=event.occurred_at):
+        return None
+    reads = list(
+        AuditEvent.objects.filter(
+            actor_user_id=event.actor_user_id,
+            occurred_at__gte=since,
+            patient_id=event.patient_id,
+            event_type=EventType.READ,
+            explanation__in=[Explanation.UNEXPLAINED, Explanation.MASKED],
+        )
+        .order_by("id")
+        .values_list("id", flat=True)[:100]
+    )
+    return audit_event_write(
+        event_type=EventType.READ_EXPLAINED,
+        patient_id=event.patient_id,
+        model_label=event.model_label,
+        object_pk=event.object_pk,
+        extra={"reads": reads, "explained_by": event.pk, "event_type": event.event_type},
+    )

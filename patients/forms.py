@@ -1,6 +1,7 @@
 import uuid
 
 from django import forms
+from django.conf import settings
 from django.utils.translation import gettext_lazy as _
 
 from patients.exports import EXPORT_LIST_LIMIT, EXPORT_PURPOSE_MIN_LENGTH
@@ -107,6 +108,34 @@ class BreakGlassForm(forms.Form):
 
 # ---------------------------------------------------------------------------------------------
 # Minimal exposure: showing contact details, and exports
+
+
+class ReadReasonForm(forms.Form):
+    """The step-up page: why the user needs one patient's record, and their second factor."""
+
+    reason = forms.CharField(
+        label=_("Reason"),
+        max_length=500,
+        error_messages={
+            "required": _("Write why you need this record."),
+            "max_length": _("Write at most %(limit_value)d characters (you wrote %(show_value)d)."),
+        },
+    )
+    code = forms.CharField(
+        label=_("Code from your authenticator app"),
+        max_length=20,
+        error_messages={"required": _("Type the code your authenticator app shows.")},
+    )
+
+    def clean_reason(self) -> str:
+        reason = " ".join(self.cleaned_data["reason"].split())
+        minimum = settings.READ_REASON_MIN_LENGTH
+        if len(reason) < minimum:
+            raise forms.ValidationError(
+                _("Write at least %(minimum)d characters (you wrote %(length)d)."),
+                params={"minimum": minimum, "length": len(reason)},
+            )
+        return reason
 
 
 class RevealForm(forms.Form):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime
 from dataclasses import dataclass
 
-from django.db.models import Q, QuerySet
+from django.db.models import Exists, OuterRef, Q, QuerySet
 
 from audit import blind
 from patients.models import Patient, full_name_index
@@ -48,6 +48,10 @@ DETAIL_FIELDS = (
 # Every extra row is a bystander's name decrypted (and audited) for nothing.
 SEARCH_LIMIT = 25
 FALSE_CANDIDATE_MARGIN = 10
+# A search by last name alone shows masked lines (first names' initial, birth year), at most
+# this many: it tells patients of one name apart without serving who they are.
+MASKED_LIMIT = 10
+MASKED_FIELDS = ("id", "last_name", "first_names", "birth_date", "is_archived")
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,28 @@ class PatientQuery:
 
     def is_empty(self) -> bool:
         return not (self.last_name or self.birth_date or self.phone or self.email)
+
+    @property
+    def last_name_only(self) -> bool:
+        """Only a last name: the results are masked lines until one is chosen."""
+        return bool(self.last_name) and not (self.first_name or self.birth_date or self.phone or self.email)
+
+
+@dataclass(frozen=True)
+class MaskedLine:
+    """One result of a search by last name alone: what tells it apart, not who it is. Built
+    inside ``audit.explain.masked_lines`` from the three fields decrypted (audited as such)."""
+
+    pk: object
+    last_name: str
+    initial: str
+    birth_year: int | None
+    is_archived: bool
+
+    def get_absolute_url(self) -> str:
+        from django.urls import reverse
+
+        return reverse("patients:detail", args=[self.pk])
 
 
 def _candidates(query: PatientQuery) -> QuerySet[Patient] | None:
@@ -118,6 +144,46 @@ def patient_search(query: PatientQuery) -> list[Patient]:
     rows = candidates.only(*fields)[: SEARCH_LIMIT + 1 + FALSE_CANDIDATE_MARGIN]
     found = [p for p in rows if _matches(p, query)][: SEARCH_LIMIT + 1]
     return sorted(found, key=lambda p: (blind.normalize_name(p.last_name), blind.normalize_name(p.first_names)))
+
+
+def patient_search_masked(query: PatientQuery) -> list[MaskedLine]:
+    """A search by last name alone: at most MASKED_LIMIT + 1 masked lines (one more tells the
+    page to ask for more criteria). Each unexplained patient is paid from the masked allowance
+    (audit.explain), not the full one; only the last name, the first names and the birth date
+    are decrypted, and only their masked form leaves."""
+    from audit.explain import masked_lines
+
+    candidates = _candidates(query)
+    if candidates is None:
+        return []
+    with masked_lines():
+        rows = list(candidates.only(*MASKED_FIELDS)[: MASKED_LIMIT + 1 + FALSE_CANDIDATE_MARGIN])
+        lines = [
+            MaskedLine(
+                pk=p.pk,
+                last_name=p.last_name,
+                initial=(p.first_names[:1].upper() + ".") if p.first_names else "",
+                birth_year=p.birth_date.year if p.birth_date else None,
+                is_archived=p.is_archived,
+            )
+            for p in rows
+            if _matches(p, query)
+        ][: MASKED_LIMIT + 1]
+    return sorted(lines, key=lambda line: (blind.normalize_name(line.last_name), line.initial, line.birth_year or 0))
+
+
+def patients_today(*, day: datetime.date, limit: int = 100) -> QuerySet[Patient]:
+    """The list page's default: the patients with an appointment today that is not cancelled
+    (each is explained by it), name columns only. Through the reverse relation of appointments:
+    scheduling stands above patients, so no import of it here."""
+    from django.utils import timezone
+
+    tz = timezone.get_current_timezone()
+    start = timezone.make_aware(datetime.datetime.combine(day, datetime.time.min), tz)
+    end = timezone.make_aware(datetime.datetime.combine(day + datetime.timedelta(days=1), datetime.time.min), tz)
+    appointments = Patient._meta.get_field("appointments").related_model.objects
+    booked = appointments.filter(patient=OuterRef("pk"), start__gte=start, start__lt=end).exclude(status="cancelled")
+    return Patient.objects.filter(Exists(booked), is_archived=False).only(*RESULT_FIELDS).order_by("pk")[:limit]
 
 
 def patient_duplicates(*, last_name: str, first_names: str, birth_date, exclude_pk=None) -> list[Patient]:

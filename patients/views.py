@@ -2,14 +2,20 @@ from uuid import UUID
 
 from django.conf import settings
 from django.contrib import messages
+from django.contrib.auth import logout
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.translation import gettext as _
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods, require_POST
 
+from audit.context import Actor
+from audit.explain import reason_asked, reason_state
 from patients import exports, services
 from patients.access import break_glass_grant_for, may_break_glass, patient_queryset_for
 from patients.forms import (
@@ -18,6 +24,7 @@ from patients.forms import (
     PatientForm,
     PatientListExportForm,
     PatientSearchForm,
+    ReadReasonForm,
     RevealForm,
 )
 from patients.models import Patient
@@ -25,14 +32,17 @@ from patients.selectors import (
     CONTACT_GROUPS,
     DETAIL_FIELDS,
     PLAIN_FIELDS,
+    MASKED_LIMIT,
     SEARCH_LIMIT,
     PatientQuery,
     patient_duplicates,
     patient_export_appointments,
-    patient_recent,
     patient_search,
+    patient_search_masked,
     patients_for_export,
+    patients_today,
 )
+from practice import twofactor
 from practice.roles import PRACTICE_ADMIN, SECRETARY, has_role
 
 
@@ -74,18 +84,34 @@ def _open_patient(request: HttpRequest, pk: UUID, *, only) -> Patient:
 @login_required
 @require_http_methods(["GET", "POST"])
 def patient_list(request: HttpRequest) -> HttpResponse:
-    """Recent patients and the search form. Search is a POST: names stay out of URLs and logs."""
+    """The search form and today's patients (each explained by their appointment); nobody else
+    until the user searches. Search is a POST: names stay out of URLs and logs. A search by last
+    name alone shows masked lines (initial, birth year) until one is chosen; with a first name,
+    a birth date, a phone or an e-mail it shows full lines."""
     _require_front_desk(request)
     form = PatientSearchForm(request.POST or None)
-    results, too_many, searched = [], False, False
+    results, masked, too_many, searched = [], [], False, False
     if request.method == "POST" and form.is_valid():
         searched = True
-        results = patient_search(PatientQuery(**form.cleaned_data))
-        too_many = len(results) > SEARCH_LIMIT
-        results = results[:SEARCH_LIMIT]
-    recent = [] if searched else list(patient_recent())
-    context = {"form": form, "results": results, "recent": recent, "searched": searched, "too_many": too_many}
-    context["export_form"] = PatientListExportForm(initial={"patient": [p.pk for p in (results or recent)]})
+        query = PatientQuery(**form.cleaned_data)
+        if query.last_name_only:
+            masked = patient_search_masked(query)
+            too_many = len(masked) > MASKED_LIMIT
+            masked = masked[:MASKED_LIMIT]
+        else:
+            results = patient_search(query)
+            too_many = len(results) > SEARCH_LIMIT
+            results = results[:SEARCH_LIMIT]
+    today = [] if searched else list(patients_today(day=timezone.localdate()))
+    context = {
+        "form": form,
+        "results": results,
+        "masked": masked,
+        "today": today,
+        "searched": searched,
+        "too_many": too_many,
+    }
+    context["export_form"] = PatientListExportForm(initial={"patient": [p.pk for p in (results or today)]})
     return render(request, "patients/list.html", context)
 
 
@@ -299,3 +325,56 @@ def patient_export(request: HttpRequest, pk: UUID) -> HttpResponse:
     )
     filename = export.filename(f"patient-{str(patient.pk)[:8]}", data["file_format"])
     return _attachment(body, content_type=content_type, filename=filename)
+
+
+# ---------------------------------------------------------------------------------------------
+# The step-up page (audit.explain): a reason and the second factor open one unexplained patient
+
+
+def _reason_next(request: HttpRequest, pk: UUID) -> str:
+    target = request.POST.get("next", "")
+    if target and url_has_allowed_host_and_scheme(
+        target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
+        return target
+    return reverse("patients:detail", args=[pk])
+
+
+@never_cache
+@login_required
+@require_http_methods(["GET", "POST"])
+def patient_reason(request: HttpRequest, pk: UUID) -> HttpResponse:
+    """Say why you need this patient's record (at least READ_REASON_MIN_LENGTH characters) and
+    pass the second factor again: the reason explains the patient for you until the end of the
+    day (audited as REASON_STATED). Only for a patient the step-up page asked about today, and
+    one this user may open; nothing is decrypted here. Wrong codes count like at login."""
+    if not patient_queryset_for(request.user).filter(pk=pk).exists():
+        raise Http404
+    form = ReadReasonForm(request.POST if request.method == "POST" else None)
+    context = {
+        "form": form,
+        "action": request.path,
+        "next": request.POST.get("next", "") if request.method == "POST" else request.GET.get("next", ""),
+        "min_length": settings.READ_REASON_MIN_LENGTH,
+    }
+    if not reason_asked(user_id=request.user.pk, patient_id=pk):
+        # Reasons answer a step-up; one cannot be stated ahead for any patient one likes.
+        context.update(form=ReadReasonForm(), not_asked=True)
+        return render(request, "audit/step_up.html", context, status=409 if request.method == "POST" else 200)
+    if not (form.is_bound and form.is_valid()):
+        return render(request, "audit/step_up.html", context, status=400 if form.is_bound else 200)
+    device, locked_until = twofactor.second_factor_check(request.user, form.cleaned_data["code"])
+    if device is None:
+        if locked_until is None and twofactor.second_factor_failed(request):
+            logout(request)
+            messages.error(request, _("Too many wrong codes. Log in again."))
+            return redirect("login")
+        if locked_until is not None:
+            form.add_error(None, _("Too many wrong codes: wait a little before trying again."))
+        else:
+            form.add_error("code", _("This code is not valid. Check the time on your phone and try again."))
+        return render(request, "audit/step_up.html", context, status=429 if locked_until is not None else 400)
+    request.session.pop(twofactor.FAILURES_KEY, None)
+    reason_state(actor=Actor.for_user(request.user), patient_id=pk, reason=form.cleaned_data["reason"])
+    messages.success(request, _("Reason recorded: this record is open to you until the end of the day."))
+    return redirect(_reason_next(request, pk))

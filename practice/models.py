@@ -35,6 +35,16 @@ class Practitioner(models.Model):
     )
     colour = models.CharField(_("colour"), max_length=7, default="#0b6bcb", validators=[colour_validator])
     is_active = models.BooleanField(_("active"), default=True)
+    # The secretaries who work for this practitioner. A secretary assigned to no practitioner
+    # works for all of them; one assigned to some works for those only. It decides which
+    # appointments explain a secretary's reads (audit/explain.py, scheduling/explainers.py).
+    assistants = models.ManyToManyField(
+        settings.AUTH_USER_MODEL,
+        verbose_name=_("secretaries assigned"),
+        blank=True,
+        related_name="assisted_practitioners",
+        help_text=_("Leave empty when every secretary works for this practitioner."),
+    )
 
     class Meta:
         verbose_name = _("practitioner")

@@ -315,6 +315,41 @@ READ_BUDGETS = {
     "default": _budget("READ_BUDGET_OTHER", "100/200"),
 }
 
+
+# Explained reads (audit/explain.py). A read is explained by an appointment starting from
+# EXPLAIN_APPOINTMENT_PAST_DAYS ago to EXPLAIN_APPOINTMENT_FUTURE_DAYS ahead with a practitioner
+# the user works for; a practitioner's patient seen (appointment done) in the last
+# EXPLAIN_CARE_MONTHS; the user's own write on the patient in the last EXPLAIN_OWN_ACTION_HOURS;
+# an emergency-access grant; a reason stated today. A read followed within
+# EXPLAIN_AFTERWARDS_MINUTES by the same user's write for that patient is explained afterwards.
+EXPLAIN_APPOINTMENT_PAST_DAYS = env.int("EXPLAIN_APPOINTMENT_PAST_DAYS", default=2)
+EXPLAIN_APPOINTMENT_FUTURE_DAYS = env.int("EXPLAIN_APPOINTMENT_FUTURE_DAYS", default=90)
+EXPLAIN_CARE_MONTHS = env.int("EXPLAIN_CARE_MONTHS", default=24)
+EXPLAIN_OWN_ACTION_HOURS = env.int("EXPLAIN_OWN_ACTION_HOURS", default=24)
+EXPLAIN_AFTERWARDS_MINUTES = env.int("EXPLAIN_AFTERWARDS_MINUTES", default=30)
+# Unexplained patients an account may read per rolling hour and day, by role ("hour/day"),
+# then the step-up page asks a reason and the second factor. Masked search lines (last name
+# alone: initial and birth year) have their own, larger allowance.
+READ_ALLOWANCES = {
+    "Secretary": _budget("READ_ALLOWANCE_SECRETARY", "20/40"),
+    "Practitioner": _budget("READ_ALLOWANCE_PRACTITIONER", "10/30"),
+    "Practice admin": _budget("READ_ALLOWANCE_PRACTICE_ADMIN", "30/100"),
+    "default": _budget("READ_ALLOWANCE_OTHER", "10/20"),
+}
+READ_MASKED_ALLOWANCES = {
+    "Secretary": _budget("READ_MASKED_ALLOWANCE_SECRETARY", "150/400"),
+    "Practitioner": _budget("READ_MASKED_ALLOWANCE_PRACTITIONER", "50/100"),
+    "Practice admin": _budget("READ_MASKED_ALLOWANCE_PRACTICE_ADMIN", "150/400"),
+    "default": _budget("READ_MASKED_ALLOWANCE_OTHER", "30/60"),
+}
+# Patients an account may be asked a reason for, per hour and day; past it, the account is
+# blocked and the practice admins alerted. With the allowance, this bounds what one account
+# reads without an explanation in a day: 40 + 20 = 60 for a secretary.
+READ_REASONS = _budget("READ_REASONS", "10/20")
+READ_REASON_MIN_LENGTH = env.int("READ_REASON_MIN_LENGTH", default=20)
+# Where the step-up page posts a reason (a URL name taking the patient id).
+STEP_UP_URL_NAME = "patients:reason"
+
 # Audit: records buffered per context are written in one insert; large buffers flush early.
 AUDIT_FLUSH_THRESHOLD = env.int("AUDIT_FLUSH_THRESHOLD", default=2000)
 

@@ -18,6 +18,8 @@ from django.db import transaction
 from django.utils import timezone
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
+from audit.models import EventType
+from audit.services import audit_event_write
 from practice.models import RecoveryCode, RecoveryCodeDevice
 from practice.roles import PRACTICE_ADMIN, has_role
 
@@ -130,3 +132,16 @@ def second_factor_check(user, token: str):
     if not allowed:
         return None, (detail or {}).get("locked_until")
     return django_otp.verify_token(user, device.persistent_id, token), None
+
+
+# Wrong codes in one session (at login, or on the step-up page): past TWO_FACTOR_MAX_FAILURES
+# the session is logged out, whatever django-otp's own throttle says.
+FAILURES_KEY = "second_factor_failures"
+
+
+def second_factor_failed(request) -> bool:
+    """Record a wrong code (audited); True when this session has used up its attempts."""
+    failures = request.session.get(FAILURES_KEY, 0) + 1
+    request.session[FAILURES_KEY] = failures
+    audit_event_write(event_type=EventType.OTP_FAILED, extra={"attempt": failures})
+    return failures >= settings.TWO_FACTOR_MAX_FAILURES

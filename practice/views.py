@@ -3,7 +3,6 @@ from urllib.parse import quote
 
 import django_otp
 import segno
-from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import logout
 from django.contrib.auth import views as auth_views
@@ -26,7 +25,6 @@ from practice.roles import PRACTICE_ADMIN, PRACTITIONER, SECRETARY, has_role
 
 # Wrong second-factor codes tolerated in one session before it ends (the device's own
 # throttle keeps growing across sessions, so logging in again does not reset it).
-FAILURES_KEY = "second_factor_failures"
 
 
 @login_required
@@ -53,21 +51,13 @@ def _second_factor_passed(request: HttpRequest, device) -> None:
     # A new session key once the login is complete: a key seen before the second factor
     # (on a shared screen, in a proxy log) is worthless afterwards.
     request.session.cycle_key()
-    request.session.pop(FAILURES_KEY, None)
+    request.session.pop(twofactor.FAILURES_KEY, None)
     audit_event_write(event_type=EventType.OTP_VERIFIED, extra={"device": type(device).__name__})
 
 
 def _wait_message(locked_until) -> str:
     seconds = max(1, int((locked_until - timezone.now()).total_seconds()) + 1)
     return _("Too many wrong codes: wait %(seconds)s seconds before trying again.") % {"seconds": seconds}
-
-
-def _second_factor_failed(request: HttpRequest) -> bool:
-    """Record a wrong code; True when this session has used up its attempts."""
-    failures = request.session.get(FAILURES_KEY, 0) + 1
-    request.session[FAILURES_KEY] = failures
-    audit_event_write(event_type=EventType.OTP_FAILED, extra={"attempt": failures})
-    return failures >= settings.TWO_FACTOR_MAX_FAILURES
 
 
 @never_cache
@@ -88,7 +78,7 @@ def two_factor_verify(request: HttpRequest) -> HttpResponse:
             _second_factor_passed(request, device)
             return redirect(_next_url(request))
         if locked_until is None:
-            if _second_factor_failed(request):
+            if twofactor.second_factor_failed(request):
                 logout(request)
                 messages.error(request, _("Too many wrong codes. Log in again."))
                 return redirect("login")

@@ -1,0 +1,66 @@
+"""The explanations scheduling owns (audit/explain.py), registered in ``SchedulingConfig.ready``.
+
+- *appointment*: the patient has an appointment that is not cancelled, starting from
+  ``EXPLAIN_APPOINTMENT_PAST_DAYS`` ago to ``EXPLAIN_APPOINTMENT_FUTURE_DAYS`` ahead, with a
+  practitioner the user works for. A practitioner works for themself; a secretary or a practice
+  admin for every practitioner, or only for those they are assigned to
+  (``Practitioner.assistants``) when they are assigned to any.
+- *care*: a practitioner reads a patient they saw (an appointment marked done) in the last
+  ``EXPLAIN_CARE_MONTHS`` months.
+
+Both filter on plaintext columns, on the (patient, start) index of appointments.
+"""
+
+from __future__ import annotations
+
+import datetime
+
+from django.conf import settings
+from django.db.models import Exists, OuterRef, Q
+
+from audit.explain import Reader, explainer_register
+from audit.models import Explanation
+from practice.models import Practitioner
+from practice.roles import PRACTICE_ADMIN, SECRETARY
+from scheduling.models import Appointment, AppointmentStatus
+
+FRONT_DESK_ROLES = frozenset({SECRETARY, PRACTICE_ADMIN})
+
+
+def works_for(reader: Reader) -> Q:
+    """The practitioners whose appointments explain this reader's reads, as a filter on
+    appointments (evaluated in the database, in the explanation query itself)."""
+    own = Q(practitioner__user_id=reader.user_id)
+    if reader.role not in FRONT_DESK_ROLES:
+        return own
+    assigned = Practitioner.assistants.through.objects.filter(user_id=reader.user_id)
+    assigned_to_this = Exists(assigned.filter(practitioner_id=OuterRef("practitioner_id")))
+    return own | assigned_to_this | ~Exists(assigned)
+
+
+def _appointment(reader: Reader, patient_ids: list, now: datetime.datetime):
+    start = now - datetime.timedelta(days=settings.EXPLAIN_APPOINTMENT_PAST_DAYS)
+    end = now + datetime.timedelta(days=settings.EXPLAIN_APPOINTMENT_FUTURE_DAYS)
+    appointments = (
+        Appointment.objects.filter(patient_id__in=patient_ids, start__gte=start, start__lt=end)
+        .exclude(status=AppointmentStatus.CANCELLED)
+        .filter(works_for(reader))
+    )
+    return appointments, "patient_id", "id"
+
+
+def _care(reader: Reader, patient_ids: list, now: datetime.datetime):
+    since = now - datetime.timedelta(days=round(settings.EXPLAIN_CARE_MONTHS * 30.44))
+    seen = Appointment.objects.filter(
+        patient_id__in=patient_ids,
+        practitioner__user_id=reader.user_id,
+        status=AppointmentStatus.DONE,
+        start__gte=since,
+        start__lt=now,
+    )
+    return seen, "patient_id", "id"
+
+
+def register() -> None:
+    explainer_register(Explanation.APPOINTMENT, _appointment, order=10)
+    explainer_register(Explanation.CARE, _care, order=20)
