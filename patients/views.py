@@ -31,8 +31,8 @@ from patients.models import Patient
 from patients.selectors import (
     CONTACT_GROUPS,
     DETAIL_FIELDS,
-    PLAIN_FIELDS,
     MASKED_LIMIT,
+    PLAIN_FIELDS,
     SEARCH_LIMIT,
     PatientQuery,
     patient_duplicates,
