@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import re
 import uuid
 from dataclasses import dataclass, field
 
@@ -206,7 +207,21 @@ class ReadBudget:
     def _load(self) -> None:
         """At the context's first decryption: the block in force, the last lift, the counts."""
         now = _now()
-        counts = _counts_load(self.user_id, now, day_cap=self.day_limit + 1, hour_cap=self.hour_limit + 1)
+        self.loaded(_counts_load(self.user_id, now, day_cap=self.day_limit + 1, hour_cap=self.hour_limit + 1), now)
+
+    @property
+    def is_loaded(self) -> bool:
+        return self._loaded_at is not None
+
+    def counts_query(self) -> tuple[str, list, datetime.datetime]:
+        """The load's statement, for a caller that runs it with its own (audit.explain runs it
+        in the explanation query of the context's first batch of rows: one round trip for both)."""
+        now = _now()
+        sql, params = counts_statement(self.user_id, now, day_cap=self.day_limit + 1, hour_cap=self.hour_limit + 1)
+        return sql, params, now
+
+    def loaded(self, counts: _Counts, now: datetime.datetime) -> None:
+        """Take the counts of ``_counts_load`` (or of ``counts_query`` run elsewhere)."""
         self._loaded_at = now
         if counts.open_block is not None:  # nothing decrypts until a practice admin lifts it
             window, patients_read, budget = counts.open_block
@@ -302,22 +317,26 @@ COUNTS_SQL = (
 )
 
 
-def _counts_load(user_id: int, now: datetime.datetime, *, day_cap: int, hour_cap: int) -> _Counts:
-    """The account's block in force, last lift and tally counts at ``now``: one query, on the
-    tally's (user_id, last_read_at) index and the blocks' user_id index. Each count stops at
-    its cap (a budget plus one: more tells nothing more), so its cost is bounded by the budget,
-    not by what an unbudgeted account may have read."""
+COUNTS_COLUMNS = 6
+
+
+def counts_statement(user_id: int, now: datetime.datetime, *, day_cap: int, hour_cap: int) -> tuple[str, list]:
+    """``COUNTS_SQL`` with positional parameters (so that it can be joined to another query)."""
     adapt = connection.ops.adapt_datetimefield_value
-    params = {
+    named = {
         "user": user_id,
         "day": adapt(now - TALLY_DAY),
         "hour": adapt(now - HOUR),
         "day_cap": day_cap,
         "hour_cap": hour_cap,
     }
-    with connection.cursor() as cursor:
-        cursor.execute(COUNTS_SQL, params)
-        lifted, day, hour, window, patients_read, budget = cursor.fetchone()
+    params = [named[name] for name in re.findall(r"%\((\w+)\)s", COUNTS_SQL)]
+    return re.sub(r"%\((\w+)\)s", "%s", COUNTS_SQL), params
+
+
+def counts_from_row(row) -> _Counts:
+    """The ``_Counts`` of one result row of ``COUNTS_SQL`` (its first ``COUNTS_COLUMNS`` values)."""
+    lifted, day, hour, window, patients_read, budget = row[:COUNTS_COLUMNS]
     if isinstance(lifted, str):  # SQLite gives the raw text back
         lifted = ReadBlock._meta.get_field("lifted_at").to_python(lifted)
         lifted = lifted if timezone.is_aware(lifted) else timezone.make_aware(lifted, datetime.UTC)
@@ -327,6 +346,17 @@ def _counts_load(user_id: int, now: datetime.datetime, *, day_cap: int, hour_cap
         hour=hour,
         open_block=(window, patients_read, budget) if window is not None else None,
     )
+
+
+def _counts_load(user_id: int, now: datetime.datetime, *, day_cap: int, hour_cap: int) -> _Counts:
+    """The account's block in force, last lift and tally counts at ``now``: one query, on the
+    tally's (user_id, last_read_at) index and the blocks' user_id index. Each count stops at
+    its cap (a budget plus one: more tells nothing more), so its cost is bounded by the budget,
+    not by what an unbudgeted account may have read."""
+    sql, params = counts_statement(user_id, now, day_cap=day_cap, hour_cap=hour_cap)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return counts_from_row(cursor.fetchone())
 
 
 def read_tally_purge(*, now: datetime.datetime | None = None) -> int:

@@ -118,10 +118,28 @@ class AuditContext:
 
     def prepare(self, patient_ids) -> None:
         """Explain a batch of patients about to be read (``EncryptedQuerySet`` calls it when it
-        loads rows): one query for all of them, before anything is decrypted."""
+        loads rows): one query for all of them, before anything is decrypted. At the context's
+        first batch the read budget's load rides in the same query (one round trip for both)."""
         user_id = self._user_id()
-        if user_id is not None:
+        if user_id is None:
+            return
+        budget = self._budget(user_id)
+        if budget.is_loaded or budget.refused is not None:
             self._admission(user_id).prepare(patient_ids)
+            return
+        sql, params, now = budget.counts_query()
+        row = self._admission(user_id).prepare(patient_ids, counts=(sql, params))
+        from audit.budget import counts_from_row
+
+        budget.loaded(counts_from_row(row), now)
+
+    def _budget(self, user_id: int) -> ReadBudget:
+        budget = self.budget
+        if budget is None or budget.user_id != user_id:  # first decryption, or a login mid-request
+            from audit.budget import ReadBudget
+
+            budget = self.budget = ReadBudget.for_actor(self.current_actor())
+        return budget
 
     def admit(self, patient_id) -> None:
         """Called before each decryption: refuses it past the account's read budget, or when
@@ -136,11 +154,7 @@ class AuditContext:
         user_id = self._user_id()
         if user_id is None:
             return
-        budget = self.budget
-        if budget is None or budget.user_id != user_id:  # first decryption, or a login mid-request
-            from audit.budget import ReadBudget
-
-            budget = self.budget = ReadBudget.for_actor(self.current_actor())
+        budget = self._budget(user_id)
         budget.admit(patient_id)
         self._admission(user_id).admit(patient_id, masked=self.masked, on_block=budget.block_for_reasons)
 

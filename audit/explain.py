@@ -127,22 +127,42 @@ def explanations_query(reader: Reader, patient_ids: list, now: datetime.datetime
     return parts[0].union(*parts[1:], all=True) if len(parts) > 1 else parts[0]
 
 
-def explanations_find(reader: Reader, patient_ids: Iterable, now: datetime.datetime) -> dict:
-    """{patient id: (code, reference)} for the patients some explainer explains: one query."""
+# Starts the statement that loads a request's read budget with its first batch's explanations.
+ADMISSION_TAG = "/* read admission */ "
+
+
+def explanations_find(reader: Reader, patient_ids: Iterable, now: datetime.datetime, *, counts=None):
+    """{patient id: (code, reference)} for the patients some explainer explains: one query.
+
+    ``counts`` is an optional (sql, params) of one row (the read budget's load, audit.budget)
+    run in the same statement: then the result is (explanations, that row).
+    """
     ids = sorted({_as_uuid(p) for p in patient_ids})
-    if not ids:
-        return {}
-    query = explanations_query(reader, ids, now)
-    if query is None:
-        return {}
+    query = explanations_query(reader, ids, now) if ids else None
+    rows, counted = [], None
+    if counts is not None:
+        counts_sql, counts_params = counts
+        if query is None:
+            sql, params = f"{ADMISSION_TAG}SELECT c.*, NULL, NULL, NULL FROM ({counts_sql}) c", counts_params  # noqa: S608
+        else:
+            union_sql, union_params = query.query.sql_with_params()
+            sql = f"{ADMISSION_TAG}SELECT c.*, e.* FROM ({counts_sql}) c LEFT JOIN ({union_sql}) e ON 1 = 1"  # noqa: S608
+            params = [*counts_params, *union_params]
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            fetched = cursor.fetchall()
+        counted = fetched[0]
+        rows = [row[-3:] for row in fetched if row[-3] is not None]
+    elif query is not None:
+        rows = list(query)
     rank = {e.code: e.order for e in explainers()}
     found: dict[uuid.UUID, tuple[str, str]] = {}
-    for patient, ref, code in query:
+    for patient, ref, code in rows:
         patient = _as_uuid(patient)
         held = found.get(patient)
         if held is None or rank[code] < rank[held[0]] or (rank[code] == rank[held[0]] and str(ref) < held[1]):
             found[patient] = (code, str(ref))
-    return found
+    return found if counts is None else (found, counted)
 
 
 # --------------------------------------------------------------------------- the two audit owns
@@ -272,13 +292,19 @@ class Admission:
     looked: set = field(default_factory=set)
     refused: ExplanationRequired | None = None
 
-    def prepare(self, patient_ids: Iterable) -> None:
-        """Explain a batch of patients before any of them is decrypted: one query."""
+    def prepare(self, patient_ids: Iterable, *, counts=None):
+        """Explain a batch of patients before any of them is decrypted: one query. With
+        ``counts`` (the read budget's load), that row rides in the same query and is returned."""
         wanted = {_as_uuid(p) for p in patient_ids if p is not None} - self.looked
-        if not wanted:
-            return
-        self.why.update(explanations_find(self.reader, wanted, timezone.now()))
+        if not wanted and counts is None:
+            return None
+        found = explanations_find(self.reader, wanted, timezone.now(), counts=counts)
+        counted = None
+        if counts is not None:
+            found, counted = found
+        self.why.update(found)
         self.looked |= wanted
+        return counted
 
     def admit(self, patient_id, *, masked: bool, on_block: Callable[[str, int, int], None]) -> None:
         """Let one decryption of this patient happen, or raise ``ExplanationRequired``.

@@ -126,8 +126,10 @@ class AuditEvent(models.Model):
     # READ rows: why the patient could be decrypted (Explanation) and the id of what explains
     # it (an appointment, a grant, a stated reason, the user's own earlier event). Empty on
     # other rows, on system jobs' reads and on rows written before explanations existed.
-    explanation = models.CharField(_("explanation"), max_length=12, blank=True, choices=Explanation.choices)
-    explained_by = models.CharField(_("explained by"), max_length=64, blank=True)
+    explanation = models.CharField(
+        _("explanation"), max_length=12, blank=True, default="", db_default="", choices=Explanation.choices
+    )
+    explained_by = models.CharField(_("explained by"), max_length=64, blank=True, default="", db_default="")
     # HMAC-SHA256 (hex) over the previous row's mac and this row's canonical content, keyed
     # by AUDIT_CHAIN_KEY (outside the database): audit/chain.py. Empty only before the chain.
     mac = models.CharField(_("chain MAC"), max_length=64, blank=True, editable=False)

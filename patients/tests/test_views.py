@@ -177,7 +177,7 @@ def test_it_escapes_script_and_sql_payloads(secretary):
 
 def test_it_keeps_search_terms_out_of_urls(secretary, patient):
     client = client_for(secretary)
-    response = client.post(reverse("patients:list"), {"last_name": "lefevre"})
+    response = client.post(reverse("patients:list"), {"last_name": "lefevre", "first_name": "anne-marie"})
     assert response.status_code == 200
     assert "LEFÈVRE Anne-Marie" in response.content.decode()
     assert "no-store" in response["Cache-Control"]
@@ -198,13 +198,44 @@ def test_it_keeps_the_list_from_practitioners_and_outsiders(practitioner, outsid
     assert client_for(outsider).get(reverse("patients:create")).status_code == 403
 
 
-def test_it_caps_a_common_name_and_asks_to_refine(secretary):
+def test_a_common_last_name_alone_shows_masked_lines_and_asks_to_refine(secretary):
+    from patients.selectors import MASKED_LIMIT
+
+    for i in range(MASKED_LIMIT + 2):
+        make_patient(
+            last_name="Martin",
+            first_names=f"Prénom{i}",
+            birth_date=datetime.date(1950 + i, 1, 1),
+            email="",
+            nir="",
+            phone_mobile="",
+        )
+    response = client_for(secretary).post(reverse("patients:list"), {"last_name": "martin"})
+    body = response.content.decode()
+    assert len(response.context["masked"]) == MASKED_LIMIT
+    assert "More patients match than are shown" in body
+    # Each line: the last name, the first names' initial and the birth year; no first name, no date.
+    assert "MARTIN P." in body and "Prénom" not in body and "1950" in body and "01/01/1950" not in body
+    reads = AuditEvent.objects.filter(event_type=EventType.READ, actor_user_id=secretary.pk)
+    assert reads.count() <= MASKED_LIMIT + 1 + 10  # the shown rows, the one that proves "more", the margin
+    assert set(reads.values_list("explanation", flat=True)) == {"masked"}
+
+
+def test_it_caps_full_lines_and_asks_to_refine(secretary, settings):
     from patients.selectors import SEARCH_LIMIT
 
+    settings.READ_ALLOWANCES = {**settings.READ_ALLOWANCES, "Secretary": (100, 100)}
     for i in range(SEARCH_LIMIT + 2):
-        make_patient(last_name="Martin", first_names=f"Prénom{i}", email="", nir="", phone_mobile="")
-    response = client_for(secretary).post(reverse("patients:list"), {"last_name": "martin"})
+        make_patient(
+            last_name="Martin",
+            first_names=f"Prénom{i}",
+            birth_date=datetime.date(1980, 5, 17),
+            email="",
+            nir="",
+            phone_mobile="",
+        )
+    response = client_for(secretary).post(reverse("patients:list"), {"last_name": "martin", "birth_date": "1980-05-17"})
     assert len(response.context["results"]) == SEARCH_LIMIT
     assert "More patients match than are shown" in response.content.decode()
     reads = AuditEvent.objects.filter(event_type=EventType.READ, actor_user_id=secretary.pk)
-    assert reads.count() <= SEARCH_LIMIT + 1 + 10  # the shown rows, the one that proves "more", the margin
+    assert reads.count() <= SEARCH_LIMIT + 1 + 10

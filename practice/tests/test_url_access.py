@@ -119,7 +119,9 @@ TABLE: dict[str, Row] = {
     "patients:archive": _logged_in(405),
     "patients:restore": _logged_in(405),
     "patients:break_glass": Row(LOGIN, 403, 200, 200, 403, 403),  # practitioners only, any id
-    "patients:reveal": _logged_in(405),  # POST only: contact details shown on request
+    "patients:reveal": _logged_in(405),
+    # The step-up page's form: only for a patient one may open ("no reason asked" until one is)
+    "patients:reason": Row(LOGIN, 200, 200, 404, 200, 404),  # POST only: contact details shown on request
     "patients:export": Row(LOGIN, 200, 403, 403, 200, 403),  # a patient's own data: front desk
     "patients:export_list": _logged_in(405),  # POST only, from the list page
     # Agenda
