@@ -20,7 +20,7 @@ class PatientAdmin(admin.ModelAdmin):
     list_per_page = 50
     show_full_result_count = False
     search_fields = ["last_name"]  # handled by get_search_results below (blind index)
-    search_help_text = _("Exact last name (accents and case ignored), optionally followed by “, first name”.")
+    search_help_text = _("Last name, a comma, then the first name (accents and case ignored).")
     readonly_fields = ["created_at", "created_by", "updated_at", "updated_by", "archived_at"]
 
     def get_queryset(self, request):
@@ -31,9 +31,13 @@ class PatientAdmin(admin.ModelAdmin):
         return qs
 
     def get_search_results(self, request, queryset, search_term):
-        if not search_term.strip():
-            return queryset, False
-        last, _, first = search_term.partition(",")
+        # Lists are reads (audit/explain.py): the change list shows nobody until a search names
+        # a last and a first name; a last name alone would list everyone of that name in full.
+        last, _comma, first = search_term.partition(",")
+        if not (last.strip() and first.strip()):
+            if search_term.strip():
+                messages.info(request, _("Search with the last name, a comma, then the first name."))
+            return queryset.none(), False
         found = patient_search(PatientQuery(last_name=last.strip(), first_name=first.strip(), include_archived=True))
         return queryset.filter(pk__in=[p.pk for p in found]), False
 

@@ -83,6 +83,14 @@ class MaskedLine:
     birth_year: int | None
     is_archived: bool
 
+    @property
+    def display_name(self) -> str:
+        return f"{self.last_name.upper()} {self.initial}".strip()
+
+    @property
+    def birth_date(self) -> None:
+        return None  # masked: the year only
+
     def get_absolute_url(self) -> str:
         from django.urls import reverse
 

@@ -161,7 +161,10 @@ PAGES = {
         "practice_admin",
         lambda c: ("get", reverse("admin:patients_patient_change", args=[c["over"].pk]), None),
     ),
-    "admin patient list": ("practice_admin", lambda c: ("get", reverse("admin:patients_patient_changelist"), None)),
+    "admin patient list": (
+        "practice_admin",
+        lambda c: ("get", reverse("admin:patients_patient_changelist") + "?q=agendab,zelieb", None),
+    ),
 }
 
 

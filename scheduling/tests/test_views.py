@@ -378,7 +378,12 @@ def test_it_ignores_a_bad_prefill(secretary, doctor, query):
 
 
 def test_it_finds_the_patient_by_name_and_birth_date_and_keeps_the_slot(secretary, doctor, consultation, patient):
-    data = {**_booking(doctor, consultation), "action": "search", "find-last_name": "lefevre", "find-birth_date": ""}
+    data = {
+        **_booking(doctor, consultation),
+        "action": "search",
+        "find-last_name": "lefevre",
+        "find-birth_date": patient_birth_date(patient),
+    }
     response = client_for(secretary).post(reverse("scheduling:book"), data)
     body = response.content.decode()
     assert response.status_code == 200
@@ -387,6 +392,23 @@ def test_it_finds_the_patient_by_name_and_birth_date_and_keeps_the_slot(secretar
     assert "Renouvellement d&#x27;ordonnance" in body
     assert 'value="10:00"' in body
     assert not Appointment.objects.exists()
+
+
+def test_a_last_name_alone_finds_masked_lines_to_book_from(secretary, doctor, consultation, patient):
+    data = {**_booking(doctor, consultation), "action": "search", "find-last_name": "lefevre", "find-birth_date": ""}
+    response = client_for(secretary).post(reverse("scheduling:book"), data)
+    body = response.content.decode()
+    assert response.status_code == 200
+    assert f'value="{patient.pk}"' in body
+    assert "LEFÈVRE A." in body and "born in 1984" in body
+    assert "Anne-Marie" not in body and "1984-03-09" not in body
+    read = AuditEvent.objects.get(event_type=EventType.READ, actor_user_id=secretary.pk)
+    assert read.explanation == "masked" and read.fields == ["birth_date", "first_names", "last_name"]
+
+
+def patient_birth_date(patient) -> str:
+    with system_context("tests"):
+        return patient.birth_date.isoformat()
 
 
 def test_it_asks_for_a_search_criterion(secretary, doctor, consultation):
