@@ -127,6 +127,17 @@ def explanations_query(reader: Reader, patient_ids: list, now: datetime.datetime
     return parts[0].union(*parts[1:], all=True) if len(parts) > 1 else parts[0]
 
 
+def _ref_text(ref) -> str:
+    """A reference as text, UUIDs in their canonical form (SQLite keeps them as 32 hex digits)."""
+    text = str(ref)
+    if len(text) in (32, 36):
+        try:
+            return str(uuid.UUID(text))
+        except ValueError:
+            pass
+    return text
+
+
 # Starts the statement that loads a request's read budget with its first batch's explanations.
 ADMISSION_TAG = "/* read admission */ "
 
@@ -157,8 +168,8 @@ def explanations_find(reader: Reader, patient_ids: Iterable, now: datetime.datet
         rows = list(query)
     rank = {e.code: e.order for e in explainers()}
     found: dict[uuid.UUID, tuple[str, str]] = {}
-    for patient, ref, code in rows:
-        patient = _as_uuid(patient)
+    for patient, raw_ref, code in rows:
+        patient, ref = _as_uuid(patient), _ref_text(raw_ref)
         held = found.get(patient)
         if held is None or rank[code] < rank[held[0]] or (rank[code] == rank[held[0]] and str(ref) < held[1]):
             found[patient] = (code, str(ref))
