@@ -693,7 +693,7 @@ def pages_bench(audited, baseline, samples, *, iterations: int, warmup: int) -> 
 
 def search_bench(user, samples, iterations: int) -> dict:
     from audit.context import Actor, AuditContext, opened
-    from patients.selectors import SEARCH_LIMIT, PatientQuery, patient_search
+    from patients.selectors import PatientQuery, patient_search
 
     actor = Actor.for_user(user)
 
@@ -724,7 +724,7 @@ def search_bench(user, samples, iterations: int) -> dict:
                 decrypted.append(ctx.pending)
             total.append(perf_counter() - t0)
             before_flush.append(t1 - t0)
-            if len(rows) > SEARCH_LIMIT:
+            if rows.more:
                 capped += 1
             elif any(str(p.pk) == str(s["id"]) for p in rows):
                 found += 1

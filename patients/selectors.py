@@ -134,39 +134,61 @@ def _matches(patient: Patient, query: PatientQuery) -> bool:
     return not query.email or blind.normalize_email(patient.email) == blind.normalize_email(query.email)
 
 
-def patient_search(query: PatientQuery) -> list[Patient]:
+class Found(list):
+    """Search results, at most the page's limit; ``more`` when candidates were left unexamined
+    after the limit was reached (the page asks for more criteria). Those are not decrypted: a
+    row decrypted and not shown would be a read of a patient the page never served."""
+
+    more: bool = False
+
+
+def _first_matches(rows, query: PatientQuery, limit: int) -> Found:
+    """Decrypt candidates in order until ``limit`` of them match; the rest stay sealed. Blind-
+    index false candidates (about rows / 2**bits per lookup: far below one at our sizes) are
+    decrypted to be told apart, and dropped."""
+    found = Found()
+    for row in rows:
+        if len(found) == limit:
+            found.more = True
+            break
+        if _matches(row, query):
+            found.append(row)
+    return found
+
+
+def patient_search(query: PatientQuery, *, limit: int = SEARCH_LIMIT) -> Found:
     """Patients matching every given criterion, by blind index; never scans the table."""
     if query.is_empty():
-        return []
+        return Found()
     candidates = _candidates(query)
     if candidates is None:
-        return []
+        return Found()
     fields = list(RESULT_FIELDS)
     if query.phone:
         fields += ["phone_mobile", "phone_other"]
     if query.email:
         fields.append("email")
-    # Candidates include blind-index false positives (about rows / 2**bits per lookup, far
-    # below one at our sizes): a small margin keeps them from hiding a true match without
-    # decrypting many more rows than the page shows.
-    rows = candidates.only(*fields)[: SEARCH_LIMIT + 1 + FALSE_CANDIDATE_MARGIN]
-    found = [p for p in rows if _matches(p, query)][: SEARCH_LIMIT + 1]
-    return sorted(found, key=lambda p: (blind.normalize_name(p.last_name), blind.normalize_name(p.first_names)))
+    # A small margin of candidates keeps false ones from hiding a true match; they are loaded
+    # (and explained, in one query) but decrypted only as far as the page needs.
+    rows = list(candidates.only(*fields)[: limit + 1 + FALSE_CANDIDATE_MARGIN])
+    found = _first_matches(rows, query, limit)
+    found.sort(key=lambda p: (blind.normalize_name(p.last_name), blind.normalize_name(p.first_names)))
+    return found
 
 
-def patient_search_masked(query: PatientQuery) -> list[MaskedLine]:
-    """A search by last name alone: at most MASKED_LIMIT + 1 masked lines (one more tells the
-    page to ask for more criteria). Each unexplained patient is paid from the masked allowance
-    (audit.explain), not the full one; only the last name, the first names and the birth date
-    are decrypted, and only their masked form leaves."""
+def patient_search_masked(query: PatientQuery, *, limit: int = MASKED_LIMIT) -> Found:
+    """A search by last name alone: at most ``limit`` masked lines. Each unexplained patient is
+    paid from the masked allowance (audit.explain), not the full one; only the last name, the
+    first names and the birth date are decrypted, and only their masked form leaves."""
     from audit.explain import masked_lines
 
     candidates = _candidates(query)
     if candidates is None:
-        return []
+        return Found()
     with masked_lines():
-        rows = list(candidates.only(*MASKED_FIELDS)[: MASKED_LIMIT + 1 + FALSE_CANDIDATE_MARGIN])
-        lines = [
+        rows = list(candidates.only(*MASKED_FIELDS)[: limit + 1 + FALSE_CANDIDATE_MARGIN])
+        matches = _first_matches(rows, query, limit)
+        lines = Found(
             MaskedLine(
                 pk=p.pk,
                 last_name=p.last_name,
@@ -174,10 +196,11 @@ def patient_search_masked(query: PatientQuery) -> list[MaskedLine]:
                 birth_year=p.birth_date.year if p.birth_date else None,
                 is_archived=p.is_archived,
             )
-            for p in rows
-            if _matches(p, query)
-        ][: MASKED_LIMIT + 1]
-    return sorted(lines, key=lambda line: (blind.normalize_name(line.last_name), line.initial, line.birth_year or 0))
+            for p in matches
+        )
+    lines.more = matches.more
+    lines.sort(key=lambda line: (blind.normalize_name(line.last_name), line.initial, line.birth_year or 0))
+    return lines
 
 
 def patients_today(*, day: datetime.date, limit: int = 100) -> QuerySet[Patient]:

@@ -31,9 +31,7 @@ from patients.models import Patient
 from patients.selectors import (
     CONTACT_GROUPS,
     DETAIL_FIELDS,
-    MASKED_LIMIT,
     PLAIN_FIELDS,
-    SEARCH_LIMIT,
     PatientQuery,
     patient_duplicates,
     patient_export_appointments,
@@ -96,12 +94,10 @@ def patient_list(request: HttpRequest) -> HttpResponse:
         query = PatientQuery(**form.cleaned_data)
         if query.last_name_only:
             masked = patient_search_masked(query)
-            too_many = len(masked) > MASKED_LIMIT
-            masked = masked[:MASKED_LIMIT]
+            too_many = masked.more
         else:
             results = patient_search(query)
-            too_many = len(results) > SEARCH_LIMIT
-            results = results[:SEARCH_LIMIT]
+            too_many = results.more
     today = [] if searched else list(patients_today(day=timezone.localdate()))
     context = {
         "form": form,

@@ -38,8 +38,6 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from patients import services as patient_services
 from patients.models import Patient
 from patients.selectors import (
-    MASKED_LIMIT,
-    SEARCH_LIMIT,
     PatientQuery,
     patient_duplicates,
     patient_search,
@@ -448,8 +446,8 @@ def _search(find: PatientFindForm) -> list[Patient]:
         return []
     query = PatientQuery(last_name=find.cleaned_data["last_name"].strip(), birth_date=find.cleaned_data["birth_date"])
     if query.last_name_only:  # masked lines (initial, birth year) until one is chosen (audit/explain.py)
-        return patient_search_masked(query)[:MASKED_LIMIT]
-    return patient_search(query)[:SEARCH_LIMIT]
+        return patient_search_masked(query)
+    return patient_search(query)
 
 
 def _book_with(request: HttpRequest, form: BookingForm, patient: Patient) -> Appointment:
