@@ -295,7 +295,9 @@ def test_parallel_requests_cannot_spend_one_allowance_twice(roles):
     def spend(patient):
         try:
             barrier.wait(timeout=10)
-            claim = allowance_spend(user_id=user.pk, patient_id=patient, kind=AllowanceKind.UNEXPLAINED, limits=(3, 3), now=now)
+            claim = allowance_spend(
+                user_id=user.pk, patient_id=patient, kind=AllowanceKind.UNEXPLAINED, limits=(3, 3), now=now
+            )
             results.append(claim.admitted)
         finally:
             connection.close()
