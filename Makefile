@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # Commands that need settings but not the keys of `make run` get a throwaway set.
 THROWAWAY_KEYS = $(PY) -m practice.keygen > $(VENV)/throwaway.env && set -a && . $(VENV)/throwaway.env && set +a
 
-.PHONY: run test install env migrate seed lint messages clean
+.PHONY: run test test-fast install env migrate seed lint messages clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,11 @@ run: seed
 # DATABASE_URL and CELERY_BROKER_URL come from the environment (default: SQLite, eager).
 test: install
 	$(THROWAWAY_KEYS) && DEBUG=0 $(PY) -m pytest $(PYTEST_ARGS)
+
+# The suite without the tests marked slow (replays of abuse and of a busy day, browsers, real
+# workers): a few minutes, for the edit-test loop. CI runs `make test`.
+test-fast: install
+	$(THROWAWAY_KEYS) && DEBUG=0 $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .
