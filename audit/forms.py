@@ -120,3 +120,16 @@ class ReadChartForm(forms.Form):
     day = forms.DateField(
         label=_("Day"), required=False, widget=forms.DateInput(attrs={"type": "date"}, format="%Y-%m-%d")
     )
+
+
+class AccessFilterForm(forms.Form):
+    """The patient access report's filters: one person (as the trail records them), and the
+    reads nothing explained only."""
+
+    who = forms.CharField(label=_("User"), max_length=150, required=False)
+    unexplained = forms.BooleanField(label=_("Unexplained reads only"), required=False)
+
+    def filters(self) -> dict:
+        if not self.is_valid():
+            return {}
+        return {"who": self.cleaned_data["who"].strip(), "unexplained_only": self.cleaned_data["unexplained"]}

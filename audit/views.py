@@ -30,6 +30,7 @@ from audit.anomalies import anomalies_scan_due, anomaly_events, anomaly_review, 
 from audit.budget import budget_for_role
 from audit.context import Actor
 from audit.forms import (
+    AccessFilterForm,
     AnomalyFilterForm,
     AnomalyReviewForm,
     BreachScopeForm,
@@ -37,13 +38,26 @@ from audit.forms import (
     ReadChartForm,
 )
 from audit.models import Anomaly, EventType
-from audit.reports import breach_notification_export, breach_scope, purpose_label, record_label
-from audit.selectors import patient_access_events, patient_access_summary
+from audit.reports import (
+    access_list_appearances,
+    access_opened,
+    breach_notification_export,
+    breach_scope,
+    explain_appearances,
+    explain_opened,
+    explained_afterwards,
+    purpose_label,
+    record_label,
+    unexplained_per_account,
+    unexplained_per_hour,
+)
+from audit.selectors import patient_access_summary
 from patients.models import Patient
 from practice.models import Clinic
 from practice.roles import PRACTICE_ADMIN, has_role
 
 PAGE_SIZE = 100
+ACCESS_PAGE_SIZE = 50
 SCOPE_PAGE_SIZE = 200
 
 
@@ -70,20 +84,42 @@ def _labelled(events):
     return events
 
 
+def _query_without(request: HttpRequest, name: str) -> str:
+    """The query string (the filters, the other list's page) without one page parameter."""
+    query = request.GET.copy()
+    query.pop(name, None)
+    return query.urlencode()
+
+
 @never_cache
 @login_required
 def patient_access(request: HttpRequest, pk: UUID) -> HttpResponse:
-    """The patient access report: every read and change of one patient's data (who, role,
-    when, from where, which fields, why), 100 events a page, newest first."""
+    """The patient access report: who opened the record (each read with what explained it, in
+    words), and where the patient appeared in lists and agendas (per person and hour), 50 lines
+    a page each, newest first; filtered by person or to unexplained reads. Nothing but the
+    patient's name (the header) is decrypted."""
     patient = _get_patient_for_report(request, pk)
-    page = Paginator(patient_access_events(patient_id=patient.pk), PAGE_SIZE).get_page(request.GET.get("page"))
-    _labelled(page.object_list)
+    form = AccessFilterForm(request.GET or None)
+    filters = form.filters() if form.is_bound else {}
+    afterwards = explained_afterwards(patient_id=patient.pk)
+    opened = Paginator(access_opened(patient_id=patient.pk, **filters), ACCESS_PAGE_SIZE).get_page(
+        request.GET.get("page")
+    )
+    explain_opened(opened.object_list, afterwards)
+    lists = Paginator(access_list_appearances(patient_id=patient.pk, **filters), ACCESS_PAGE_SIZE).get_page(
+        request.GET.get("lists_page")
+    )
+    lists.object_list = explain_appearances(lists.object_list, afterwards)
     return render(
         request,
         "audit/patient_access.html",
         {
             "patient": patient,
-            "page": page,
+            "form": form,
+            "page": opened,
+            "lists": lists,
+            "query": _query_without(request, "page"),
+            "lists_query": _query_without(request, "lists_page"),
             "summary": patient_access_summary(patient_id=patient.pk),
             "clinic": Clinic.current(),
         },
@@ -96,13 +132,17 @@ def patient_access_print(request: HttpRequest, pk: UUID) -> HttpResponse:
     """The same report in full on one page, laid out for printing (or saving as PDF from the
     browser) and handing to the patient: the practice and the patient named in the header."""
     patient = _get_patient_for_report(request, pk)
-    events = _labelled(list(patient_access_events(patient_id=patient.pk)))
+    afterwards = explained_afterwards(patient_id=patient.pk)
+    events = list(access_opened(patient_id=patient.pk))
+    explain_opened(events, afterwards)
+    lists = explain_appearances(access_list_appearances(patient_id=patient.pk), afterwards)
     return render(
         request,
         "audit/patient_access_print.html",
         {
             "patient": patient,
             "events": events,
+            "lists": lists,
             "summary": patient_access_summary(patient_id=patient.pk),
             "clinic": Clinic.current(),
             "printed_at": timezone.localtime(),
@@ -182,10 +222,20 @@ def anomaly_list(request: HttpRequest) -> HttpResponse:
     if form.is_bound and form.is_valid():
         anomalies = form.filter(anomalies)
     page = Paginator(anomalies, ANOMALY_PAGE_SIZE).get_page(request.GET.get("page"))
+    today = timezone.localdate()
+    zone = timezone.get_current_timezone()
+    start = datetime.datetime.combine(today, datetime.time(0), tzinfo=zone)
+    end = datetime.datetime.combine(today + datetime.timedelta(days=1), datetime.time(0), tzinfo=zone)
     return render(
         request,
         "audit/anomalies.html",
-        {"form": form, "page": page, "query": _query_without_page(request)},
+        {
+            "form": form,
+            "page": page,
+            "query": _query_without_page(request),
+            "today": today,
+            "unexplained": unexplained_per_account(start=start, end=end),
+        },
     )
 
 
@@ -380,6 +430,13 @@ def read_chart(request: HttpRequest) -> HttpResponse:
         day = form.cleaned_data["day"]
     hourly = reads_per_hour(day=day)
     chart = _chart(hourly)
+    unexplained = unexplained_per_hour(hours=hourly.hours)
+    for series in chart["series"]:
+        counts = unexplained.get(series["user_id"]) or [0] * len(hourly.hours)
+        series["unexplained"] = counts
+        for point, count in zip(series["points"], counts, strict=True):
+            point["unexplained"] = count
+        series["unexplained_total"] = sum(counts)
     distribution = daily_distribution(last_day=day)
     for user in distribution:
         user["budget_hour"], user["budget_day"] = budget_for_role(user["role"])
@@ -392,6 +449,7 @@ def read_chart(request: HttpRequest) -> HttpResponse:
             "previous_day": day - datetime.timedelta(days=1),
             "next_day": day + datetime.timedelta(days=1),
             "chart": chart,
+            "any_unexplained": any(series["unexplained_total"] for series in chart["series"]),
             "distribution": distribution,
         },
         status=200 if not form.is_bound or form.is_valid() else 400,

@@ -64,3 +64,52 @@ def _care(reader: Reader, patient_ids: list, now: datetime.datetime):
 def register() -> None:
     explainer_register(Explanation.APPOINTMENT, _appointment, order=10)
     explainer_register(Explanation.CARE, _care, order=20)
+
+
+# --------------------------------------------------------------------------- in words (reports)
+
+
+def _appointment_words(refs: list[str]) -> dict[str, tuple]:
+    """{reference: (start, practitioner, type)} from plaintext columns only (nothing decrypted)."""
+    from audit.describe import uuid_refs
+
+    ids = uuid_refs(refs)
+    rows = Appointment.objects.filter(pk__in=list(ids)).values_list(
+        "id", "start", "practitioner__display_name", "appointment_type__name"
+    )
+    return {ref: (start, who, kind) for pk, start, who, kind in rows for ref in ids[pk]}
+
+
+def _describe_appointment(refs: list[str]) -> dict[str, str]:
+    from django.utils.translation import gettext as _
+
+    from audit.describe import when_text
+
+    return {
+        ref: _("appointment of %(when)s with %(practitioner)s (%(type)s)")
+        % {"when": when_text(start), "practitioner": who, "type": kind}
+        for ref, (start, who, kind) in _appointment_words(refs).items()
+    }
+
+
+def _describe_care(refs: list[str]) -> dict[str, str]:
+    from django.utils.translation import gettext as _
+
+    from audit.describe import when_text
+
+    return {
+        ref: _("care relationship: seen on %(when)s by %(practitioner)s")
+        % {"when": when_text(start, with_time=False), "practitioner": who}
+        for ref, (start, who, _kind) in _appointment_words(refs).items()
+    }
+
+
+def describers_register() -> None:
+    """The words the reports use for these explanations (audit/describe.py)."""
+    from audit.describe import describer_register
+
+    describer_register(Explanation.APPOINTMENT, _describe_appointment)
+    describer_register(Explanation.CARE, _describe_care)
+
+
+describers_register()

@@ -1,5 +1,6 @@
 """Breach scope from the command line: which patients and fields a user, an IP or a login
-session (or everyone) exposed in a window; with --csv, the notification list (audited).
+session (or everyone) exposed in a window, which of them nothing explained, and which were
+decrypted for withheld pages only (not served); with --csv, the notification list (audited).
 
     manage.py audit_breach_scope --from 2026-03-04 --to 2026-03-04 --user sophie
     manage.py audit_breach_scope --from "2026-03-04 08:00" --to "2026-03-04 12:30" --ip 192.0.2.7 \\
@@ -69,13 +70,26 @@ class Command(AuditedCommand):
             f"{timezone.localtime(end_at):%Y-%m-%d %H:%M} ({timezone.get_current_timezone_name()})"
         )
         self.stdout.write(f"{scope.patient_count} patients exposed, {scope.total_reads} reads")
+        self.stdout.write(
+            f"  explained: {scope.explained_count} patients; unexplained: {scope.unexplained_count} patients "
+            "(read from the allowance, never explained afterwards)"
+        )
+        if scope.withheld:
+            self.stdout.write(
+                f"Decrypted and withheld (not served, not in the list): {scope.withheld_count} patients, "
+                f"{scope.withheld_reads} reads"
+            )
         if scope.field_totals:
             self.stdout.write("Fields (patients, reads):")
             for total in scope.field_totals:
                 label = field_label(total.model_label, total.name)
                 self.stdout.write(f"  {total.model_label}.{total.name} ({label}): {total.patients}, {total.reads}")
-            self.stdout.write("Patients (id, reads):")
+            self.stdout.write("Patients (id, reads, unexplained reads):")
             for exposure in scope.patients:
+                self.stdout.write(f"  {exposure.patient_id} {exposure.reads} {exposure.unexplained_reads}")
+        if scope.withheld:
+            self.stdout.write("Decrypted and withheld (id, reads):")
+            for exposure in scope.withheld:
                 self.stdout.write(f"  {exposure.patient_id} {exposure.reads}")
         if csv:
             text, count = breach_notification_export(scope=scope, purpose=purpose.strip())
