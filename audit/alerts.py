@@ -4,7 +4,8 @@ Rule enforced here: every alert event written to the trail reaches the admins' m
 batched, and a mail never holds patient data. The mail names when, what, who (the account
 or the username tried), from which address, and the admin page of the event; never a
 patient's name, a record's content, or free text typed by a user (a break-the-glass reason
-may describe the patient).
+may describe the patient). A block (``BUDGET_BLOCK``) and a high anomaly (``ANOMALY``) are
+urgent: they are mailed within seconds, not after a batch window.
 
 How an event becomes a mail:
 1. ``audit_event_write`` writes an event whose type is in ``ALERT_EVENT_TYPES`` and calls
@@ -12,13 +13,36 @@ How an event becomes a mail:
 2. After the commit, the first alert event of a batch window enqueues the task
    ``audit.tasks.security_alerts_send`` to run ``SECURITY_ALERT_BATCH_SECONDS`` (plus a
    two-second settle time) later; the events of the same window ride along with it
-   (``AlertCursor.batch_due_at``). A burst of a hundred lockouts is one task and one mail.
-3. The task (``security_alerts_send``) mails every alert event after the cursor and moves
+   (``AlertCursor.batch_due_at``: the last moment a commit rides along; the task runs the
+   settle time after it). A burst of a hundred lockouts is one task and one mail.
+3. Urgent events (``URGENT_EVENT_TYPES``) open a window of their own of only
+   ``URGENT_WINDOW`` (the settle time): their task runs ``URGENT_WINDOW`` + settle (4 s)
+   after the commit, and takes with it every alert event committed until then, lockouts of
+   a pending 60-second window included (the window is pulled forward: the task already
+   enqueued for it runs later and finds nothing, or only what came after). Blocks of several
+   accounts within those 2 s are one mail; a longer burst is one mail per 2 s at most, and
+   never more than one per account (a blocked account stays blocked until an admin lifts
+   it; an anomaly alerts once per finding). Why these two: each means patient records are
+   being read in bulk by an account that is logged in, right now (a scraping script, a
+   stolen session, an insider); the admin's answer (call the person, lift or keep the block,
+   disable the account, end its sessions) is worth most in the first minutes, and with a
+   high anomaly the account is not even blocked yet. Their number is bounded by the
+   accounts and findings, not by what an anonymous attacker sends. The other alerts keep
+   batching: lockouts and login-side noise come in bursts an attacker controls (one mail
+   per window whatever the rate), and the nightly checks and break-the-glass reviews are
+   not minutes-sensitive. ``security_alert_schedule`` is not told the event type: the
+   enqueueing asks the trail (one indexed query on ``audit_type_time``) whether an urgent
+   event is pending after the cursor.
+4. The task (``security_alerts_send``) mails every alert event after the cursor and moves
    the cursor, in one transaction: at least once, never twice on purpose.
-4. When the broker is down, enqueueing fails (logged): beat's sweep runs the same task every
-   five minutes and mails what is pending. With no broker at all (the embedded default,
-   eager Celery, no beat) there is nothing to run later, so each alert event is mailed at
-   once, on its own.
+5. When the broker is down, enqueueing fails (logged): beat's sweep runs the same task every
+   five minutes and mails what is pending (urgent or not: nothing runs sooner without a
+   broker). With no broker at all (the embedded default, eager Celery, no beat) there is
+   nothing to run later, so each alert event is mailed at once, on its own.
+
+How fast an urgent mail goes out also depends on a worker being free when its countdown
+ends (a worker busy with long tasks delays it); audit/tests/test_block_alert_worker.py
+measures the time from a block to its mail with a real worker on Redis.
 """
 
 from __future__ import annotations
@@ -31,7 +55,8 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.mail import EmailMessage
 from django.db import DatabaseError, transaction
-from django.db.models import Count, Max, Min, Q
+from django.db.models import Count, Max, Min, Q, Subquery
+from django.db.models.functions import Coalesce
 from django.urls import reverse
 from django.utils import timezone, translation
 from django.utils.translation import gettext as _
@@ -60,8 +85,19 @@ ALERT_EVENT_TYPES = frozenset(
     }
 )
 
+# Mailed within seconds instead of after a batch window (module doc, step 3): an account
+# blocked for reading too many patients, and a high anomaly signal (only high ones are events).
+URGENT_EVENT_TYPES = frozenset({EventType.BUDGET_BLOCK, EventType.ANOMALY})
+
 # How long an event may take to commit after it was stamped (see security_alerts_send).
 COMMIT_SETTLE = datetime.timedelta(seconds=2)
+
+# An urgent event's window: the alert events committed this long after it ride in its mail.
+URGENT_WINDOW = COMMIT_SETTLE
+
+# How far back the enqueueing looks for an urgent event pending after the cursor: the event of
+# the transaction that just committed was stamped during that transaction.
+URGENT_LOOKBACK = datetime.timedelta(minutes=10)
 
 # One mail lists at most this many events, then counts the rest per type.
 MAIL_MAX_EVENTS = 200
@@ -78,29 +114,54 @@ def _batch_enqueue() -> None:
     from audit.tasks import security_alerts_send as task
 
     eager = task.app.conf.task_always_eager
+    window = datetime.timedelta(seconds=settings.SECURITY_ALERT_BATCH_SECONDS)
     if not eager:
-        window = datetime.timedelta(seconds=settings.SECURITY_ALERT_BATCH_SECONDS)
+        now = timezone.now()
         try:
-            if not _batch_claim(timezone.now(), window):
+            if _urgent_pending(now):
+                window = URGENT_WINDOW
+                claimed = _batch_claim(now, window, urgent=True)
+            else:
+                claimed = _batch_claim(now, window)
+            if not claimed:
                 return  # a task is already due within the window; it will include this event
         except DatabaseError:
+            # Soon rather than late: the cursor keeps an extra run from mailing twice.
+            window = URGENT_WINDOW
             logger.exception("Could not claim a security alert batch; enqueueing anyway")
     try:
         # Eager (no broker): runs now, in this process. Otherwise: after the window and the
         # settle time, so that every event of the window is old enough to be taken.
-        task.apply_async(countdown=settings.SECURITY_ALERT_BATCH_SECONDS + COMMIT_SETTLE.total_seconds())
+        task.apply_async(countdown=(window + COMMIT_SETTLE).total_seconds())
     except (KombuOperationalError, OSError):
         # The event is committed and the cursor has not moved past it: the beat sweep
         # (audit.tasks.security_alerts_send every 5 minutes) mails it.
         logger.warning("Could not enqueue the security alert mail (broker unreachable); the sweep will send it")
 
 
-def _batch_claim(now: datetime.datetime, window: datetime.timedelta) -> bool:
-    """True if this caller opens a new batch window (and must enqueue its task)."""
+def _urgent_pending(now: datetime.datetime) -> bool:
+    """Is an urgent alert event (a block, a high anomaly) committed and not mailed yet? One
+    query, on the trail's (event_type, occurred_at) index."""
+    mailed_up_to = AlertCursor.objects.filter(pk=1).values("last_event_id")[:1]
+    return AuditEvent.objects.filter(
+        event_type__in=URGENT_EVENT_TYPES,
+        occurred_at__gte=now - URGENT_LOOKBACK,
+        id__gt=Coalesce(Subquery(mailed_up_to), 0),
+    ).exists()
+
+
+def _batch_claim(now: datetime.datetime, window: datetime.timedelta, *, urgent: bool = False) -> bool:
+    """True if this caller opens a new batch window (and must enqueue its task).
+
+    ``batch_due_at`` is the last moment a commit rides along with the task already enqueued
+    (which runs the settle time after it). An urgent caller also opens a window when the one
+    pending ends later than its own would: it pulls the batch forward.
+    """
     due = now + window
-    claimed = AlertCursor.objects.filter(Q(batch_due_at__isnull=True) | Q(batch_due_at__lt=now), pk=1).update(
-        batch_due_at=due
-    )
+    open_anew = Q(batch_due_at__isnull=True) | Q(batch_due_at__lt=now)
+    if urgent:
+        open_anew |= Q(batch_due_at__gt=due)
+    claimed = AlertCursor.objects.filter(open_anew, pk=1).update(batch_due_at=due)
     if claimed:
         return True
     _cursor, created = AlertCursor.objects.get_or_create(pk=1, defaults={"batch_due_at": due})

@@ -149,16 +149,20 @@ def audit_verify_nightly(full: bool = False) -> dict:
 
 
 @shared_task
-def read_tally_purge() -> int:
-    """Delete read tallies (audit/budget.py) whose last read left the budget's day; the count.
+def read_tally_purge() -> dict:
+    """Delete what the read limits no longer look at, nightly: read tallies (audit/budget.py)
+    whose last read left the budget's day, and allowance uses (audit/explain.py) older than a
+    day. The counts deleted, logged.
 
-    The budget never looks further back than 24 hours; the trail keeps the reads themselves.
+    Neither looks further back than 24 hours; the trail keeps the reads themselves.
     """
-    from audit.budget import read_tally_purge as purge
+    from audit.budget import read_tally_purge as tallies_purge
+    from audit.explain import allowance_purge
 
-    deleted = purge()
-    logger.info("Read tallies purged: %d", deleted)
-    return deleted
+    tallies = tallies_purge()
+    allowance_uses = allowance_purge()
+    logger.info("Read tallies purged: %d; allowance uses purged: %d", tallies, allowance_uses)
+    return {"tallies": tallies, "allowance_uses": allowance_uses}
 
 
 @shared_task

@@ -286,7 +286,8 @@ SMS_HTTP_TIMEOUT = env.float("SMS_HTTP_TIMEOUT", default=10.0)
 SMS_HTTP_URL = env.str("SMS_HTTP_URL", default="https://api.brevo.com/v3/transactionalSMS/send")
 
 # Security alerts (audit/alerts.py): events of a burst are mailed together, at most one
-# mail per this many seconds, to practice admins with an e-mail address and ADMINS.
+# mail per this many seconds, to practice admins with an e-mail address and ADMINS. Blocks
+# and high anomalies do not wait for this window: they are mailed within seconds.
 SECURITY_ALERT_BATCH_SECONDS = env.int("SECURITY_ALERT_BATCH_SECONDS", default=60)
 # Housekeeping: failed-login records are kept this long (the audit trail keeps its own).
 LOCKOUT_RECORDS_RETENTION_DAYS = env.int("LOCKOUT_RECORDS_RETENTION_DAYS", default=30)

@@ -9,6 +9,7 @@ import pytest
 from celery.contrib.testing.worker import start_worker
 from django.contrib.auth.models import Group, User
 from django.test import Client
+from django.utils import timezone
 
 from audit import alerts
 from audit.context import Actor
@@ -244,6 +245,106 @@ def test_it_enqueues_one_task_per_batch_window(
     with django_capture_on_commit_callbacks(execute=True):
         lockout()
     assert len(enqueued) == 2
+
+
+@pytest.fixture
+def enqueued(admins, settings, monkeypatch, queued):
+    """Celery with a broker, its publishing replaced: the countdowns of the tasks enqueued."""
+    from audit.tasks import security_alerts_send
+
+    settings.SECURITY_ALERT_BATCH_SECONDS = 60
+    published = []
+    monkeypatch.setattr(security_alerts_send, "apply_async", lambda **kw: published.append(kw["countdown"]))
+    return published
+
+
+def block(username: str) -> AuditEvent:
+    """A block as audit.budget writes it (the blocked account is the actor)."""
+    user = User.objects.get_or_create(username=username)[0]
+    return audit_event_write(
+        event_type=EventType.BUDGET_BLOCK,
+        extra={"block": 1, "window": "reasons", "patients_read": 3, "budget": 2},
+        actor=Actor(user_id=user.pk, username=username, role="Secretary"),
+    )
+
+
+def _window_ends() -> None:
+    """The time of the batch window passes."""
+    due = AlertCursor.objects.get().batch_due_at
+    AlertCursor.objects.update(batch_due_at=due - datetime.timedelta(seconds=61))
+
+
+def test_a_block_is_urgent_and_a_burst_of_blocks_is_one_task(enqueued, django_capture_on_commit_callbacks):
+    # Several accounts blocked within the urgent window, each in its own request.
+    for username in ("sophie", "dr.martin", "dr.bernard"):
+        with django_capture_on_commit_callbacks(execute=True):
+            block(username)
+    assert enqueued == [4.0]  # the urgent window (2 s) and the settle time (2 s), not 62 s
+    due = AlertCursor.objects.get().batch_due_at
+    assert due - timezone.now() <= alerts.URGENT_WINDOW
+
+
+def test_a_block_pulls_a_pending_lockout_batch_forward(enqueued, mailoutbox, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=True):
+        lockout("sophie")
+    assert enqueued == [62.0]
+    with django_capture_on_commit_callbacks(execute=True):
+        block("dr.martin")
+    assert enqueued == [62.0, 4.0]  # not left to wait for the lockouts' window
+    with django_capture_on_commit_callbacks(execute=True):
+        lockout("olivier")  # within the urgent window: rides along
+    assert enqueued == [62.0, 4.0]
+
+    # The urgent task: one mail with the three; the lockouts' task, later, finds nothing.
+    assert alerts.security_alerts_send(settle=NOW) == 3
+    assert alerts.security_alerts_send(settle=NOW) == 0
+    [mail] = mailoutbox
+    assert "Locked out × 2" in mail.subject and "Read budget exceeded × 1" in mail.subject
+
+    # The block mailed, lockouts batch again.
+    _window_ends()
+    with django_capture_on_commit_callbacks(execute=True):
+        lockout("sophie")
+    assert enqueued == [62.0, 4.0, 62.0]
+
+
+def test_a_high_anomaly_is_urgent_too(enqueued, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=True):
+        audit_event_write(event_type=EventType.ANOMALY, extra={"kind": "walking", "severity": "high"})
+    assert enqueued == [4.0]
+
+
+def test_the_other_alerts_keep_their_batch_window(enqueued, django_capture_on_commit_callbacks, practitioner):
+    for event_type in sorted(alerts.ALERT_EVENT_TYPES - alerts.URGENT_EVENT_TYPES):
+        with django_capture_on_commit_callbacks(execute=True):
+            audit_event_write(event_type=event_type, actor=Actor.for_user(practitioner))
+    assert enqueued == [62.0]
+    urgent = alerts.URGENT_EVENT_TYPES
+    assert urgent == {EventType.BUDGET_BLOCK, EventType.ANOMALY}
+
+
+def test_a_block_enqueued_while_the_broker_is_down_is_left_to_the_sweep(
+    admins, mailoutbox, monkeypatch, caplog, queued, django_capture_on_commit_callbacks
+):
+    from kombu.exceptions import OperationalError
+
+    from audit.tasks import security_alerts_send
+
+    def broker_down(**kwargs):
+        raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    monkeypatch.setattr(security_alerts_send, "apply_async", broker_down)
+    with django_capture_on_commit_callbacks(execute=True):
+        event = block("sophie")
+    assert "Could not enqueue the security alert mail (broker unreachable)" in caplog.text
+
+    monkeypatch.undo()
+    from practice.celery import app
+
+    app.conf.task_always_eager = True  # the sweep, when the broker is back
+    assert security_alerts_send.apply_async().get() == 1
+    [mail] = mailoutbox
+    assert f"/admin/audit/auditevent/{event.pk}/change/" in mail.body
 
 
 def test_a_broker_outage_is_logged_and_left_to_the_sweep(

@@ -1,14 +1,20 @@
 """The nightly check: the trail's head is recorded and logged, rows deleted behind the app's
-back are found and alerted, and keys that no longer read the database are reported.
+back are found and alerted, and keys that no longer read the database are reported; the
+nightly purge drops what the read limits no longer look at.
 (The chain part of the check: audit/tests/test_chain.py.)"""
+
+import datetime
+import logging
+import uuid
 
 import pytest
 from django.db import connection
+from django.utils import timezone
 
 from audit.keys import canary_write
-from audit.models import AuditEvent, AuditHead, EventType, KeyCanary
+from audit.models import AllowanceKind, AllowanceUse, AuditEvent, AuditHead, EventType, KeyCanary, ReadTally
 from audit.services import audit_event_write
-from audit.tasks import audit_verify_nightly
+from audit.tasks import audit_verify_nightly, read_tally_purge
 from practice.roles import PRACTICE_ADMIN
 
 
@@ -149,3 +155,24 @@ def test_it_reports_keys_that_no_longer_read_the_database(admin_mail, caplog, dj
     assert "keys=problem" in caplog.text
     [mail] = admin_mail
     assert "Key check failed" in mail.body
+
+
+def test_the_nightly_purge_drops_tallies_and_allowance_uses_older_than_a_day(secretary, caplog):
+    """What the read limits no longer look at (audit/budget.py, audit/explain.py) goes; the
+    last day stays, and both counts are logged."""
+    now = timezone.now()
+    recent, stale = now - datetime.timedelta(hours=23), now - datetime.timedelta(hours=25)
+    kept, dropped = uuid.uuid4(), uuid.uuid4()
+    ReadTally.objects.create(user_id=secretary.pk, patient_id=kept, first_read_at=recent, last_read_at=recent)
+    ReadTally.objects.create(user_id=secretary.pk, patient_id=dropped, first_read_at=stale, last_read_at=stale)
+    for kind in (AllowanceKind.UNEXPLAINED, AllowanceKind.MASKED, AllowanceKind.ASKED):
+        AllowanceUse.objects.create(user_id=secretary.pk, patient_id=kept, kind=kind, used_at=recent)
+        AllowanceUse.objects.create(user_id=secretary.pk, patient_id=dropped, kind=kind, used_at=stale)
+
+    with caplog.at_level(logging.INFO, logger="audit.tasks"):
+        assert read_tally_purge.apply().get() == {"tallies": 1, "allowance_uses": 3}
+
+    assert set(ReadTally.objects.values_list("patient_id", flat=True)) == {kept}
+    assert set(AllowanceUse.objects.values_list("patient_id", flat=True)) == {kept}
+    assert AllowanceUse.objects.count() == 3
+    assert "Read tallies purged: 1; allowance uses purged: 3" in caplog.text
