@@ -259,7 +259,7 @@ CELERY_BEAT_SCHEDULE = {
     "read-tally-purge-nightly": {"task": "audit.tasks.read_tally_purge", "schedule": crontab(hour=3, minute=50)},
     # Anomaly signals from the trail (audit/anomalies.py); high ones are mailed at once.
     # Every minute (a run costs tens of ms on a 10M-row trail), so a high finding is mailed
-    # within about two minutes of the reads behind it.
+    # within about a minute of the reads behind it (a high finding is urgent: audit/alerts.py).
     "anomalies-scan": {"task": "audit.tasks.anomalies_scan", "schedule": 60.0},
 }
 # A task is acknowledged when it has run, not when it was received: a worker that dies

@@ -88,9 +88,14 @@ def superuser(db):
 PAGES = {
     "record": ("secretary", "get", lambda p: reverse("patients:detail", args=[p.pk]), None),
     "edit form": ("secretary", "get", lambda p: reverse("patients:edit", args=[p.pk]), None),
-    "recent list": ("secretary", "get", lambda p: reverse("patients:list"), None),
+    "full-name search": (
+        "secretary",
+        "post",
+        lambda p: reverse("patients:list"),
+        {"last_name": "lefevre", "first_name": "anne-marie"},
+    ),
     "search": ("secretary", "post", lambda p: reverse("patients:list"), {"last_name": "lefevre"}),
-    "admin change list": ("superuser", "get", lambda p: "/admin/patients/patient/", None),
+    "admin change list": ("superuser", "get", lambda p: "/admin/patients/patient/?q=lefevre,anne-marie", None),
     "admin change page": ("superuser", "get", lambda p: f"/admin/patients/patient/{p.pk}/change/", None),
 }
 

@@ -78,7 +78,7 @@ def test_the_patient_list_is_in_french_for_a_french_browser(secretary, patient):
     body = _page(response)
     assert "<h1>Patients</h1>" in body
     assert "Nouveau patient" in body
-    assert "Modifiés récemment" in body
+    assert "Patients du jour" in body
     assert "Date de naissance" in body
     assert "Nom de naissance" in body
     assert "Inclure les dossiers archivés" in body
@@ -86,13 +86,14 @@ def test_the_patient_list_is_in_french_for_a_french_browser(secretary, patient):
     assert "Se déconnecter" in body
     assert "09/03/1984" in body  # French short date: day first
     assert "New patient" not in body
-    assert "Recently updated" not in body
+    assert "Today's patients" not in body
+    assert "Today&#x27;s patients" not in body
 
 
 def test_the_patient_list_is_in_english_for_an_english_browser(secretary, patient):
     body = _page(client_for(secretary).get(reverse("patients:list"), HTTP_ACCEPT_LANGUAGE="en"))
     assert "New patient" in body
-    assert "Recently updated" in body
+    assert "Today's patients" in body
     assert "Birth date" in body
     assert ">Search</button>" in body
     assert "Log out" in body
