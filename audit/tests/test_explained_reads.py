@@ -190,6 +190,8 @@ def test_past_the_allowance_a_reason_and_the_second_factor_open_the_record(secre
     assert all(r.extra.get("withheld") == "step-up" for r in _reads(secretary, third))
 
     url = reverse("patients:reason", args=[third.pk])
+    empty = client.post(url, {"reason": "   ", "code": _fresh_code(secretary)})
+    assert empty.status_code == 400 and "Write why you need this record." in empty.content.decode()
     short = client.post(url, {"reason": "besoin", "code": _fresh_code(secretary)})
     assert short.status_code == 400 and "Write at least 20 characters" in short.content.decode()
     wrong = client.post(url, {"reason": "La patiente appelle pour sa facture", "code": "000000"})
