@@ -172,7 +172,7 @@ def patient_search(query: PatientQuery, *, limit: int = SEARCH_LIMIT) -> Found:
     # (and explained, in one query) but decrypted only as far as the page needs.
     rows = list(candidates.only(*fields)[: limit + 1 + FALSE_CANDIDATE_MARGIN])
     found = _first_matches(rows, query, limit)
-    found.sort(key=lambda p: (blind.normalize_name(p.last_name), blind.normalize_name(p.first_names)))
+    found.sort(key=name_order)
     return found
 
 
@@ -201,6 +201,11 @@ def patient_search_masked(query: PatientQuery, *, limit: int = MASKED_LIMIT) -> 
     lines.more = matches.more
     lines.sort(key=lambda line: (blind.normalize_name(line.last_name), line.initial, line.birth_year or 0))
     return lines
+
+
+def name_order(patient: Patient) -> tuple[str, str]:
+    """Sort key of a list of patients by name (decrypts the two name fields, which the list shows)."""
+    return blind.normalize_name(patient.last_name), blind.normalize_name(patient.first_names)
 
 
 def patients_today(*, day: datetime.date, limit: int = 100) -> QuerySet[Patient]:

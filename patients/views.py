@@ -33,6 +33,7 @@ from patients.selectors import (
     DETAIL_FIELDS,
     PLAIN_FIELDS,
     PatientQuery,
+    name_order,
     patient_duplicates,
     patient_export_appointments,
     patient_search,
@@ -98,7 +99,7 @@ def patient_list(request: HttpRequest) -> HttpResponse:
         else:
             results = patient_search(query)
             too_many = results.more
-    today = [] if searched else list(patients_today(day=timezone.localdate()))
+    today = [] if searched else sorted(patients_today(day=timezone.localdate()), key=name_order)
     context = {
         "form": form,
         "results": results,
