@@ -230,3 +230,21 @@ def second_factor_passed(client, user) -> None:
     session = client.session
     session[DEVICE_ID_SESSION_KEY] = device.persistent_id
     session.save()
+
+
+def commit_latency(samples: int = 50) -> list[float]:
+    """INSERT + COMMIT of one row in a logged table, in seconds (PostgreSQL: the disk's fsync).
+    The same probe as patients_bench.py's, for the benches that print it beside their figures."""
+    from time import perf_counter
+
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("CREATE TABLE IF NOT EXISTS bench_commit_probe (id bigserial PRIMARY KEY, at timestamptz)")
+        values = []
+        for _ in range(samples):
+            t0 = perf_counter()
+            cursor.execute("INSERT INTO bench_commit_probe (at) VALUES (now())")
+            values.append(perf_counter() - t0)
+        cursor.execute("TRUNCATE bench_commit_probe")
+    return values
