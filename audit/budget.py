@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import datetime
 import logging
-import re
 import uuid
 from dataclasses import dataclass, field
 
@@ -320,18 +319,17 @@ COUNTS_SQL = (
 COUNTS_COLUMNS = 6
 
 
-def counts_statement(user_id: int, now: datetime.datetime, *, day_cap: int, hour_cap: int) -> tuple[str, list]:
-    """``COUNTS_SQL`` with positional parameters (so that it can be joined to another query)."""
+def counts_statement(user_id: int, now: datetime.datetime, *, day_cap: int, hour_cap: int) -> tuple[str, dict]:
+    """``COUNTS_SQL`` and its named parameters (it can be joined to another query: audit.explain)."""
     adapt = connection.ops.adapt_datetimefield_value
-    named = {
+    params = {
         "user": user_id,
         "day": adapt(now - TALLY_DAY),
         "hour": adapt(now - HOUR),
         "day_cap": day_cap,
         "hour_cap": hour_cap,
     }
-    params = [named[name] for name in re.findall(r"%\((\w+)\)s", COUNTS_SQL)]
-    return re.sub(r"%\((\w+)\)s", "%s", COUNTS_SQL), params
+    return COUNTS_SQL, params
 
 
 def counts_from_row(row) -> _Counts:

@@ -610,8 +610,8 @@ def time_pair(reader, actor, samples: list[list], anchor, warmup: int) -> dict:
 
 
 def breakdown(reader, samples: list[list], anchor) -> dict:
-    """Where one call's time goes: Python building the explainers' querysets and compiling their
-    union to SQL; the round trip of the compiled SQL alone (psycopg adapting the parameters, the
+    """Where one call's time goes: Python building the explainers' SQL (``build``; ``compile`` is
+    kept at zero since the explainers write plain SQL); the round trip of that SQL alone (psycopg adapting the parameters, the
     server parsing, planning and running it, the rows back); the server's planning and execution
     (EXPLAIN ANALYZE, timing off)."""
     from django.db import connection
@@ -623,9 +623,8 @@ def breakdown(reader, samples: list[list], anchor) -> dict:
         for ids in samples:
             ids = sorted(ids)
             t0 = perf_counter()
-            query = explanations_query(reader, ids, anchor)
+            sql, params = explanations_query(reader, ids, anchor)
             t1 = perf_counter()
-            sql, params = query.query.sql_with_params()
             build.append(t1 - t0)
             compile_.append(perf_counter() - t1)
             t0 = perf_counter()
@@ -653,7 +652,7 @@ def plan_of(reader, ids: list, anchor) -> list[str]:
 
     from audit.explain import explanations_query
 
-    sql, params = explanations_query(reader, sorted(ids), anchor).query.sql_with_params()
+    sql, params = explanations_query(reader, sorted(ids), anchor)
     with connection.cursor() as cursor:
         cursor.execute("EXPLAIN (ANALYZE, BUFFERS) " + sql, params)  # warm
         cursor.execute("EXPLAIN (ANALYZE, BUFFERS) " + sql, params)

@@ -16,9 +16,8 @@ from __future__ import annotations
 import datetime
 
 from django.conf import settings
-from django.db.models import Exists, OuterRef, Q
 
-from audit.explain import Reader, explainer_register
+from audit.explain import Reader, explainer_register, sql_time
 from audit.models import Explanation
 from practice.models import Practitioner
 from practice.roles import PRACTICE_ADMIN, SECRETARY
@@ -27,38 +26,44 @@ from scheduling.models import Appointment, AppointmentStatus
 FRONT_DESK_ROLES = frozenset({SECRETARY, PRACTICE_ADMIN})
 
 
-def works_for(reader: Reader) -> Q:
-    """The practitioners whose appointments explain this reader's reads, as a filter on
-    appointments (evaluated in the database, in the explanation query itself)."""
-    own = Q(practitioner__user_id=reader.user_id)
+def _practitioner_ids_sql(reader: Reader) -> str:
+    """The practitioners whose appointments explain this reader's reads, as a subquery over
+    ``{appointment}.practitioner_id`` (evaluated in the explanation query itself)."""
+    practitioners = Practitioner._meta.db_table
+    own = f"a.practitioner_id IN (SELECT p.id FROM {practitioners} p WHERE p.user_id = %(user)s)"  # noqa: S608
     if reader.role not in FRONT_DESK_ROLES:
         return own
-    assigned = Practitioner.assistants.through.objects.filter(user_id=reader.user_id)
-    assigned_to_this = Exists(assigned.filter(practitioner_id=OuterRef("practitioner_id")))
-    return own | assigned_to_this | ~Exists(assigned)
+    assigned = Practitioner.assistants.through._meta.db_table
+    return (
+        f"({own} OR a.practitioner_id IN (SELECT s.practitioner_id FROM {assigned} s WHERE s.user_id = %(user)s) "  # noqa: S608
+        f"OR NOT EXISTS (SELECT 1 FROM {assigned} s WHERE s.user_id = %(user)s))"
+    )
 
 
-def _appointment(reader: Reader, patient_ids: list, now: datetime.datetime):
+def _appointment(reader: Reader, now: datetime.datetime):
     start = now - datetime.timedelta(days=settings.EXPLAIN_APPOINTMENT_PAST_DAYS)
     end = now + datetime.timedelta(days=settings.EXPLAIN_APPOINTMENT_FUTURE_DAYS)
-    appointments = (
-        Appointment.objects.filter(patient_id__in=patient_ids, start__gte=start, start__lt=end)
-        .exclude(status=AppointmentStatus.CANCELLED)
-        .filter(works_for(reader))
+    sql = (
+        f"SELECT a.patient_id AS patient, CAST(a.id AS TEXT) AS ref FROM {Appointment._meta.db_table} a "  # noqa: S608
+        "WHERE a.patient_id {patients} AND a.start >= %(appointment_from)s AND a.start < %(appointment_until)s "
+        f"AND a.status <> %(appointment_cancelled)s AND {_practitioner_ids_sql(reader)}"
     )
-    return appointments, "patient_id", "id"
+    return sql, {
+        "appointment_from": sql_time(start),
+        "appointment_until": sql_time(end),
+        "appointment_cancelled": AppointmentStatus.CANCELLED.value,
+    }
 
 
-def _care(reader: Reader, patient_ids: list, now: datetime.datetime):
+def _care(reader: Reader, now: datetime.datetime):
     since = now - datetime.timedelta(days=round(settings.EXPLAIN_CARE_MONTHS * 30.44))
-    seen = Appointment.objects.filter(
-        patient_id__in=patient_ids,
-        practitioner__user_id=reader.user_id,
-        status=AppointmentStatus.DONE,
-        start__gte=since,
-        start__lt=now,
+    sql = (
+        f"SELECT a.patient_id AS patient, CAST(a.id AS TEXT) AS ref FROM {Appointment._meta.db_table} a "  # noqa: S608
+        f"WHERE a.patient_id {{patients}} AND a.practitioner_id IN "
+        f"(SELECT p.id FROM {Practitioner._meta.db_table} p WHERE p.user_id = %(user)s) "
+        "AND a.status = %(care_done)s AND a.start >= %(care_since)s AND a.start < %(now)s"
     )
-    return seen, "patient_id", "id"
+    return sql, {"care_since": sql_time(since), "care_done": AppointmentStatus.DONE.value}
 
 
 def register() -> None:
