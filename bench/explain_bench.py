@@ -611,8 +611,9 @@ def time_pair(reader, actor, samples: list[list], anchor, warmup: int) -> dict:
 
 def breakdown(reader, samples: list[list], anchor) -> dict:
     """Where one call's time goes: Python building the explainers' SQL (``build``; ``compile`` is
-    kept at zero since the explainers write plain SQL); the round trip of that SQL alone (psycopg adapting the parameters, the
-    server parsing, planning and running it, the rows back); the server's planning and execution
+    kept at zero since the explainers write plain SQL); the round trip of that SQL alone (psycopg
+    adapting the parameters, the server parsing, planning and running it, the rows back); the
+    server's planning and execution
     (EXPLAIN ANALYZE, timing off)."""
     from django.db import connection
 
