@@ -186,9 +186,10 @@ class Script:
 
     def _answer(self, response, url, method, data):
         """A script that owns its account also owns its second factor: it answers every step-up."""
-        action = re.search(r'<form method="post" action="(/patients/[^"]+/reason/)"', response.content.decode()).group(
-            1
-        )
+        page = response.content.decode()
+        form = re.search(r'<form method="post" class="card" action="(/patients/[^"]+/reason/)"', page)
+        assert form, page  # the step-up page's own form (the page also has the logout form)
+        action = form.group(1)
         device = totp_device(self.user)
         device.last_t = -1  # the next time step's code (a code is good once)
         device.save(update_fields=["last_t"])
