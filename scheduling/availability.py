@@ -142,6 +142,9 @@ def free_slots(
             moment = max(free_start, earliest)
             if moment != free_start:
                 moment = _round_up(moment, settings.AGENDA_SLOT_MINUTES)
+            # Stepped in UTC: a local aware datetime plus a timedelta moves on the wall clock,
+            # which on a DST night gives slots of the wrong real length.
+            moment, free_end = moment.astimezone(datetime.UTC), free_end.astimezone(datetime.UTC)
             while moment + step <= free_end and len(slots) < count:
                 slots.append(Slot(moment, moment + step))
                 moment += step

@@ -51,6 +51,18 @@ def _audit(appointment: Appointment, event_type: EventType, *, fields=(), **extr
     )
 
 
+def elapsed_end(start: datetime.datetime, duration: datetime.timedelta) -> datetime.datetime:
+    """When something that starts at ``start`` and lasts ``duration`` of real time ends.
+
+    Python adds a timedelta to an aware datetime on its wall clock (same tzinfo, naive sum): in
+    the practice's zone, 02:45 plus 15 minutes on the autumn DST night would end at 03:00 of the
+    second pass, 75 real minutes later. The sum is taken in UTC, where wall and real time agree.
+    """
+    if timezone.is_naive(start):
+        raise ValueError("Appointment times must be aware datetimes.")
+    return start.astimezone(datetime.UTC) + duration
+
+
 def _check_slot(*, practitioner_id: int, start, end, exclude_pk=None, force: bool) -> list[str]:
     """Raise if the slot cannot be booked; return what was overridden by `force`."""
     if timezone.is_naive(start) or timezone.is_naive(end):
@@ -99,7 +111,7 @@ def appointment_book(
 ) -> Appointment:
     if not appointment_type.practitioners.filter(pk=practitioner.pk).exists():
         raise BookingError(_("This practitioner does not offer this appointment type."), code="type_not_offered")
-    end = start + datetime.timedelta(minutes=appointment_type.duration_minutes)
+    end = elapsed_end(start, datetime.timedelta(minutes=appointment_type.duration_minutes))
     overridden = _check_slot(practitioner_id=practitioner.pk, start=start, end=end, force=force)
     appointment = Appointment(
         practitioner=practitioner,
@@ -137,7 +149,7 @@ def appointment_move(
     ):
         raise BookingError(_("This practitioner does not offer this appointment type."), code="type_not_offered")
     duration = appointment.end - appointment.start
-    end = start + duration
+    end = elapsed_end(start, duration)
     overridden = _check_slot(
         practitioner_id=practitioner.pk, start=start, end=end, exclude_pk=appointment.pk, force=force
     )
@@ -161,7 +173,7 @@ def appointment_change_type(
         raise BookingError(_("Only a booked appointment can change type."), code="not_changeable")
     if not appointment_type.practitioners.filter(pk=appointment.practitioner_id).exists():
         raise BookingError(_("This practitioner does not offer this appointment type."), code="type_not_offered")
-    end = appointment.start + datetime.timedelta(minutes=appointment_type.duration_minutes)
+    end = elapsed_end(appointment.start, datetime.timedelta(minutes=appointment_type.duration_minutes))
     overridden = _check_slot(
         practitioner_id=appointment.practitioner_id,
         start=appointment.start,
