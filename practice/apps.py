@@ -21,4 +21,7 @@ class PracticeConfig(AppConfig):
     verbose_name = _("Practice")
 
     def ready(self):
+        from practice import bidi
+
+        bidi.install()  # every form's text fields drop bidi control characters (practice/bidi.py)
         post_migrate.connect(_sync_roles, dispatch_uid="practice.sync_roles")
