@@ -125,13 +125,18 @@ def second_factor_check(user, token: str):
 
     token = "".join(token.split())
     model = TOTPDevice if token.isdigit() else RecoveryCodeDevice
-    device = model.objects.filter(user=user, confirmed=True).first()
-    if device is None:
-        return None, None
-    allowed, detail = device.verify_is_allowed()
-    if not allowed:
-        return None, (detail or {}).get("locked_until")
-    return django_otp.verify_token(user, device.persistent_id, token), None
+    # The device row is locked for the whole check: parallel attempts are checked one after the
+    # other, each seeing the failures (and the throttle) the previous ones recorded. Without it,
+    # 24 parallel wrong codes were all checked while the stored count rose by 4 (each read the
+    # same count, then wrote count + 1).
+    with transaction.atomic():
+        device = model.objects.select_for_update().filter(user=user, confirmed=True).first()
+        if device is None:
+            return None, None
+        allowed, detail = device.verify_is_allowed()
+        if not allowed:
+            return None, (detail or {}).get("locked_until")
+        return django_otp.verify_token(user, device.persistent_id, token), None
 
 
 # Wrong codes in one session (at login, or on the step-up page): past TWO_FACTOR_MAX_FAILURES
