@@ -455,7 +455,7 @@ FRONT_DESK_PATIENTS_EARLIER = 450
 SHIPPED_BUDGETS = {
     "Secretary": (600, 1500),
     "Practitioner": (200, 500),
-    "Practice admin": (300, 800),
+    "Practice admin": (600, 1500),
     "default": (100, 200),
 }
 

@@ -311,7 +311,8 @@ def _budget(name: str, default: str) -> tuple[int, int]:
 READ_BUDGETS = {
     "Secretary": _budget("READ_BUDGET_SECRETARY", "600/1500"),
     "Practitioner": _budget("READ_BUDGET_PRACTITIONER", "200/500"),
-    "Practice admin": _budget("READ_BUDGET_PRACTICE_ADMIN", "300/800"),
+    # A practice admin also runs the front desk's agenda: the same volume brake as a secretary.
+    "Practice admin": _budget("READ_BUDGET_PRACTICE_ADMIN", "600/1500"),
     # Superusers and accounts without a role get the smallest budget of all.
     "default": _budget("READ_BUDGET_OTHER", "100/200"),
 }
