@@ -15,7 +15,7 @@ Rules enforced here:
   ``anomaly_events``) and counts and thresholds in words (``summary``, ``details``): never
   patient data. Patients are named by id only, as the breach scope report does.
 
-The signals (thresholds in settings, ``ANOMALY_*``, README "Anomaly signals"):
+The signals (thresholds in settings, ``ANOMALY_*``, docs/read-budgets.md, "Anomaly signals"):
 - volume: an account read far more distinct patients in the hour than in its usual busiest
   hours (its own 95th percentile over the last weeks);
 - walking: a login session opened many patients' records (record or appointment pages), each
@@ -843,7 +843,7 @@ def reads_per_hour(*, day: datetime.date) -> HourlyReads:
 def daily_distribution(*, last_day: datetime.date, days: int = 30) -> list[dict]:
     """Per account, its distinct patients per day (practice time) over ``days`` days ending with
     ``last_day``: the largest day, the 95th percentile and the median of its active days. What a
-    practice sizes its read budgets from (README, Read budgets)."""
+    practice sizes its read budgets from (docs/read-budgets.md)."""
     from django.db.models.functions import TruncDate
 
     zone = timezone.get_default_timezone()

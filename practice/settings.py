@@ -295,7 +295,7 @@ LOCKOUT_RECORDS_RETENTION_DAYS = env.int("LOCKOUT_RECORDS_RETENTION_DAYS", defau
 
 # Read budgets (audit/budget.py): the distinct patients one account may decrypt per rolling
 # hour and per day, by role, as "hour/day". A front desk's day view of a 10-practitioner
-# clinic shows about 300 patients; size from the practice's own trail (README, Read budgets).
+# clinic shows about 300 patients; size from the practice's own trail (docs/read-budgets.md).
 # System jobs (reminders, key rotation) have none: they are audited, and run no requests.
 def _budget(name: str, default: str) -> tuple[int, int]:
     raw = env.str(name, default=default)
@@ -358,7 +358,7 @@ AUDIT_FLUSH_THRESHOLD = env.int("AUDIT_FLUSH_THRESHOLD", default=2000)
 
 # Anomaly signals (audit/anomalies.py): beat scans the trail every five minutes, one clock
 # hour at a time; a finding's severity comes from the "<low>/<medium>/<high>" levels
-# below (README, Anomaly signals). High ones are mailed to the practice admins at once.
+# below (docs/read-budgets.md, "Anomaly signals"). High ones are mailed to the practice admins at once.
 def _levels(name: str, default: str) -> tuple[float, float, float]:
     raw = env.str(name, default=default)
     try:
