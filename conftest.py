@@ -5,6 +5,8 @@ Every test runs against the settings of production (DEBUG off) except for TLS re
 """
 
 import datetime
+import os
+import uuid
 
 import pytest
 from django.contrib.auth.models import Group, User
@@ -145,6 +147,16 @@ def totp_code(device) -> str:
     return f"{totp.token():0{device.digits}d}"
 
 
+def totp_next_code(user) -> str:
+    """The code the user's phone shows at the next time step, the throttle of earlier wrong codes
+    waited out (django-otp accepts each code once and slows down after a wrong one)."""
+    device = totp_device(user)
+    device.last_t = -1
+    device.throttling_failure_count, device.throttling_failure_timestamp = 0, None
+    device.save(update_fields=["last_t", "throttling_failure_count", "throttling_failure_timestamp"])
+    return totp_code(device)
+
+
 def log_in(client: Client, user, password: str = PASSWORD):
     """Log in through the real pages: password, then the code of the user's authenticator."""
     device = totp_device(user)
@@ -199,3 +211,49 @@ def make_patient(**overrides):
 @pytest.fixture
 def patient(db):
     return make_patient()
+
+
+# Real Celery workers on Redis (the CI broker, or a local Redis): each test on a queue of its own.
+TEST_BROKER_URL = os.environ.get("CELERY_BROKER_URL") or "redis://127.0.0.1:6379/15"
+
+
+def broker_connections_drop(app) -> None:
+    """Connections are pooled per app: drop them so the next use reads the broker URL afresh."""
+    from kombu import pools
+
+    pools.reset()
+    if app._pool is not None:
+        app._pool.force_close_all()
+    app._pool = None
+    amqp = app.__dict__.get("amqp")
+    if amqp is not None:
+        amqp._producer_pool = None
+
+
+@pytest.fixture
+def celery_app():
+    """The project's Celery app, not eager, publishing to and consuming from a queue of this
+    test's own (no other worker on the broker takes its tasks, and its worker takes no one
+    else's). Yields (app, queue); ``app.conf.broker_url`` may be changed by the test."""
+    from practice.celery import app
+
+    queue = f"cabinet-tests-{uuid.uuid4().hex}"
+    overrides = {
+        "broker_url": TEST_BROKER_URL,
+        "task_always_eager": False,
+        "task_default_queue": queue,
+        "worker_hijack_root_logger": False,
+        "broker_connection_retry_on_startup": False,
+    }
+    saved = {key: app.conf[key] for key in overrides}
+    broker_connections_drop(app)
+    app.conf.update(overrides)
+    try:
+        yield app, queue
+    finally:
+        broker_connections_drop(app)
+        app.conf.broker_url = TEST_BROKER_URL
+        with app.connection_for_write() as conn:
+            conn.default_channel.queue_delete(queue)
+        broker_connections_drop(app)
+        app.conf.update(saved)

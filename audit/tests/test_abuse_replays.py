@@ -25,7 +25,7 @@ from faker.providers.person import fr_CA, fr_CH, fr_FR
 
 from audit.context import SESSION_KEY, system_context
 from audit.models import EXPLAINED, AuditEvent, EventType, Explanation, ReadBlock
-from conftest import client_for, totp_code, totp_device
+from conftest import client_for, totp_next_code
 from patients.models import Patient
 from scheduling.models import Appointment, AppointmentStatus
 from scheduling.tests.conftest import at, make_doctor, make_type, today
@@ -190,10 +190,8 @@ class Script:
         form = re.search(r'<form method="post" class="card" action="(/patients/[^"]+/reason/)"', page)
         assert form, page  # the step-up page's own form (the page also has the logout form)
         action = form.group(1)
-        device = totp_device(self.user)
-        device.last_t = -1  # the next time step's code (a code is good once)
-        device.save(update_fields=["last_t"])
-        self.client.post(action, {"reason": "Vérification du dossier demandée", "code": totp_code(device)})
+        code = totp_next_code(self.user)
+        self.client.post(action, {"reason": "Vérification du dossier demandée", "code": code})
         return getattr(self.client, method)(url, data or {})
 
     @property

@@ -16,7 +16,6 @@ import datetime
 import email
 import os
 import time
-import uuid
 from email.policy import default as default_policy
 from pathlib import Path
 
@@ -24,40 +23,12 @@ import pytest
 from celery.contrib.testing.worker import start_worker
 
 from audit.models import AlertCursor, AuditEvent, EventType, ReadBlock
-from audit.tests.test_celery_worker import _drop_broker_connections
 from conftest import client_for, make_patient
 from scheduling.tests.test_reminders_worker import Finished
 
-BROKER_URL = os.environ.get("CELERY_BROKER_URL") or "redis://127.0.0.1:6379/13"
 PROMISED = datetime.timedelta(seconds=60)
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def celery_app():
-    """The project's Celery app, not eager, publishing to and consuming from a queue of this
-    test's own. Yields (app, queue)."""
-    from practice.celery import app
-
-    queue = f"cabinet-tests-{uuid.uuid4().hex}"
-    overrides = {
-        "broker_url": BROKER_URL,
-        "task_always_eager": False,
-        "task_default_queue": queue,
-        "worker_hijack_root_logger": False,
-        "broker_connection_retry_on_startup": False,
-    }
-    saved = {key: app.conf[key] for key in overrides}
-    _drop_broker_connections(app)
-    app.conf.update(overrides)
-    try:
-        yield app, queue
-    finally:
-        with app.connection_for_write() as conn:
-            conn.default_channel.queue_delete(queue)
-        _drop_broker_connections(app)
-        app.conf.update(saved)
 
 
 @pytest.fixture

@@ -6,9 +6,7 @@ This is that setup, in one process: the task travels through Redis and runs in t
 thread, with its own database connection (hence committed data: `transaction=True`).
 """
 
-import os
 import threading
-import uuid
 
 import pytest
 from celery.contrib.testing.worker import start_worker
@@ -17,46 +15,7 @@ from celery.signals import task_postrun
 from audit.tests.helpers import patient_key, read_map, reads
 from conftest import make_patient
 
-BROKER_URL = os.environ.get("CELERY_BROKER_URL") or "redis://127.0.0.1:6379/15"
 INDEXED_FIELDS = {"last_name", "first_names", "birth_date", "phone_mobile", "phone_other", "email"}
-
-
-def _drop_broker_connections(app) -> None:
-    """Connections are pooled per app: drop them so the next use reads the broker URL afresh."""
-    from kombu import pools
-
-    pools.reset()
-    if app._pool is not None:
-        app._pool.force_close_all()
-    app._pool = None
-    amqp = app.__dict__.get("amqp")
-    if amqp is not None:
-        amqp._producer_pool = None
-
-
-@pytest.fixture
-def celery_on_redis():
-    """The project's Celery app pointed at Redis, not eager, on a queue of its own (so that
-    no other worker on this broker takes the task, and ours takes no one else's)."""
-    from practice.celery import app
-
-    queue = f"cabinet-tests-{uuid.uuid4().hex}"
-    overrides = {
-        "broker_url": BROKER_URL,
-        "task_always_eager": False,
-        "worker_hijack_root_logger": False,
-        "broker_connection_retry_on_startup": False,
-    }
-    saved = {key: app.conf[key] for key in overrides}
-    _drop_broker_connections(app)
-    app.conf.update(overrides)
-    try:
-        yield app, queue
-    finally:
-        with app.connection_for_write() as conn:
-            conn.default_channel.queue_delete(queue)
-        _drop_broker_connections(app)
-        app.conf.update(saved)
 
 
 @pytest.fixture
@@ -77,10 +36,10 @@ def finished_tasks():
 
 
 @pytest.mark.django_db(transaction=True)
-def test_it_audits_a_task_run_by_a_worker_through_redis(celery_on_redis, finished_tasks):
+def test_it_audits_a_task_run_by_a_worker_through_redis(celery_app, finished_tasks):
     from patients.tasks import patient_reindex
 
-    app, queue = celery_on_redis
+    app, queue = celery_app
     done, finished = finished_tasks
     patient = make_patient()
 

@@ -15,7 +15,7 @@ from django.utils import timezone
 from audit.context import Actor, AuditContext, opened
 from audit.explain import allowance_spend
 from audit.models import AllowanceKind, AllowanceUse, AuditEvent, EventType, ReadBlock, ReadReason
-from conftest import client_for, log_in, make_patient, totp_code, totp_device
+from conftest import client_for, log_in, make_patient, totp_next_code
 from patients.models import Patient
 from practice.models import Practitioner
 from scheduling.models import Appointment, AppointmentStatus
@@ -33,15 +33,6 @@ def _why(user, patient) -> set[str]:
 
 def _people(n: int, prefix: str = "Expl") -> list[Patient]:
     return [make_patient(last_name=f"{prefix}{i:03d}", first_names="Zoé", email="", nir="") for i in range(n)]
-
-
-def _fresh_code(user) -> str:
-    """The code the phone shows at the next time step (a code is accepted once: django-otp)."""
-    device = totp_device(user)
-    device.last_t = -1
-    device.throttling_failure_count, device.throttling_failure_timestamp = 0, None
-    device.save(update_fields=["last_t", "throttling_failure_count", "throttling_failure_timestamp"])
-    return totp_code(device)
 
 
 @pytest.fixture
@@ -190,9 +181,9 @@ def test_past_the_allowance_a_reason_and_the_second_factor_open_the_record(secre
     assert all(r.extra.get("withheld") == "step-up" for r in _reads(secretary, third))
 
     url = reverse("patients:reason", args=[third.pk])
-    empty = client.post(url, {"reason": "   ", "code": _fresh_code(secretary)})
+    empty = client.post(url, {"reason": "   ", "code": totp_next_code(secretary)})
     assert empty.status_code == 400 and "Write why you need this record." in empty.content.decode()
-    short = client.post(url, {"reason": "besoin", "code": _fresh_code(secretary)})
+    short = client.post(url, {"reason": "besoin", "code": totp_next_code(secretary)})
     assert short.status_code == 400 and "Write at least 20 characters" in short.content.decode()
     wrong = client.post(url, {"reason": "La patiente appelle pour sa facture", "code": "000000"})
     assert wrong.status_code == 400 and "This code is not valid" in wrong.content.decode()
@@ -200,7 +191,7 @@ def test_past_the_allowance_a_reason_and_the_second_factor_open_the_record(secre
     assert not ReadReason.objects.exists()
 
     reason = "La patiente appelle pour sa facture de mars"
-    done = client.post(url, {"reason": reason, "code": _fresh_code(secretary), "next": third.get_absolute_url()})
+    done = client.post(url, {"reason": reason, "code": totp_next_code(secretary), "next": third.get_absolute_url()})
     assert done.status_code == 302 and done["Location"] == third.get_absolute_url()
     stated = ReadReason.objects.get()
     assert (stated.user_id, stated.patient_id, stated.reason) == (secretary.pk, third.pk, reason)
@@ -219,7 +210,7 @@ def test_a_reason_cannot_be_stated_ahead_for_any_patient(secretary):
     client = client_for(secretary)
     response = client.post(
         reverse("patients:reason", args=[patient.pk]),
-        {"reason": "Je veux juste regarder ce dossier", "code": _fresh_code(secretary)},
+        {"reason": "Je veux juste regarder ce dossier", "code": totp_next_code(secretary)},
     )
     assert response.status_code == 409
     assert "No reason is needed for this record now" in response.content.decode()
@@ -231,7 +222,7 @@ def test_nobody_states_a_reason_for_a_record_they_may_not_open(other_practitione
     book(clinic["doctor"], patient, clinic["kind"], _today_at(23), force=True)
     response = client_for(other_practitioner).post(
         reverse("patients:reason", args=[patient.pk]),
-        {"reason": "Je veux juste regarder ce dossier", "code": _fresh_code(other_practitioner)},
+        {"reason": "Je veux juste regarder ce dossier", "code": totp_next_code(other_practitioner)},
     )
     assert response.status_code == 404
 

@@ -17,7 +17,7 @@ from audit.context import SESSION_KEY, AuditContext
 from audit.describe import when_text
 from audit.models import AuditEvent, EventType, ReadReason
 from audit.reports import breach_scope
-from conftest import client_for, make_patient, totp_code, totp_device
+from conftest import client_for, make_patient, totp_next_code
 from scheduling.models import Appointment, AppointmentStatus
 from scheduling.tests.conftest import at, book, make_doctor, make_type, today
 
@@ -61,13 +61,6 @@ def _edit(client, patient, **changes):
     }
     response = client.post(reverse("patients:edit", args=[patient.pk]), data)
     assert response.status_code == 302, response.content.decode()[:1000]
-
-
-def _fresh_code(user) -> str:
-    device = totp_device(user)
-    device.last_t = -1
-    device.save(update_fields=["last_t"])
-    return totp_code(device)
 
 
 # --------------------------------------------------------------------------- the access report
@@ -142,7 +135,9 @@ def test_reasons_grants_and_care_are_said_in_words(secretary, practitioner, prac
     client = client_for(secretary)
     assert client.get(asked.get_absolute_url()).status_code == 403  # the step-up page
     reason = "La patiente appelle pour sa facture de mars"
-    done = client.post(reverse("patients:reason", args=[asked.pk]), {"reason": reason, "code": _fresh_code(secretary)})
+    done = client.post(
+        reverse("patients:reason", args=[asked.pk]), {"reason": reason, "code": totp_next_code(secretary)}
+    )
     assert done.status_code == 302
     assert client.get(asked.get_absolute_url()).status_code == 200
     _response, body = _report(practice_admin, asked)

@@ -7,10 +7,8 @@ queues `reminder_send` without naming a queue, and only this test's worker must 
 """
 
 import datetime
-import os
 import threading
 import time
-import uuid
 
 import pytest
 from celery.contrib.testing.worker import start_worker
@@ -19,46 +17,16 @@ from django.core import mail
 from django.utils import timezone
 
 from audit.tests.helpers import reads
-from audit.tests.test_celery_worker import _drop_broker_connections
-from conftest import make_patient
+from conftest import TEST_BROKER_URL, broker_connections_drop, make_patient
 from practice import sms
 from practice.models import Clinic
 from scheduling.models import Reminder, ReminderStatus
 from scheduling.tasks import reminders_sweep
 from scheduling.tests.conftest import DAY, at, book, make_doctor, make_type
 
-BROKER_URL = os.environ.get("CELERY_BROKER_URL") or "redis://127.0.0.1:6379/14"
 DEAD_BROKER_URL = "redis://127.0.0.1:1/14"  # nothing listens there: the broker is down
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def celery_app():
-    """The project's Celery app, not eager, publishing to and consuming from a queue of this
-    test's own. Yields (app, queue); `app.conf.broker_url` may be changed by the test."""
-    from practice.celery import app
-
-    queue = f"cabinet-tests-{uuid.uuid4().hex}"
-    overrides = {
-        "broker_url": BROKER_URL,
-        "task_always_eager": False,
-        "task_default_queue": queue,
-        "worker_hijack_root_logger": False,
-        "broker_connection_retry_on_startup": False,
-    }
-    saved = {key: app.conf[key] for key in overrides}
-    _drop_broker_connections(app)
-    app.conf.update(overrides)
-    try:
-        yield app, queue
-    finally:
-        _drop_broker_connections(app)
-        app.conf.broker_url = BROKER_URL
-        with app.connection_for_write() as conn:
-            conn.default_channel.queue_delete(queue)
-        _drop_broker_connections(app)
-        app.conf.update(saved)
 
 
 class Finished:
@@ -163,7 +131,7 @@ def test_a_booking_made_while_the_broker_is_down_is_reminded_once_when_it_is_bac
 ):
     app, queue = celery_app
     doctor, kind, patient = agenda
-    _drop_broker_connections(app)
+    broker_connections_drop(app)
     # Celery reads CELERY_BROKER_URL from the environment before its own setting (CI sets it).
     monkeypatch.setenv("CELERY_BROKER_URL", DEAD_BROKER_URL)
     app.conf.broker_url = DEAD_BROKER_URL
@@ -174,9 +142,9 @@ def test_a_booking_made_while_the_broker_is_down_is_reminded_once_when_it_is_bac
     rows = Reminder.objects.filter(appointment=appointment)
     assert {(r.status, r.enqueued_at) for r in rows} == {(ReminderStatus.PENDING, None)}
 
-    _drop_broker_connections(app)
-    monkeypatch.setenv("CELERY_BROKER_URL", BROKER_URL)
-    app.conf.broker_url = BROKER_URL  # the broker is back
+    broker_connections_drop(app)
+    monkeypatch.setenv("CELERY_BROKER_URL", TEST_BROKER_URL)
+    app.conf.broker_url = TEST_BROKER_URL  # the broker is back
     with start_worker(app, perform_ping_check=False, queues=[queue], shutdown_timeout=20):
         _sweep_in_worker(finished, sweeps=1, sends=2)
         _sweep_in_worker(finished, sweeps=2, sends=2)
