@@ -234,7 +234,7 @@ def second_factor_passed(client, user) -> None:
 
 def commit_latency(samples: int = 50) -> list[float]:
     """INSERT + COMMIT of one row in a logged table, in seconds (PostgreSQL: the disk's fsync).
-    The same probe as patients_bench.py's, for the benches that print it beside their figures."""
+    Every bench prints it beside its figures."""
     from time import perf_counter
 
     from django.db import connection

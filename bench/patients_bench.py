@@ -32,6 +32,9 @@ from time import perf_counter
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import commit_latency  # noqa: E402  (bench/ is put on the path just above)
 
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/cabinet_bench"
 KEY_FILE = Path(__file__).resolve().with_name(".bench-keys.env")
@@ -925,21 +928,6 @@ def profile_pages(audited, samples) -> str:
 
 
 # --------------------------------------------------------------------------- report
-
-
-def commit_latency(samples: int = 50) -> list[float]:
-    """INSERT + COMMIT of one row in a logged table: the floor of any audited request (one more commit)."""
-    from django.db import connection
-
-    with connection.cursor() as cursor:
-        cursor.execute("CREATE TABLE IF NOT EXISTS bench_commit_probe (id bigserial PRIMARY KEY, at timestamptz)")
-        values = []
-        for _ in range(samples):
-            t0 = perf_counter()
-            cursor.execute("INSERT INTO bench_commit_probe (at) VALUES (now())")
-            values.append(perf_counter() - t0)
-        cursor.execute("TRUNCATE bench_commit_probe")
-    return values
 
 
 def baseline_recent_index(plain_model) -> None:
