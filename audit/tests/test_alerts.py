@@ -15,7 +15,7 @@ from audit import alerts
 from audit.context import Actor
 from audit.models import AlertCursor, AuditEvent, EventType
 from audit.services import audit_event_write
-from audit.tests.test_celery_worker import celery_on_redis, finished_tasks  # noqa: F401 (fixtures)
+from audit.tests.test_celery_worker import finished_tasks  # noqa: F401 (fixture)
 from conftest import make_patient
 from practice.roles import PRACTICE_ADMIN
 
@@ -368,7 +368,7 @@ def test_a_broker_outage_is_logged_and_left_to_the_sweep(
 
 @pytest.mark.django_db(transaction=True)
 def test_it_mails_a_lockout_from_the_login_page_through_a_real_worker(
-    celery_on_redis,  # noqa: F811
+    celery_app,
     finished_tasks,  # noqa: F811
     roles,
     settings,
@@ -379,7 +379,7 @@ def test_it_mails_a_lockout_from_the_login_page_through_a_real_worker(
     thread, which mails the practice admin."""
     from audit.tasks import security_alerts_send
 
-    app, queue = celery_on_redis
+    app, queue = celery_app
     done, finished = finished_tasks
     monkeypatch.setattr(security_alerts_send, "queue", queue, raising=False)
     monkeypatch.setattr(security_alerts_send, "_exec_options", None)
