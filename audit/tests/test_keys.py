@@ -4,10 +4,18 @@ Everything runs on the real components: the system check framework, the `rotate_
 command, the database. Ciphertexts are compared as stored, read with raw SQL.
 """
 
+import base64
+import contextlib
 import datetime
 import io
 import os
+import signal
+import subprocess
+import sys
+import time
 import uuid
+from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from cryptography.fernet import Fernet, InvalidToken
@@ -67,10 +75,10 @@ def clinic(db):
     return {"patients": patients, "appointment": appointment}
 
 
-def raw_tokens(model) -> dict[uuid.UUID, tuple]:
-    """The encrypted columns exactly as stored, by primary key."""
+def raw_tokens(model, columns: list[str] | None = None) -> dict[uuid.UUID, tuple]:
+    """The encrypted columns (or ``columns``) exactly as stored, by primary key."""
     qn = connection.ops.quote_name
-    columns = [f.column for f in encrypted_fields(model)]
+    columns = columns or [f.column for f in encrypted_fields(model)]
     sql = f"SELECT {qn('id')}, {', '.join(qn(c) for c in columns)} FROM {qn(model._meta.db_table)}"  # noqa: S608
     with connection.cursor() as cursor:
         cursor.execute(sql)
@@ -174,8 +182,10 @@ def test_it_rotates_every_encrypted_column_to_the_new_key(clinic):
             _ = Patient.objects.get(pk=clinic["patients"][0].pk).last_name
 
     events = AuditEvent.objects.filter(event_type=EventType.KEY_ROTATION)
-    assert [(e.actor_username, e.actor_role) for e in events] == [(ROTATOR, "system")]
-    assert events[0].extra["rows"] == len(PEOPLE) + 1
+    assert {(e.actor_username, e.actor_role) for e in events} == {(ROTATOR, "system")}
+    # A start, one event per batch of two (3 patient batches, 1 appointment batch), the end.
+    assert [e.extra["stage"] for e in events.order_by("id")] == ["start", *["batch"] * 4, "done"]
+    assert events.get(extra__stage="done").extra["rows"] == len(PEOPLE) + 1
     # Re-encryption never decrypts into our code: no read is recorded for the rotation.
     assert not AuditEvent.objects.filter(event_type=EventType.READ, actor_username=ROTATOR).exists()
 
@@ -229,6 +239,27 @@ def test_it_rotates_again_to_a_key_that_was_used_before(clinic):
     for keys in ([a, *k0], [b, a], [a, b]):
         with override_settings(FIELD_ENCRYPTION_KEY=keys):
             rotate()
+    with override_settings(FIELD_ENCRYPTION_KEY=[a]):
+        check()
+        assert plaintexts(Patient) == values
+
+
+def test_it_drops_the_progress_of_an_abandoned_rotation_when_another_key_is_rotated_to(clinic):
+    """K0 -> A stops halfway, the operator rotates to B instead, later back to A: the rows the
+    first run had done are under B by then, and must not be skipped as "done for A"."""
+    k0, a, b = list(settings.FIELD_ENCRYPTION_KEY), fresh_key(), fresh_key()
+    values = plaintexts(Patient)
+    pks = sorted(raw_tokens(Patient))
+    notes_at = [f.name for f in encrypted_fields(Patient)].index("notes")
+    saved = raw_tokens(Patient)[pks[3]][notes_at]
+    Patient.objects.filter(pk=pks[3]).update(notes=Ciphertext("gAAAAA-not-a-fernet-token"))
+    with override_settings(FIELD_ENCRYPTION_KEY=[a, *k0]), pytest.raises((InvalidToken, CiphertextError)):
+        rotate("--batch-size", "2")
+    Patient.objects.filter(pk=pks[3]).update(notes=Ciphertext(saved))
+
+    for keys in ([b, a, *k0], [a, b]):
+        with override_settings(FIELD_ENCRYPTION_KEY=keys):
+            rotate("--batch-size", "2")
     with override_settings(FIELD_ENCRYPTION_KEY=[a]):
         check()
         assert plaintexts(Patient) == values
@@ -289,10 +320,134 @@ def test_it_rebuilds_blind_indexes_after_the_blind_index_key_changed(clinic):
         check()
 
     rebuild = AuditEvent.objects.filter(actor_username=ROTATOR)
-    assert rebuild.filter(event_type=EventType.BLIND_INDEX_REBUILD).count() == 1
+    assert rebuild.filter(event_type=EventType.BLIND_INDEX_REBUILD, extra__stage="done").count() == 1
     reads = {e.patient_id: set(e.fields) for e in rebuild.filter(event_type=EventType.READ)}
     assert reads.keys() == {p.pk for p in clinic["patients"]}
     for fields in reads.values():
         assert fields == INDEXED_FIELDS  # what the indexes need, never the NIR, notes or address
     for event in rebuild.filter(event_type=EventType.READ):
         assert (event.actor_role, event.model_label) == ("system", "patients.Patient")
+
+
+# --- A rotation killed mid-way (kill -9) ------------------------------------------------
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+KILLED_AFTER = 5  # one-row batches committed before the kill (exactly, on PostgreSQL)
+INDEX_COLUMNS = [f.column for f in Patient._meta.concrete_fields if f.column.startswith("bidx_")]
+
+
+def _test_database_url() -> str:
+    """The test database, for a `manage.py` run in another process."""
+    db = connection.settings_dict
+    if connection.vendor == "sqlite":
+        return f"sqlite:///{db['NAME']}"
+    password = f":{quote(db['PASSWORD'])}" if db["PASSWORD"] else ""
+    return f"postgres://{quote(db['USER'])}{password}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+def _changed_rows(original: dict, columns: list[str]) -> set:
+    """Patients whose stored columns are no longer the original ones."""
+    now = raw_tokens(Patient, columns)
+    return {pk for pk, row in original.items() if now[pk] != row}
+
+
+def _wait_for(predicate, what: str, *, process: subprocess.Popen, timeout: float = 60) -> None:
+    """Poll the database (not a fixed sleep) until ``predicate`` holds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert process.poll() is None, f"the rotation ended (exit {process.returncode}) before {what}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+@contextlib.contextmanager
+def _row_held(pk):
+    """On PostgreSQL, another connection holds one patient row locked: the rotation commits the
+    batches before it and then waits, so the kill lands on a known batch. SQLite has one lock
+    for the whole file: there the kill follows the poll, with many one-row batches still ahead."""
+    if connection.vendor != "postgresql":
+        yield
+        return
+    holder = connection.copy()
+    try:
+        holder.set_autocommit(False)
+        with holder.cursor() as cursor:
+            cursor.execute("SELECT 1 FROM patients_patient WHERE id = %s FOR UPDATE", [pk])
+        yield
+    finally:
+        holder.rollback()
+        holder.close()
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("job", ["encrypt", "blind-index"])
+def test_it_records_a_rotation_killed_mid_way_and_adds_up_the_runs_when_resumed(tmp_path, job):
+    """`kill -9` after some batches: the trail shows what the killed run did (committed with the
+    rows themselves: re-encrypted rows, or rebuilt indexes and the reads they took), and the
+    event that ends the resumed rotation counts every row once, with each run's share."""
+    for n in range(40):
+        make_patient(last_name=f"Rotation{n:02d}", first_names="Kill", nir="")
+    canary_write()
+    values = plaintexts(Patient)
+    rows = len(values)
+    old, new_field_key, new_index_key = list(settings.FIELD_ENCRYPTION_KEY), fresh_key(), os.urandom(32)
+    if job == "encrypt":
+        event_type, args, columns = EventType.KEY_ROTATION, [], [f.column for f in encrypted_fields(Patient)]
+        env = {"FIELD_ENCRYPTION_KEY": ",".join([new_field_key, *old])}
+        new_keys = override_settings(FIELD_ENCRYPTION_KEY=[new_field_key, *old])
+    else:
+        event_type, args, columns = EventType.BLIND_INDEX_REBUILD, ["--blind-index"], INDEX_COLUMNS
+        env = {"BLIND_INDEX_KEY": base64.urlsafe_b64encode(new_index_key).decode()}
+        new_keys = override_settings(BLIND_INDEX_KEY=new_index_key)
+    original = raw_tokens(Patient, columns)
+    pks = sorted(original)  # rotation walks rows in primary-key order
+
+    stderr = tmp_path / "rotate_keys.err"
+    with _row_held(pks[KILLED_AFTER]), stderr.open("w") as err:
+        process = subprocess.Popen(
+            [sys.executable, "manage.py", "rotate_keys", "--no-progress", "--batch-size", "1", *args],
+            cwd=PROJECT_ROOT,
+            env={**os.environ, "DATABASE_URL": _test_database_url(), **env},
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+        try:
+            _wait_for(lambda: len(_changed_rows(original, columns)) >= KILLED_AFTER, "some batches", process=process)
+            process.send_signal(signal.SIGKILL)
+        finally:
+            process.kill()
+            process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL, stderr.read_text()
+
+    # What the killed run did is in the trail, exactly: no more, no less than what it committed.
+    killed = _changed_rows(original, columns)
+    assert KILLED_AFTER <= len(killed) < rows
+    if connection.vendor == "postgresql":
+        assert len(killed) == KILLED_AFTER
+    recorded = [e.extra for e in AuditEvent.objects.filter(event_type=event_type)]
+    assert sum(extra.get("rows", 0) for extra in recorded) == len(killed), recorded
+    assert not [extra for extra in recorded if extra.get("stage") == "done"]
+    reads = AuditEvent.objects.filter(event_type=EventType.READ, actor_username=ROTATOR)
+    assert set(reads.values_list("patient_id", flat=True)) == (killed if job == "blind-index" else set())
+
+    with new_keys:
+        output = rotate("--batch-size", "1", *args)
+    assert f"{job}: {rows - len(killed)} rows done under key" in output
+    assert f"({rows} in all over 2 runs)" in output
+
+    events = AuditEvent.objects.filter(event_type=event_type)
+    assert {e.actor_username for e in events} == {ROTATOR}
+    final = events.get(extra__stage="done").extra
+    assert final["rows"] == rows
+    assert [run["rows"] for run in final["runs"]] == [len(killed), rows - len(killed)]
+    assert final["run"] == final["runs"][-1]["run"]
+    if job == "blind-index":  # each patient's indexed fields read once over the two runs
+        assert sorted(reads.values_list("patient_id", flat=True)) == pks
+
+    with override_settings(FIELD_ENCRYPTION_KEY=[new_field_key]) if job == "encrypt" else new_keys:
+        check()
+        assert plaintexts(Patient) == values  # every row decrypts with the new key alone
+        if job == "blind-index":
+            for pk, patient in values.items():
+                assert search(last_name=patient["last_name"]) == {pk}

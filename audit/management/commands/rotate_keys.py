@@ -5,7 +5,20 @@ system job.
 Re-encryption uses MultiFernet.rotate: the plaintext never reaches our code, and the row
 binding inside the token is kept. Rebuilding blind indexes does decrypt the indexed fields
 (there is no other way): those reads are audited under `system:command:rotate_keys`.
+
+Rules enforced here:
+- the trail holds what was done, even by a run killed halfway (`kill -9`): each batch commits
+  its rows, its progress and its event (and, for a rebuild, the reads it made) in one
+  transaction, so no batch is done without its record, nor recorded without being done;
+- one rotation is everything from its "start" event (no saved progress for this key) to its
+  "done" event, over as many runs as it took: the "done" event counts every row once, with
+  each run's share;
+- saved progress toward another key is dropped when a rotation starts: a run towards B
+  re-encrypts every row, so the rows an interrupted run towards A had done are no longer
+  under A, and skipping them when A comes back would leave them under B.
 """
+
+import uuid
 
 from django.apps import apps
 from django.db import transaction
@@ -13,14 +26,27 @@ from tqdm import tqdm
 
 from audit import blind
 from audit.commands import AuditedCommand
+from audit.context import require
 from audit.fields import Ciphertext, encrypted_fields, rotate_token
 from audit.keys import canary_write, field_key_fingerprint
-from audit.models import EventType, RotationProgress
+from audit.models import AuditEvent, EventType, RotationProgress
 from audit.services import audit_event_write
 
 
 def encrypted_models():
     return [m for m in apps.get_models() if encrypted_fields(m)]
+
+
+def rotation_runs(event_type: EventType, fingerprint: str) -> list[dict]:
+    """The rows each run of the current rotation to ``fingerprint`` did, in the order of the
+    runs, as their batch events in the trail say (a killed run's batches included)."""
+    events = AuditEvent.objects.filter(event_type=event_type, extra__key_fingerprint=fingerprint)
+    start = events.filter(extra__stage="start").order_by("-id").values_list("id", flat=True).first()
+    batches = events.filter(extra__stage="batch", id__gt=start or 0).order_by("id").values_list("extra", flat=True)
+    runs: dict[str, int] = {}
+    for extra in batches:
+        runs[extra["run"]] = runs.get(extra["run"], 0) + extra["rows"]
+    return [{"run": run, "rows": rows} for run, rows in runs.items()]
 
 
 class Command(AuditedCommand):
@@ -37,25 +63,40 @@ class Command(AuditedCommand):
 
     def handle(self, *args, batch_size, blind_index, restart, no_progress, **options):
         job = "blind-index" if blind_index else "encrypt"
+        event_type = EventType.BLIND_INDEX_REBUILD if blind_index else EventType.KEY_ROTATION
         fingerprint = blind.key_fingerprint() if blind_index else field_key_fingerprint()
-        if restart:
-            RotationProgress.objects.filter(job=job, key_fingerprint=fingerprint).delete()
-        total = 0
-        for model in encrypted_models():
-            if blind_index and not hasattr(model, "blind_indexes_update"):
-                continue
-            total += self._run_model(model, job, fingerprint, batch_size, disable=no_progress)
-        canary_write(field_key=not blind_index, blind_index_key=blind_index)
-        # Progress only serves to resume an interrupted run: a later rotation back to this
-        # same key must start over, not skip everything as "done".
-        RotationProgress.objects.filter(job=job, key_fingerprint=fingerprint).delete()
-        audit_event_write(
-            event_type=EventType.BLIND_INDEX_REBUILD if blind_index else EventType.KEY_ROTATION,
-            extra={"rows": total, "key_fingerprint": fingerprint},
-        )
-        self.stdout.write(self.style.SUCCESS(f"{job}: {total} rows done under key {fingerprint}."))
+        models = [m for m in encrypted_models() if not blind_index or hasattr(m, "blind_indexes_update")]
+        run = uuid.uuid4().hex[:12]
+        progress = RotationProgress.objects.filter(job=job)
+        with transaction.atomic():
+            progress.exclude(key_fingerprint=fingerprint).delete()
+            if restart:
+                progress.filter(key_fingerprint=fingerprint).delete()
+            if not progress.filter(key_fingerprint=fingerprint).exists():
+                RotationProgress.objects.bulk_create(
+                    RotationProgress(job=job, key_fingerprint=fingerprint, model_label=m._meta.label) for m in models
+                )
+                audit_event_write(
+                    event_type=event_type, extra={"stage": "start", "key_fingerprint": fingerprint, "run": run}
+                )
+        done = 0
+        for model in models:
+            done += self._run_model(model, job, fingerprint, batch_size, event_type, run, disable=no_progress)
+        with transaction.atomic():
+            canary_write(field_key=not blind_index, blind_index_key=blind_index)
+            runs = rotation_runs(event_type, fingerprint)
+            total = sum(r["rows"] for r in runs)
+            # Progress only serves to resume an interrupted run: a later rotation back to this
+            # same key must start over, not skip everything as "done".
+            progress.filter(key_fingerprint=fingerprint).delete()
+            audit_event_write(
+                event_type=event_type,
+                extra={"stage": "done", "rows": total, "runs": runs, "key_fingerprint": fingerprint, "run": run},
+            )
+        earlier = f" ({total} in all over {len(runs)} runs)" if len(runs) > 1 else ""
+        self.stdout.write(self.style.SUCCESS(f"{job}: {done} rows done under key {fingerprint}{earlier}."))
 
-    def _run_model(self, model, job, fingerprint, batch_size, *, disable) -> int:
+    def _run_model(self, model, job, fingerprint, batch_size, event_type, run, *, disable) -> int:
         progress, _ = RotationProgress.objects.get_or_create(
             job=job, key_fingerprint=fingerprint, model_label=model._meta.label
         )
@@ -78,6 +119,14 @@ class Command(AuditedCommand):
                         self._reindex(model, batch)
                     progress.last_pk = str(batch[-1].pk)
                     progress.save(update_fields=["last_pk", "updated_at"])
+                    # Trail writes last: they hold the chain lock until the commit (audit/chain.py).
+                    audit_event_write(
+                        event_type=event_type,
+                        model_label=model._meta.label,
+                        extra={"stage": "batch", "key_fingerprint": fingerprint, "run": run, "rows": len(batch)},
+                    )
+                    # The reads this batch made, committed with the indexes they built.
+                    require().flush()
                 done += len(batch)
                 bar.update(len(batch))
         progress.done = True
