@@ -61,9 +61,9 @@ from django.urls import reverse
 from django.utils import timezone, translation
 from django.utils.translation import gettext as _
 from django.utils.translation import ngettext
-from kombu.exceptions import OperationalError as KombuOperationalError
 
 from audit.models import AlertCursor, AuditEvent, EventType
+from practice import broker
 from practice.roles import PRACTICE_ADMIN
 
 logger = logging.getLogger(__name__)
@@ -129,11 +129,11 @@ def _batch_enqueue() -> None:
             # Soon rather than late: the cursor keeps an extra run from mailing twice.
             window = URGENT_WINDOW
             logger.exception("Could not claim a security alert batch; enqueueing anyway")
-    try:
-        # Eager (no broker): runs now, in this process. Otherwise: after the window and the
-        # settle time, so that every event of the window is old enough to be taken.
-        task.apply_async(countdown=(window + COMMIT_SETTLE).total_seconds())
-    except (KombuOperationalError, OSError):
+    # Eager (no broker): runs now, in this process. Otherwise: after the window and the settle
+    # time, so that every event of the window is old enough to be taken. Bounded in time: a
+    # hung broker must not hold the request that recorded the event.
+    countdown = (window + COMMIT_SETTLE).total_seconds()
+    if broker.publish_bounded(lambda: task.apply_async(countdown=countdown)):
         # The event is committed and the cursor has not moved past it: the beat sweep
         # (audit.tasks.security_alerts_send every 5 minutes) mails it.
         logger.warning("Could not enqueue the security alert mail (broker unreachable); the sweep will send it")

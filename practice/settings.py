@@ -271,6 +271,15 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 # the request that booked the appointment.
 CELERY_BROKER_CONNECTION_TIMEOUT = env.float("CELERY_BROKER_CONNECTION_TIMEOUT", default=2.0)
 CELERY_TASK_PUBLISH_RETRY = False
+# A broker that accepts the connection and then hangs (Redis paused): every read on its
+# socket gives up after this (workers included: kombu's BRPOP waits 1 s, well below it).
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "socket_timeout": env.float("CELERY_BROKER_SOCKET_TIMEOUT", default=5.0),
+    "socket_connect_timeout": CELERY_BROKER_CONNECTION_TIMEOUT,
+}
+# A request waits at most this long (seconds) for its publishes (practice/broker.py); what is
+# not published by then is sent by the periodic sweeps.
+BROKER_PUBLISH_BUDGET = env.float("BROKER_PUBLISH_BUDGET", default=1.0)
 
 # Reminders (scheduling/reminders.py). Hours before the appointment are set per appointment
 # type; an appointment starting sooner than this gets no reminder at all.
@@ -414,6 +423,10 @@ EMAIL_HOST_USER = env.str("EMAIL_HOST_USER", default="")
 EMAIL_HOST_PASSWORD = env.str("EMAIL_HOST_PASSWORD", default="")
 EMAIL_USE_TLS = env.bool("EMAIL_USE_TLS", default=True)
 EMAIL_TIMEOUT = env.int("EMAIL_TIMEOUT", default=10)
+# Brevo's e-mail API (EMAIL_BACKEND=practice.mail.BrevoEmailBackend): sends with an
+# idempotency key, so a reminder interrupted mid-send is sent again without a duplicate.
+EMAIL_HTTP_API_KEY = env.str("EMAIL_HTTP_API_KEY", default="")
+EMAIL_HTTP_URL = env.str("EMAIL_HTTP_URL", default="https://api.brevo.com/v3/smtp/email")
 ADMINS = [tuple(a.split(":", 1)) for a in env.list("ADMINS", default=[]) if ":" in a]
 
 # Error pages and error mails never show local variables: they may hold plaintext.

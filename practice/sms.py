@@ -11,14 +11,8 @@ the logs or into exception messages: together they name a patient's appointment.
 from __future__ import annotations
 
 import datetime
-import http.client
-import json
 import logging
-import re
 import sys
-import urllib.error
-import urllib.parse
-import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +20,8 @@ from pathlib import Path
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
+
+from practice import brevo
 
 logger = logging.getLogger(__name__)
 
@@ -52,10 +48,17 @@ class SMS:
     body: str
     sender: str
     provider_id: str
+    idempotency_key: str = ""
 
 
 class BaseBackend:
-    def send(self, *, to: str, body: str, sender: str) -> str:
+    """``send`` returns the provider's message id. A backend with ``supports_idempotency``
+    sends a message once per ``idempotency_key``: a repeat returns the first message's id
+    and sends nothing (the way a provider's idempotency key works)."""
+
+    supports_idempotency = False
+
+    def send(self, *, to: str, body: str, sender: str, idempotency_key: str = "") -> str:
         raise NotImplementedError
 
 
@@ -64,7 +67,7 @@ class ConsoleBackend(BaseBackend):
 
     stream = None
 
-    def send(self, *, to: str, body: str, sender: str) -> str:
+    def send(self, *, to: str, body: str, sender: str, idempotency_key: str = "") -> str:
         provider_id = f"console-{uuid.uuid4()}"
         stream = self.stream or sys.stdout
         stream.write(f"SMS {provider_id}\nFrom: {sender}\nTo: {to}\n\n{body}\n{'-' * 72}\n")
@@ -73,15 +76,27 @@ class ConsoleBackend(BaseBackend):
 
 
 class FileBackend(BaseBackend):
-    """One file per message in SMS_FILE_PATH (created if missing)."""
+    """One file per message in SMS_FILE_PATH (created if missing). With an idempotency key
+    the file is named after it, and a repeat of the key writes nothing."""
 
-    def send(self, *, to: str, body: str, sender: str) -> str:
-        provider_id = f"file-{uuid.uuid4()}"
+    supports_idempotency = True
+
+    def send(self, *, to: str, body: str, sender: str, idempotency_key: str = "") -> str:
         folder = Path(settings.SMS_FILE_PATH)
         folder.mkdir(parents=True, exist_ok=True)
-        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%d-%H%M%S")
-        path = folder / f"{stamp}-{provider_id}.txt"
-        path.write_text(f"From: {sender}\nTo: {to}\n\n{body}\n", encoding="utf-8")
+        if idempotency_key:
+            provider_id = f"file-{uuid.UUID(idempotency_key)}"  # a UUID: nothing else reaches a file name
+            path = folder / f"{provider_id}.txt"
+        else:
+            provider_id = f"file-{uuid.uuid4()}"
+            stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%d-%H%M%S")
+            path = folder / f"{stamp}-{provider_id}.txt"
+        try:
+            # Exclusive creation: of two sends of one key, only the first writes.
+            with open(path, "x", encoding="utf-8") as file:
+                file.write(f"From: {sender}\nTo: {to}\n\n{body}\n")
+        except FileExistsError:
+            return provider_id
         path.chmod(0o600)
         return provider_id
 
@@ -92,9 +107,14 @@ outbox: list[SMS] = []
 class LocmemBackend(BaseBackend):
     """Keeps messages in ``practice.sms.outbox`` (tests empty it between tests)."""
 
-    def send(self, *, to: str, body: str, sender: str) -> str:
+    supports_idempotency = True
+
+    def send(self, *, to: str, body: str, sender: str, idempotency_key: str = "") -> str:
+        for message in outbox:
+            if idempotency_key and message.idempotency_key == idempotency_key:
+                return message.provider_id
         provider_id = f"locmem-{len(outbox) + 1}"
-        outbox.append(SMS(to=to, body=body, sender=sender, provider_id=provider_id))
+        outbox.append(SMS(to=to, body=body, sender=sender, provider_id=provider_id, idempotency_key=idempotency_key))
         return provider_id
 
 
@@ -102,15 +122,11 @@ class BrevoBackend(BaseBackend):
     """Brevo's transactional SMS API (https://developers.brevo.com, "Send SMS message to a
     mobile number"): ``POST SMS_HTTP_URL`` (default ``https://api.brevo.com/v3/transactionalSMS/send``)
     with the ``api-key`` header and ``{sender, recipient, content, type: "transactional"}``;
-    the answer is ``{"messageId": ...}``.
+    the answer is ``{"messageId": ...}``. Failures are classified by practice.brevo.
 
-    Failures are classified for the caller: 429, 408 and 5xx, time-outs and connection errors
-    are ``SMSTransientError`` (retry later); any other 4xx (bad number, no credit, bad key)
-    is ``SMSRejected``. Neither message names the recipient or the text: the provider's error
-    body may echo them, so only its status and short error code are kept.
+    Brevo documents no idempotency key for SMS: a message whose sending was interrupted is
+    not sent again (see scheduling.tasks).
     """
-
-    transient_statuses = frozenset({408, 429})
 
     def __init__(self):
         self.api_key = settings.SMS_HTTP_API_KEY
@@ -118,13 +134,9 @@ class BrevoBackend(BaseBackend):
         self.timeout = settings.SMS_HTTP_TIMEOUT
         if not self.api_key:
             raise ImproperlyConfigured("SMS_BACKEND is the Brevo adapter but SMS_HTTP_API_KEY is not set.")
-        parts = urllib.parse.urlsplit(self.url)
-        # The API key travels in a header: never in clear, except to this machine (tests, a local relay).
-        local = parts.hostname in ("127.0.0.1", "localhost", "::1")
-        if parts.scheme != "https" and not (parts.scheme == "http" and local):
-            raise ImproperlyConfigured("SMS_HTTP_URL must be an https:// URL.")
+        brevo.url_check(self.url, "SMS_HTTP_URL")
 
-    def send(self, *, to: str, body: str, sender: str) -> str:
+    def send(self, *, to: str, body: str, sender: str, idempotency_key: str = "") -> str:
         payload = {
             "sender": sender,
             "recipient": to,
@@ -134,50 +146,29 @@ class BrevoBackend(BaseBackend):
             # instead of Unicode's 70, and a French reminder stays readable.
             "unicodeEnabled": False,
         }
-        request = urllib.request.Request(  # noqa: S310 (the scheme is checked in __init__)
-            self.url,
-            data=json.dumps(payload).encode(),
-            method="POST",
-            headers={
-                "api-key": self.api_key,
-                "accept": "application/json",
-                "content-type": "application/json",
-            },
-        )
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310
-                answer = response.read()
-        except urllib.error.HTTPError as exc:
-            code = _error_code(exc)
-            exc.close()
-            if exc.code in self.transient_statuses or exc.code >= 500:
-                raise SMSTransientError(f"Brevo answered HTTP {exc.code}{code}.") from None
-            raise SMSRejected(f"Brevo refused the message: HTTP {exc.code}{code}.") from None
-        except (TimeoutError, urllib.error.URLError, http.client.HTTPException, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise SMSTransientError(f"Brevo could not be reached: {type(reason).__name__}.") from None
-        try:
-            message_id = json.loads(answer)["messageId"]
-        except (ValueError, KeyError, TypeError):
+            answer = brevo.post(url=self.url, api_key=self.api_key, payload=payload, timeout=self.timeout)
+        except brevo.BrevoTransient as exc:
+            raise SMSTransientError(str(exc)) from None
+        except brevo.BrevoRejected as exc:
+            raise SMSRejected(str(exc)) from None
+        message_id = answer.get("messageId")
+        if message_id in (None, ""):
             # Sent or not? The provider accepted the request; retrying could send it twice.
             logger.error("Brevo accepted an SMS but its answer has no messageId")
-            raise SMSRejected("Brevo's answer has no messageId.") from None
+            raise SMSRejected("Brevo's answer has no messageId.")
         return str(message_id)
-
-
-def _error_code(exc: urllib.error.HTTPError) -> str:
-    """Brevo's short error code (``invalid_parameter``, ``not_enough_credits``...), never its message."""
-    try:
-        code = json.loads(exc.read(4096)).get("code", "")
-    except (ValueError, AttributeError, OSError):
-        return ""
-    return f" ({code})" if isinstance(code, str) and re.fullmatch(r"[a-z_]{1,40}", code) else ""
 
 
 def get_backend(path: str | None = None) -> BaseBackend:
     return import_string(path or settings.SMS_BACKEND)()
 
 
-def send(*, to: str, body: str, sender: str | None = None) -> str:
+def send(*, to: str, body: str, sender: str | None = None, idempotency_key: str = "") -> str:
     """Send one SMS now; the provider's message id, or SMSTransientError / SMSRejected."""
-    return get_backend().send(to=to, body=body, sender=sender or settings.SMS_SENDER)
+    return get_backend().send(to=to, body=body, sender=sender or settings.SMS_SENDER, idempotency_key=idempotency_key)
+
+
+def supports_idempotency() -> bool:
+    """Does the configured backend send a message once per idempotency key?"""
+    return import_string(settings.SMS_BACKEND).supports_idempotency

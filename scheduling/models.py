@@ -298,6 +298,8 @@ class ReminderKind(models.TextChoices):
 
 class ReminderStatus(models.TextChoices):
     PENDING = "pending", _("Planned")
+    # Claimed by a worker, its decryption in the trail: the message is on its way.
+    SENDING = "sending", _("Sending")
     SENT = "sent", _("Sent")
     FAILED = "failed", _("Failed")
     CANCELLED = "cancelled", _("Cancelled")
@@ -314,9 +316,14 @@ class Reminder(models.Model):
     Rules (scheduling.reminders, scheduling.tasks):
     - A reminder is planned for one start time (`planned_for`). Moving the appointment
       cancels it and plans a fresh one; a cancelled appointment or a no-show cancels it.
-    - Never twice: sending locks the row, sends, and records `sent` with the provider's id in
-      the same transaction; a row that is no longer pending is left alone. At most one row is
-      pending per appointment, channel and kind (a partial unique constraint).
+    - Audited before it leaves: a worker claims the row (pending to sending) in a transaction
+      that also writes the decryption of the address to the trail; only then does it send,
+      and it records `sent` with the provider's id in a second transaction.
+    - Never twice: a row that is not pending is left alone, and at most one row is pending or
+      sending per appointment, channel and kind (partial unique constraints). `send_key` is
+      the provider's idempotency key, the same on every attempt: a claim stranded by a dead
+      worker is sent again only to a provider that drops a repeated key, otherwise it is
+      closed as `interrupted` (at most once).
     - Nothing here is patient data: no text, no address or number. `error` holds a short code
       or an exception class name, never a message body, phone number or e-mail address.
     """
@@ -333,6 +340,10 @@ class Reminder(models.Model):
     )
     attempts = models.PositiveSmallIntegerField(_("attempts"), default=0)
     enqueued_at = models.DateTimeField(_("last queued at"), null=True, blank=True)
+    claimed_at = models.DateTimeField(_("claimed for sending at"), null=True, blank=True)
+    # The worker node that claimed it (celery@host), to tell its claims apart after a restart.
+    claimed_by = models.CharField(_("claimed by"), max_length=200, blank=True)
+    send_key = models.UUIDField(_("idempotency key"), null=True, blank=True, editable=False)
     sent_at = models.DateTimeField(_("sent at"), null=True, blank=True)
     provider_id = models.CharField(_("provider's message id"), max_length=200, blank=True)
     error = models.CharField(_("error"), max_length=100, blank=True)
@@ -346,12 +357,20 @@ class Reminder(models.Model):
         indexes = [
             # The sweep reads due pending rows only: a small index whatever the history.
             models.Index(fields=["due_at", "id"], name="reminder_pending_due", condition=models.Q(status="pending")),
+            # The sweep looks for claims stranded by a dead worker: a handful of rows at most.
+            models.Index(fields=["claimed_at"], name="reminder_sending", condition=models.Q(status="sending")),
         ]
         constraints = [
             models.UniqueConstraint(
                 fields=["appointment", "channel", "kind"],
                 condition=models.Q(status="pending"),
                 name="reminder_one_pending",
+            ),
+            # A claimed row and a pending one for the same start would be two messages.
+            models.UniqueConstraint(
+                fields=["appointment", "channel", "kind", "planned_for"],
+                condition=models.Q(status__in=["pending", "sending"]),
+                name="reminder_one_in_flight",
             ),
         ]
 
@@ -377,4 +396,7 @@ REMINDER_ERRORS = {
     "SMSRejected": _("refused by the SMS provider"),
     "SMSTransientError": _("SMS provider unreachable"),
     "SMTPRecipientsRefused": _("e-mail address refused"),
+    "interrupted": _("interrupted while sending: it may not have reached the patient"),
+    "EmailRejected": _("refused by the e-mail provider"),
+    "EmailTransientError": _("e-mail provider unreachable"),
 }

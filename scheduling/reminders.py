@@ -27,6 +27,7 @@ from django.db import transaction
 from django.utils import formats, timezone, translation
 from django.utils.translation import gettext as _
 
+from practice import broker
 from scheduling.models import (
     ACTIVE_STATUSES,
     DEFAULT_REMINDER_HOURS,
@@ -43,6 +44,7 @@ logger = logging.getLogger(__name__)
 # A reminder in one of these states for the current start is not planned again (sent, or
 # refused by the provider for good); cancelled and skipped ones are, when they fit again.
 DONE_FOR_GOOD = (ReminderStatus.SENT, ReminderStatus.FAILED)
+IN_FLIGHT = (ReminderStatus.PENDING, ReminderStatus.SENDING)
 
 
 def min_lead() -> datetime.timedelta:
@@ -112,8 +114,10 @@ def reminders_plan(*, appointment: Appointment) -> list[Reminder]:
     Call it inside the transaction that changed the appointment. Idempotent.
     """
     now = timezone.now()
+    # Pending, and claimed by a worker (sending): either is the reminder of its start, so
+    # none is planned beside it. Only pending ones can be cancelled (a claimed one is leaving).
     pending = list(
-        Reminder.objects.filter(appointment=appointment, status=ReminderStatus.PENDING).only(
+        Reminder.objects.filter(appointment=appointment, status__in=IN_FLIGHT).only(
             "id", "channel", "kind", "planned_for", "due_at"
         )
     )
@@ -138,7 +142,7 @@ def reminders_plan(*, appointment: Appointment) -> list[Reminder]:
     latest = {}
     for row in (
         Reminder.objects.filter(appointment=appointment)
-        .exclude(status=ReminderStatus.PENDING)
+        .exclude(status__in=IN_FLIGHT)
         .only("id", "channel", "kind", "planned_for", "status")
         .order_by("id")
     ):
@@ -194,24 +198,26 @@ def reminders_replan_for_patient(patient_id) -> int:
 def reminders_enqueue(reminder_ids: list[int]) -> int:
     """Queue reminder_send for each id; how many were queued.
 
-    A broker that is down does not fail the caller (a booking has just been committed): the
-    sweep sends what was not queued. The warning names ids only, never patient data.
+    A broker that is down or hung does not fail nor hold the caller (a booking has just been
+    committed): publishing is bounded in time (practice.broker), and the sweep sends what
+    was not queued. The warning names ids only, never patient data.
     """
-    from kombu.exceptions import OperationalError
-
     from scheduling.tasks import reminder_send
 
-    queued = []
-    for reminder_id in reminder_ids:
-        try:
+    queued: list[int] = []
+
+    def publish() -> None:
+        for reminder_id in reminder_ids:
             reminder_send.delay(reminder_id)
-        except (OperationalError, ConnectionError, TimeoutError) as exc:
-            logger.warning("Reminder %s not queued (%s): the sweep will send it.", reminder_id, type(exc).__name__)
-            break
-        queued.append(reminder_id)
-    if queued:
-        Reminder.objects.filter(pk__in=queued, status=ReminderStatus.PENDING).update(enqueued_at=timezone.now())
-    return len(queued)
+            queued.append(reminder_id)
+
+    outcome = broker.publish_bounded(publish)
+    if outcome:
+        logger.warning("Reminders %s not queued (%s): the sweep will send them.", reminder_ids[len(queued) :], outcome)
+    done = list(queued)  # a late publish may still append: those are queued again by the sweep, harmlessly
+    if done:
+        Reminder.objects.filter(pk__in=done, status=ReminderStatus.PENDING).update(enqueued_at=timezone.now())
+    return len(done)
 
 
 # --------------------------------------------------------------------------- the text

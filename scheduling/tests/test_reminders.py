@@ -394,7 +394,7 @@ def test_a_broker_down_at_booking_does_not_fail_the_booking(
         appointment = book(doctor, consenting, consultation, soon, force=True)
     assert appointment.pk and sms.outbox == []
     assert {r.enqueued_at for r in Reminder.objects.filter(appointment=appointment)} == {None}
-    assert "the sweep will send it" in caplog.text
+    assert "the sweep will send them" in caplog.text
     assert "+336" not in caplog.text and "lefevre" not in caplog.text.lower()
 
     monkeypatch.undo()  # the broker is back
