@@ -203,3 +203,29 @@ class Clinic(models.Model):
                     intervals.append((lo, hi))
             day += datetime.timedelta(days=1)
         return intervals
+
+
+class LoginThrottle(models.Model):
+    """Failed logins counted for one address, or for one username, across the other half
+    (practice/lockout.py holds the rules; django-axes counts each username-and-address pair).
+
+    ``value`` is the address or the username exactly as typed: an unknown username is counted
+    like a real one. Rows of a finished window are deleted as logins go by.
+    """
+
+    ADDRESS = "address"
+    ACCOUNT = "account"
+
+    scope = models.CharField(max_length=10)  # ADDRESS or ACCOUNT
+    value = models.CharField(max_length=255)
+    # Attempts counted in the window, including those whose password is being checked.
+    failures = models.PositiveIntegerField(default=0)
+    window_started_at = models.DateTimeField(db_index=True)
+    # No attempt is checked before this moment: a growing delay, or a lockout.
+    retry_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["scope", "value"], name="login_throttle_scope_value")]
+
+    def __str__(self) -> str:
+        return f"{self.scope} {self.value}"
