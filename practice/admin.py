@@ -9,7 +9,7 @@ from django.contrib import admin, messages
 from django.contrib.auth import logout
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.contrib.auth.models import User
-from django.db.models import Exists, IntegerField, OuterRef, Q, Subquery, Sum, Value
+from django.db.models import BooleanField, Exists, ExpressionWrapper, IntegerField, OuterRef, Q, Subquery, Sum, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
@@ -19,6 +19,7 @@ from django_otp.plugins.otp_totp.models import TOTPDevice
 from audit.context import Actor
 from audit.models import EventType
 from audit.services import audit_event_write
+from practice import lockout
 from practice.models import WEEKDAY_NAMES, Clinic, Practitioner, Specialty
 from practice.roles import SECRETARY
 from practice.services import lockout_lift, user_second_factor_reset, user_sessions_end
@@ -101,8 +102,7 @@ class LockedOutFilter(admin.SimpleListFilter):
         return [("yes", _("Yes")), ("no", _("No"))]
 
     def queryset(self, request, queryset):
-        limit = settings.AXES_FAILURE_LIMIT
-        locked = Q(username_failures__gte=limit) | Q(ip_failures__gte=limit)
+        locked = Q(pair_locked=True) | Q(account_locked=True) | Q(address_locked=True)
         if self.value() == "yes":
             return queryset.filter(locked)
         if self.value() == "no":
@@ -114,11 +114,11 @@ class LockedOutFilter(admin.SimpleListFilter):
 class LockoutAdmin(AccessAttemptAdmin):
     """Failed logins per username, address and browser; deleting rows lifts a lockout (audited).
 
-    Axes locks an account when the failures of its username add up to the limit, and an
-    address when the failures from it do, whatever the other rows say. Each row's status
-    here says which of the two is locked, from those sums (axes' own column counts one row
-    only, so an address sprayed with five usernames showed "4 attempts remaining" five times).
-    Lifting deletes exactly the rows selected: a lock that other rows keep shows as still on.
+    Three locks (practice/lockout.py): a username from one address (the failures of the rows
+    of that pair add up to AXES_FAILURE_LIMIT), a username from every address, an address for
+    every username (their own counters). Each row's status says which of them hold now (axes'
+    own column counts one row only). Lifting deletes exactly the rows selected and lifts the
+    username's and the address's locks; a pair's lock that other rows keep shows as still on.
     """
 
     list_display = ["attempt_time", "username", "ip_address", "failures_since_start", "locked", "user_agent"]
@@ -127,26 +127,36 @@ class LockoutAdmin(AccessAttemptAdmin):
 
     def get_queryset(self, request):
         recent = AccessAttempt.objects.filter(attempt_time__gte=timezone.now() - get_cool_off(request))
-
-        def failures(field: str):
-            same = recent.filter(**{field: OuterRef(field)}).values(field)
-            total = same.annotate(total=Sum("failures_since_start")).values("total")[:1]
-            return Coalesce(Subquery(total, output_field=IntegerField()), Value(0))
-
-        queryset = super().get_queryset(request)
-        return queryset.annotate(username_failures=failures("username"), ip_failures=failures("ip_address"))
+        same_pair = recent.filter(username=OuterRef("username"), ip_address=OuterRef("ip_address"))
+        total = same_pair.values("username").annotate(total=Sum("failures_since_start")).values("total")[:1]
+        pair_failures = Coalesce(Subquery(total, output_field=IntegerField()), Value(0))
+        # Few values (one per username or address under attack), compared in Python's terms:
+        # the address column is an inet on PostgreSQL, the counters' a plain string.
+        accounts = lockout.locked_values(lockout.ACCOUNT)
+        addresses = lockout.locked_values(lockout.ADDRESS)
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(pair_failures=pair_failures)
+            .annotate(
+                pair_locked=ExpressionWrapper(
+                    Q(pair_failures__gte=settings.AXES_FAILURE_LIMIT), output_field=BooleanField()
+                ),
+                account_locked=ExpressionWrapper(Q(username__in=accounts), output_field=BooleanField()),
+                address_locked=ExpressionWrapper(Q(ip_address__in=addresses), output_field=BooleanField()),
+            )
+        )
 
     @admin.display(description=_("locked out"))
     def locked(self, obj) -> str:
-        limit = settings.AXES_FAILURE_LIMIT
-        account, address = obj.username_failures >= limit, obj.ip_failures >= limit
-        if account and address:
-            return _("account and IP address")
-        if account:
-            return _("account")
-        if address:
-            return _("IP address")
-        return _("no")
+        labels = []
+        if obj.pair_locked:
+            labels.append(_("this account from this address"))
+        if obj.account_locked:
+            labels.append(_("account, from every address"))
+        if obj.address_locked:
+            labels.append(_("IP address, for every account"))
+        return "; ".join(str(label) for label in labels) or _("no")
 
     def get_actions(self, request):
         actions = super().get_actions(request)

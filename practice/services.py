@@ -7,18 +7,24 @@ from django.db import transaction
 from audit.context import Actor
 from audit.models import EventType
 from audit.services import audit_event_write
-from practice import twofactor
+from practice import lockout, twofactor
 from practice.sessions import sessions_end_for_user
 
 
 @transaction.atomic
 def lockout_lift(*, attempts, actor: Actor) -> int:
-    """Delete these login attempts (which is what lifts a lockout), one UNLOCK row each.
+    """Delete these login attempts (which lifts the lock of their username from their
+    address), and lift the locks of their usernames and addresses (practice/lockout.py); one
+    UNLOCK row per attempt.
 
     The audit rows are written in the same transaction as the delete: a lift is never
     unrecorded, and a failed write lifts nothing.
     """
     rows = list(attempts)
+    lockout.throttles_lift(
+        usernames={attempt.username for attempt in rows if attempt.username},
+        addresses={attempt.ip_address for attempt in rows if attempt.ip_address},
+    )
     for attempt in rows:
         audit_event_write(
             event_type=EventType.UNLOCK,

@@ -230,12 +230,22 @@ if env.bool("USE_X_FORWARDED_PROTO", default=False):
 # whose last address is the client. Unset: REMOTE_ADDR. Never set it without such a proxy.
 AUDIT_CLIENT_IP_HEADER = env.str("CLIENT_IP_HEADER", default="")
 
-# django-axes: lock by username and by IP after repeated failures.
+# Login lockout (practice/lockout.py states the rules). django-axes locks a username from one
+# address (never a colleague behind the same address); our handler adds a limit per address,
+# slowed down before it, and a limit per username across addresses. Each counted over the
+# cool-off, race-safe, the same for a username that does not exist.
 AXES_FAILURE_LIMIT = env.int("AXES_FAILURE_LIMIT", default=5)
 AXES_COOLOFF_TIME = env.float("AXES_COOLOFF_MINUTES", default=15) / 60  # hours
-AXES_LOCKOUT_PARAMETERS = [["username"], ["ip_address"]]
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
+AXES_HANDLER = "practice.lockout.LockoutHandler"
+AXES_LOCKOUT_CALLABLE = "practice.lockout.lockout_response"
 AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+LOGIN_ADDRESS_FAILURE_LIMIT = env.int("LOGIN_ADDRESS_FAILURE_LIMIT", default=50)
+LOGIN_ADDRESS_FREE_FAILURES = env.int("LOGIN_ADDRESS_FREE_FAILURES", default=10)
+LOGIN_ADDRESS_DELAY_MAX_SECONDS = env.int("LOGIN_ADDRESS_DELAY_MAX_SECONDS", default=15)
+# At most 100 failures an hour on one account (ASVS 2.2.1): 5 cool-off windows x 20.
+LOGIN_ACCOUNT_FAILURE_LIMIT = env.int("LOGIN_ACCOUNT_FAILURE_LIMIT", default=20)
 # The lockout and the audit trail agree on the client address (CLIENT_IP_HEADER below).
 AXES_CLIENT_IP_CALLABLE = "audit.middleware.client_ip"
 

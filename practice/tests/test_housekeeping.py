@@ -51,7 +51,9 @@ def lock(username: str) -> None:
 
 
 def is_locked(username: str) -> bool:
-    response = Client().post("/accounts/login/", {"username": username, "password": PASSWORD}, REMOTE_ADDR="192.0.2.9")
+    """The right password from the address that locked the username (a lock is by username and
+    address together: practice/lockout.py)."""
+    response = Client().post("/accounts/login/", {"username": username, "password": PASSWORD}, REMOTE_ADDR=ATTACKER)
     return response.status_code == 429
 
 

@@ -1,6 +1,7 @@
-"""Login lockout (django-axes): brute force is stopped by username and by address, the pages
-tell an attacker nothing about which accounts exist, and a practice admin lifts a lockout in
-admin, in the audit trail."""
+"""Login lockout (django-axes, practice/lockout.py): five failures lock a username from one
+address, never a colleague behind the same address; the pages tell an attacker nothing about
+which accounts exist, and a practice admin lifts a lockout in admin, in the audit trail.
+The limits per address and per account across addresses: test_lockout_limits.py."""
 
 import datetime
 import re
@@ -12,6 +13,7 @@ from django.test import Client
 
 from audit.models import AuditEvent, EventType
 from conftest import PASSWORD, client_for
+from practice.models import LoginThrottle
 
 ATTACKER = "203.0.113.66"
 OFFICE = "198.51.100.10"
@@ -37,10 +39,15 @@ def page(response, username: str = "") -> str:
     return body.replace(username, "USERNAME") if username else body
 
 
-def attempts_age(delta: datetime.timedelta) -> None:
+def elapse(delta: datetime.timedelta) -> None:
+    """Time passes for the lockout: every stored attempt and counter moves ``delta`` back."""
     for attempt in AccessAttempt.objects.all():
         attempt.attempt_time -= delta
         attempt.save(update_fields=["attempt_time"])
+    for throttle in LoginThrottle.objects.all():
+        throttle.window_started_at -= delta
+        throttle.retry_at -= delta
+        throttle.save(update_fields=["window_started_at", "retry_at"])
 
 
 def test_it_refuses_the_right_password_after_five_wrong_ones(secretary):
@@ -65,13 +72,13 @@ def test_it_lets_the_user_in_again_after_the_cool_off(secretary):
     lock(secretary.username)
     cool_off = get_cool_off()
     assert cool_off == datetime.timedelta(minutes=15)
-    attempts_age(cool_off - datetime.timedelta(minutes=1))
+    elapse(cool_off - datetime.timedelta(minutes=1))
     # Still locked; and trying again starts the cool-off over (axes' default), which is why
     # the page can say "15 minutes" whenever it is shown.
     assert log_in(secretary.username, PASSWORD).status_code == 429
-    attempts_age(cool_off - datetime.timedelta(minutes=1))
+    elapse(cool_off - datetime.timedelta(minutes=1))
     assert log_in(secretary.username, PASSWORD).status_code == 429
-    attempts_age(cool_off + datetime.timedelta(seconds=1))
+    elapse(cool_off + datetime.timedelta(seconds=1))
     assert log_in(secretary.username, PASSWORD).status_code == 302
 
 
@@ -92,12 +99,27 @@ def test_the_lockout_reads_the_same_for_an_unknown_account(secretary):
     assert page(log_in(secretary.username, PASSWORD, ip="192.0.2.1")) == page(unknown)
 
 
-def test_it_locks_an_address_that_tries_many_usernames(secretary, practitioner):
+def test_one_users_mistakes_never_lock_a_colleague_out_behind_the_same_address(secretary, practitioner):
+    lock(secretary.username, ip=OFFICE)
+    # The colleague at the next desk, behind the clinic's one address, logs in.
+    colleague = Client()
+    assert log_in(practitioner.username, PASSWORD, ip=OFFICE, client=colleague).status_code == 302
+    assert "_auth_user_id" in colleague.session
+    # The one who mistyped waits, from that address only: from home, the password works.
+    assert log_in(secretary.username, PASSWORD, ip=OFFICE).status_code == 429
+    assert log_in(secretary.username, PASSWORD, ip="192.0.2.20").status_code == 302
+
+
+def test_the_lockout_page_says_only_this_username_from_this_network_waits(secretary):
+    response = lock(secretary.username)[-1]
+    assert "Only this username is paused, and only from your network: colleagues can still log in." in response.text
+    assert response["Retry-After"] == "900"
+
+
+def test_five_usernames_tried_from_one_address_lock_nobody(secretary, practitioner):
     responses = [log_in(f"guess{n}", "wrong", ip=ATTACKER) for n in range(5)]
-    assert [r.status_code for r in responses] == [200, 200, 200, 200, 429]
-    # The address is locked, even for a real account with its right password...
-    assert log_in(practitioner.username, PASSWORD, ip=ATTACKER).status_code == 429
-    # ...but the accounts are not: from another address they log in.
+    assert [r.status_code for r in responses] == [200] * 5
+    assert log_in(practitioner.username, PASSWORD, ip=ATTACKER).status_code == 302
     assert log_in(secretary.username, PASSWORD, ip=OFFICE).status_code == 302
 
 
@@ -127,11 +149,13 @@ def test_a_practice_admin_sees_who_is_locked_and_why(admin_client, secretary):
     assert response.status_code == 200
     rows = re.findall(r"<tr>.*?</tr>", response.text, flags=re.S)
     secretary_row = next(r for r in rows if secretary.username in r)
-    assert "account and IP address" in secretary_row
-    # Each sprayed username failed once, but together they locked the address.
+    assert 'field-locked">this account from this address<' in secretary_row
+    # Each sprayed username failed once: five together lock neither them nor the address.
     sprayed = [r for r in rows if "guess" in r]
-    assert len(sprayed) == 5 and all('field-locked">IP address<' in r for r in sprayed)
-    assert admin_client.get(LOCKED_URL, {"locked": "no"}).text.count("guess") == 0
+    assert len(sprayed) == 5 and all('field-locked">no<' in r for r in sprayed)
+    assert admin_client.get(LOCKED_URL, {"locked": "no"}).text.count(">guess") == 5
+    locked = admin_client.get(LOCKED_URL, {"locked": "yes"}).text
+    assert ">guess" not in locked and secretary.username in locked
 
 
 def test_a_practice_admin_lifts_a_lockout(admin_client, practice_admin, secretary):
