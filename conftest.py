@@ -4,6 +4,7 @@ Every test runs against the settings of production (DEBUG off) except for TLS re
 (TLS ends at the proxy) and the static manifest (built by collectstatic at deploy).
 """
 
+import contextlib
 import datetime
 import os
 import uuid
@@ -42,18 +43,78 @@ def _no_stray_connections(django_db_setup, django_db_blocker):
                 )
 
 
+# When DATABASE_OWNER_URL is set (CI), the suite runs as the app's role, DATABASE_URL's user,
+# which does not own the audit trail, as in production (docs/operations.md): the owner
+# creates and migrates the test database, the app's role gets its grants (what
+# `manage.py db_app_role` gives), and from then on every connection of the tests (threads,
+# live server, Celery workers) is the app's role. The owner comes back to flush (transactional
+# tests) and to drop the database at the end. Filled by the two fixtures below: the owner's
+# name and the app's credentials.
+TEST_ROLES: dict = {}
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix):
+    from django.conf import settings
+    from django.db import connections
+
+    from audit.management.commands.db_app_role import CREDENTIALS
+
+    owner = settings.DATABASE_OWNER
+    default = settings.DATABASES["default"]
+    if owner and default["ENGINE"] == "django.db.backends.postgresql" and owner["USER"] != default["USER"]:
+        app = {key: default.get(key) for key in CREDENTIALS}
+        connections["default"].close()
+        default.update({key: owner.get(key) or app[key] for key in CREDENTIALS})
+        TEST_ROLES.update(owner=owner["USER"], owner_credentials=dict(default), app=app)
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup, django_db_blocker):
+    """pytest-django's set-up, then (with DATABASE_OWNER_URL) the switch to the app's role.
+
+    The app's role is also made a NOINHERIT member of the owner: it has none of the owner's
+    rights, but tests that play the attacker or break the database can ``SET ROLE`` to it
+    (``trail_owner``); the app never does. Revoked at the end."""
+    if not TEST_ROLES:
+        yield
+        return
+    from django.db import connection
+
+    from audit.management.commands.db_app_role import CREDENTIALS, app_role_grant
+
+    app, quote = TEST_ROLES["app"], connection.ops.quote_name
+    with django_db_blocker.unblock():
+        app_role_grant(connection, app["USER"], password=app["PASSWORD"] or "")
+        with connection.cursor() as cursor:
+            cursor.execute(f"ALTER ROLE {quote(app['USER'])} NOINHERIT")
+            cursor.execute(f"GRANT {quote(TEST_ROLES['owner'])} TO {quote(app['USER'])}")
+        connection.close()
+        connection.settings_dict.update(app)
+    yield
+    with django_db_blocker.unblock():
+        connection.close()
+        connection.settings_dict.update({key: TEST_ROLES["owner_credentials"][key] for key in CREDENTIALS})
+        with connection.cursor() as cursor:
+            cursor.execute(f"REVOKE {quote(TEST_ROLES['owner'])} FROM {quote(app['USER'])}")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _flush_past_the_trail_trigger():
     """Transactional tests end with ``flush``: one TRUNCATE of every table, which the trail's
     append-only trigger refuses (PostgreSQL, audit migration 0007). In the test database
     only, the flush disables that trigger around its TRUNCATE, in the flush's own
-    transaction (so the trigger is back even if the TRUNCATE fails). Production keeps it:
-    a flush there is refused, as it should be."""
+    transaction (so the trigger is back even if the TRUNCATE fails), as the owner when the
+    suite runs as the app's role (which may neither TRUNCATE the trail nor alter it).
+    Production keeps it: a flush there is refused, as it should be. On both databases the
+    chain's tip (audit/chain.py, not a model: Django's flush does not know it) goes with the
+    trail, else the next test's trail would start past ids that were never there."""
     from unittest import mock
 
     from django.db.backends.postgresql.operations import DatabaseOperations
+    from django.db.backends.sqlite3.base import DatabaseOperations as SQLiteOperations  # (operations alone: a cycle)
 
-    sql_flush = DatabaseOperations.sql_flush
+    sql_flush, sqlite_flush = DatabaseOperations.sql_flush, SQLiteOperations.sql_flush
 
     def flush_with_trail(self, style, tables, **kwargs):
         statements = sql_flush(self, style, tables, **kwargs)
@@ -62,10 +123,22 @@ def _flush_past_the_trail_trigger():
                 "ALTER TABLE audit_auditevent DISABLE TRIGGER audit_trail_no_truncate;",
                 *statements,
                 "ALTER TABLE audit_auditevent ENABLE TRIGGER audit_trail_no_truncate;",
+                "DELETE FROM audit_chaintip;",
             ]
+            if TEST_ROLES:
+                statements = [f"SET ROLE {self.quote_name(TEST_ROLES['owner'])};", *statements, "RESET ROLE;"]
         return statements
 
-    with mock.patch.object(DatabaseOperations, "sql_flush", flush_with_trail):
+    def sqlite_flush_with_trail(self, style, tables, **kwargs):
+        statements = sqlite_flush(self, style, tables, **kwargs)
+        if statements and "audit_auditevent" in tables:
+            statements = [*statements, "DELETE FROM audit_chaintip;"]
+        return statements
+
+    with (
+        mock.patch.object(DatabaseOperations, "sql_flush", flush_with_trail),
+        mock.patch.object(SQLiteOperations, "sql_flush", sqlite_flush_with_trail),
+    ):
         yield
 
 
@@ -77,9 +150,51 @@ def audit_trail_writable(db):
     from django.db import connection
 
     if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
+        with connection.cursor() as cursor, trail_owner(cursor):
             cursor.execute("ALTER TABLE audit_auditevent DISABLE TRIGGER audit_trail_append_only")
     yield
+
+
+@contextlib.contextmanager
+def trail_owner(cursor):
+    """Statements on ``cursor`` run as the trail's owner (PostgreSQL), what tests that play the
+    attacker or break the database need. When the suite runs as the app's role (which does not
+    own the trail: ``DATABASE_OWNER_URL``, see ``django_db_setup`` below) this is ``SET ROLE``
+    to the owner: the test set-up makes the app's role a NOINHERIT member of the owner, so it
+    has none of the owner's rights unless it asks, and only tests ask."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        yield cursor
+        return
+    cursor.execute("SELECT tableowner, current_user FROM pg_tables WHERE tablename = 'audit_auditevent'")
+    owner, user = cursor.fetchone()
+    if owner == user:
+        yield cursor
+        return
+    cursor.execute(f"SET ROLE {connection.ops.quote_name(owner)}")
+    try:
+        yield cursor
+    finally:
+        if connection.connection.info.transaction_status != 3:  # not in a failed transaction
+            cursor.execute("RESET ROLE")
+
+
+@contextlib.contextmanager
+def trail_tampering():
+    """A cursor that gets past the trail's protection as its owner does (PostgreSQL: the
+    owner's rights and the triggers disabled, in the caller's transaction if there is one);
+    on SQLite nothing stands in the way."""
+    from django.db import connection
+
+    with connection.cursor() as cursor, trail_owner(cursor):
+        if connection.vendor == "postgresql":
+            cursor.execute("ALTER TABLE audit_auditevent DISABLE TRIGGER USER")
+        try:
+            yield cursor
+        finally:
+            if connection.vendor == "postgresql" and connection.connection.info.transaction_status != 3:
+                cursor.execute("ALTER TABLE audit_auditevent ENABLE TRIGGER USER")
 
 
 @pytest.fixture(autouse=True)

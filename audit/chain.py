@@ -4,16 +4,25 @@ Rule enforced here: each row's ``mac`` is HMAC-SHA256, keyed by ``AUDIT_CHAIN_KE
 outside the database), over the previous row's ``mac`` and this row's canonical content,
 its id included. Without the key nobody can change, insert, reorder or renumber a row
 without breaking the chain at that row; a deleted row breaks the next row's MAC. The chain
-follows the id order and tolerates gaps in the ids (a rolled-back write leaves one): a
-row's predecessor is the row with the next smaller id that exists.
+follows the id order: a row's predecessor is the row with the next smaller id that exists.
+
+Rule enforced here too: the ids have no gaps, so a gap means rows were removed. The chain
+draws the ids itself, under its lock, from its tip (``audit_chaintip``, one row: the
+largest id drawn), in the writer's transaction: a rolled-back write gives its ids back
+(a database sequence would not). Cutting rows from the tail leaves a valid chain, and rows
+written afterwards chain onto what is left; but their ids go on from the tip, so the cut
+shows as a gap, and a tail cut with nothing written after it shows against the tip. An
+owner who also rewinds the tip is caught by the heads exported every five minutes
+(``head_export``) when ``audit_verify --head-file`` compares the trail with each of them.
 
 Writers serialize (``chain_tail_lock``): on PostgreSQL a transaction-level advisory lock,
 taken before the ids are drawn and held until commit, so ids and chain order agree and two
 writers never chain onto the same row (a fork); on SQLite the write transaction itself
 (``BEGIN IMMEDIATE``, practice/settings.py) already does that.
 
-Verification (``chain_verify``) streams the rows in id order in constant memory and stops at
-the first bad one; ``manage.py audit_verify`` and the nightly task use it.
+Verification (``trail_verify``: the chain, the gaps in the ids and the exported heads)
+streams the rows in id order in constant memory and names the first bad row;
+``manage.py audit_verify`` and the nightly task use it.
 """
 
 from __future__ import annotations
@@ -24,8 +33,9 @@ import hashlib
 import hmac
 import ipaddress
 import json
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.db import connection as default_connection
@@ -34,6 +44,8 @@ from django.utils.translation import gettext as _
 # The PostgreSQL advisory lock every chain writer takes ("audit" in ASCII, a constant that no
 # other part of the app uses).
 ADVISORY_LOCK_ID = 0x6175646974
+# Where the trail's heads are exported (``head_export``): route it off the machine.
+heads_logger = logging.getLogger("audit.heads")
 # The "previous MAC" of the first row.
 GENESIS = "0" * 64
 # Bumped if the canonical form ever changes (old rows then keep verifying under their version).
@@ -132,14 +144,29 @@ SQL_TAG = "/* audit chain */ "
 
 # PostgreSQL: the lock is its own statement, before the read, because under READ COMMITTED each
 # statement sees what was committed when it started: the read must start after the previous
-# holder committed. The ids are drawn under the lock, so they are larger than every id chained
-# before.
+# holder committed. The ids are drawn under the lock from the tip (migration audit.0012), in
+# the same statement: the tip moves to the largest of itself and the last row's id, plus the
+# count (the upsert carries the last row's id in EXCLUDED.gap_free_after; a missing tip row
+# is made again). The tip is a row, so a rollback gives the ids back: no gaps. The trail's
+# sequence is no longer used by the chain; it is moved past the tip (setval: outside the
+# transaction, harmless) only so that an insert that relies on the column's default, outside
+# the chain, cannot take an id the chain gave.
 _PG_LOCK = "/* audit chain */ SELECT pg_advisory_xact_lock(%s)"
 _PG_TAIL = (
-    "/* audit chain */ SELECT last.mac, "
-    "ARRAY(SELECT nextval(pg_get_serial_sequence('audit_auditevent', 'id')) FROM generate_series(1, %s)) "
-    "FROM (SELECT 1) AS one LEFT JOIN LATERAL "
-    '(SELECT mac FROM "audit_auditevent" ORDER BY id DESC LIMIT 1) AS last ON true'
+    '/* audit chain */ WITH last AS (SELECT id, mac FROM "audit_auditevent" ORDER BY id DESC LIMIT 1), '
+    "tip AS (INSERT INTO audit_chaintip AS t (id, last_id, gap_free_after) "
+    "VALUES (1, COALESCE((SELECT id FROM last), 0) + %s, COALESCE((SELECT id FROM last), 0)) "
+    "ON CONFLICT (id) DO UPDATE SET last_id = GREATEST(t.last_id, EXCLUDED.gap_free_after) + %s "
+    "RETURNING t.last_id) "
+    "SELECT (SELECT mac FROM last), tip.last_id, "
+    "setval(pg_get_serial_sequence('audit_auditevent', 'id'), GREATEST(tip.last_id, "
+    "COALESCE(pg_sequence_last_value(pg_get_serial_sequence('audit_auditevent', 'id')::regclass), 0))) "
+    "FROM tip"
+)
+_SQLITE_TAIL = '/* audit chain */ SELECT id, mac FROM "audit_auditevent" ORDER BY id DESC LIMIT 1'
+_SQLITE_TIP = (
+    "/* audit chain */ INSERT INTO audit_chaintip (id, last_id, gap_free_after) VALUES (1, %s + %s, %s) "
+    "ON CONFLICT (id) DO UPDATE SET last_id = MAX(last_id, excluded.gap_free_after) + %s RETURNING last_id"
 )
 
 
@@ -147,10 +174,10 @@ def chain_tail_lock(count: int, connection=None) -> tuple[str, list[int]]:
     """Take the chain's writer lock; return the last row's MAC and ``count`` fresh ids.
 
     Must run inside ``transaction.atomic`` and be followed, in the same transaction, by the
-    insert of the rows chained onto the returned MAC, with the returned ids (increasing).
-    SQLite: the transaction already holds the database's write lock (BEGIN IMMEDIATE), so the
-    read and the insert see and extend the same tail; the ids follow AUTOINCREMENT's rule
-    (never reuse one, even a deleted last row's).
+    insert of the rows chained onto the returned MAC, with the returned ids (increasing). The
+    ids follow the largest id ever drawn (the tip), never a removed row's, and come back if
+    the transaction rolls back. SQLite: the transaction already holds the database's write
+    lock (BEGIN IMMEDIATE), so the read and the insert see and extend the same tail.
     """
     connection = connection or default_connection
     if not connection.in_atomic_block:
@@ -158,17 +185,14 @@ def chain_tail_lock(count: int, connection=None) -> tuple[str, list[int]]:
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
             cursor.execute(_PG_LOCK, [ADVISORY_LOCK_ID])
-            cursor.execute(_PG_TAIL, [count])
-            mac, ids = cursor.fetchone()
-            return mac or GENESIS, sorted(ids)
-        cursor.execute(
-            '/* audit chain */ SELECT (SELECT id FROM "audit_auditevent" ORDER BY id DESC LIMIT 1), '
-            '(SELECT mac FROM "audit_auditevent" ORDER BY id DESC LIMIT 1), '
-            "(SELECT seq FROM sqlite_sequence WHERE name = 'audit_auditevent')"
-        )
-        last_id, mac, seq = cursor.fetchone()
-        next_id = max(last_id or 0, seq or 0) + 1
-        return mac if last_id else GENESIS, list(range(next_id, next_id + count))
+            cursor.execute(_PG_TAIL, [count, count])
+            mac, last, _sequence = cursor.fetchone()
+            return mac or GENESIS, list(range(last - count + 1, last + 1))
+        cursor.execute(_SQLITE_TAIL)
+        last_id, mac = cursor.fetchone() or (0, None)
+        cursor.execute(_SQLITE_TIP, [last_id, count, last_id, count])
+        (last,) = cursor.fetchone()
+        return mac or GENESIS, list(range(last - count + 1, last + 1))
 
 
 def _rows_normalize(rows: list[dict]) -> None:
@@ -215,11 +239,11 @@ def chain_write_alone(rows: list[dict], statement: Callable[[list[dict]], tuple[
     _rows_normalize(rows)
     with connection.cursor() as cursor:
         try:
-            cursor.execute(f"BEGIN; {_PG_LOCK}; {_PG_TAIL}", [ADVISORY_LOCK_ID, len(rows)])
+            cursor.execute(f"BEGIN; {_PG_LOCK}; {_PG_TAIL}", [ADVISORY_LOCK_ID, len(rows), len(rows)])
             cursor.nextset()  # past BEGIN's and the lock's results, to the tail's
             cursor.nextset()
-            mac, ids = cursor.fetchone()
-            _rows_seal(rows, mac or GENESIS, sorted(ids))
+            mac, last, _sequence = cursor.fetchone()
+            _rows_seal(rows, mac or GENESIS, list(range(last - len(rows) + 1, last + 1)))
             sql, params = statement(rows)
             cursor.execute(f"{sql}; COMMIT", params)
             return cursor.fetchall() if cursor.description else []
@@ -325,7 +349,7 @@ def _diagnose(prev_row: dict | None, prev_mac: str, row: dict, following: dict |
         return _("the row has no MAC: it was written outside the application (or before the chain).")
     gap = ""
     if prev_row is not None and row["id"] > prev_row["id"] + 1:
-        gap = " " + _("Ids %(first)s to %(last)s are missing (a gap also comes from a write that was rolled back).") % {
+        gap = " " + _("Ids %(first)s to %(last)s are missing.") % {
             "first": prev_row["id"] + 1,
             "last": row["id"] - 1,
         }
@@ -364,21 +388,210 @@ def chain_verify(
     return report
 
 
-def head_check(*, head_id: int, head_mac: str) -> str | None:
-    """Compare the trail with an exported head (id and MAC of the last row then); a problem
-    in words, or None. Catches a truncated tail, which the chain alone cannot: what is left
-    of a chain cut short is still a valid chain."""
+# --------------------------------------------------------------------------- gaps in the ids
+
+# Gap ranges listed at most (each is one line of the report; the count says if there are more).
+GAPS_LISTED = 100
+
+# The ranges of missing ids after ``lo``, and, in the same statement (one snapshot: every row up
+# to the tip it reads is committed and visible to it), the largest id and the tip. A window
+# over the primary key: one index scan, no row fetched.
+_GAPS = (
+    "SELECT 0, first, last FROM (SELECT first, last FROM ("  # noqa: S608 (constants)
+    "SELECT COALESCE(LAG(id) OVER (ORDER BY id), %s) + 1 AS first, id - 1 AS last "
+    'FROM "audit_auditevent" WHERE id > %s) AS g WHERE first <= last ORDER BY first LIMIT %s) AS listed '
+    'UNION ALL SELECT 1, (SELECT MAX(id) FROM "audit_auditevent"), '
+    "(SELECT last_id FROM audit_chaintip WHERE id = 1)"
+)
+
+
+@dataclass
+class Gaps:
+    """Ids missing from the trail: ``ranges`` (first, last) in order, at most ``GAPS_LISTED``;
+    ``tail`` is the range cut from the end (the tip is past the last row), if any."""
+
+    ranges: list[tuple[int, int]]
+    more: bool = False
+    tail: tuple[int, int] | None = None
+    tip: int | None = None
+
+    def describe(self) -> list[str]:
+        lines = [
+            _("Ids %(first)s to %(last)s are missing: rows were removed (the ids have no gaps otherwise).")
+            % {"first": first, "last": last}
+            for first, last in self.ranges
+        ]
+        if self.more:
+            lines.append(
+                _("More ids are missing after these (the first %(n)d ranges are listed).") % {"n": GAPS_LISTED}
+            )
+        if self.tail is not None:
+            lines.append(
+                _(
+                    "Ids %(first)s to %(last)s are missing at the end of the trail: its tail was removed "
+                    "(ids up to %(last)s were written)."
+                )
+                % {"first": self.tail[0], "last": self.tail[1]}
+            )
+        return lines
+
+    @property
+    def all(self) -> list[tuple[int, int]]:
+        return [*self.ranges, *([self.tail] if self.tail else [])]
+
+
+def id_gaps(*, after_id: int = 0) -> Gaps:
+    """The ids missing after ``after_id`` (a row trusted to be there), up to the tip.
+
+    Ids at or below the tip's ``gap_free_after`` (drawn before the chain drew its own ids,
+    migration audit.0012) are not looked at: rolled-back writes of that time left gaps.
+    """
+    with default_connection.cursor() as cursor:
+        cursor.execute("SELECT gap_free_after FROM audit_chaintip WHERE id = 1")
+        found = cursor.fetchone()
+        lo = max(after_id, found[0] if found else 0)
+        cursor.execute(_GAPS, [lo, lo, GAPS_LISTED + 1])
+        rows = cursor.fetchall()
+    ranges = [(first, last) for kind, first, last in rows if kind == 0]
+    [(_kind, top, tip)] = [row for row in rows if row[0] == 1]
+    gaps = Gaps(ranges=ranges[:GAPS_LISTED], more=len(ranges) > GAPS_LISTED, tip=tip)
+    end = max(top or 0, lo)
+    if tip is not None and tip > end:
+        gaps.tail = (end + 1, tip)
+    return gaps
+
+
+# --------------------------------------------------------------------------- exported heads
+
+
+@dataclass(frozen=True)
+class Head:
+    """An exported head: the id and MAC of the trail's last row when it was exported, and
+    where it was read (a log file's line, a check recorded in the database), for people."""
+
+    row_id: int
+    mac: str
+    source: str
+
+
+def head_current() -> tuple[int, str]:
+    """The trail's head now: the last row's id and MAC ((0, "") for an empty trail)."""
     from audit.models import AuditEvent
 
-    if not head_id:
-        return None
-    row = AuditEvent.objects.filter(id=head_id).values_list("mac", flat=True).first()
-    if row is None:
-        last = AuditEvent.objects.filter(id__lt=head_id).order_by("-id").values_list("id", flat=True).first()
-        return _(
-            "row %(head)s, the head exported earlier, is missing: the tail of the trail was removed "
-            "(the last row before it is %(last)s)."
-        ) % {"head": head_id, "last": last or "-"}
-    if not hmac.compare_digest(row, head_mac):
-        return _("row %(head)s differs from the head exported earlier: it was replaced.") % {"head": head_id}
-    return None
+    return AuditEvent.objects.order_by("-id").values_list("id", "mac").first() or (0, "")
+
+
+def head_export() -> tuple[int, str]:
+    """Log the trail's head as one line on the ``audit.heads`` logger, the export that
+    ``audit_verify --head-file`` reads back: ``audit head: max_id=<id> mac=<MAC> at=<time>``.
+
+    Worth something only where the database's users cannot rewrite it: ship that logger to
+    another machine (docs/operations.md). Writes nothing to the database.
+    """
+    from django.utils import timezone
+
+    head_id, mac = head_current()
+    heads_logger.info("audit head: max_id=%d mac=%s at=%s", head_id, mac or "-", timezone.now().isoformat())
+    return head_id, mac
+
+
+# Rows looked up per query when comparing heads (a year of five-minute exports is 105,000 lines).
+_HEADS_CHUNK = 1000
+# Problems named at most (each missing head costs a query to name the row before it).
+_HEADS_NAMED = 10
+
+
+def heads_check(heads: Iterable[Head]) -> tuple[int, list[str]]:
+    """Compare the trail with exported heads: every head's row must be there with its MAC.
+
+    What the chain alone cannot show: what is left of a chain cut short is still a valid
+    chain, and rows written after the cut chain onto it. Every head counts, not only the last
+    one: after a cut, the next export is taken from the cut trail. Returns how many distinct
+    heads were compared and the problems in words (at most ``_HEADS_NAMED``, then a count).
+    """
+    from audit.models import AuditEvent
+
+    by_id: dict[int, Head] = {}
+    problems: list[str] = []
+    for head in heads:
+        if not head.row_id or not head.mac:
+            continue
+        known = by_id.setdefault(head.row_id, head)
+        if known.mac != head.mac:
+            problems.append(
+                _(
+                    "the exported heads disagree on row %(id)s (%(first)s; %(second)s): "
+                    "the trail was rewritten between the two exports."
+                )
+                % {"id": head.row_id, "first": known.source, "second": head.source}
+            )
+    wanted = sorted(by_id)
+    for start in range(0, len(wanted), _HEADS_CHUNK):
+        chunk = wanted[start : start + _HEADS_CHUNK]
+        stored = dict(AuditEvent.objects.filter(id__in=chunk).values_list("id", "mac"))
+        for row_id in chunk:
+            head = by_id[row_id]
+            mac = stored.get(row_id)
+            if mac is not None and hmac.compare_digest(mac, head.mac):
+                continue
+            if len(problems) >= _HEADS_NAMED:
+                problems.append("")  # counted below
+                continue
+            if mac is None:
+                last = AuditEvent.objects.filter(id__lt=row_id).order_by("-id").values_list("id", flat=True).first()
+                problems.append(
+                    _(
+                        "row %(head)s, the head exported earlier, is missing: the tail of the trail was removed "
+                        "(the last row before it is %(last)s; head from %(source)s)."
+                    )
+                    % {"head": row_id, "last": last or "-", "source": head.source}
+                )
+            else:
+                problems.append(
+                    _("row %(head)s differs from the head exported earlier (%(source)s): it was replaced.")
+                    % {"head": row_id, "source": head.source}
+                )
+    named = [p for p in problems if p]
+    if len(named) < len(problems):
+        named.append(_("%(n)d more exported heads do not match.") % {"n": len(problems) - len(named)})
+    return len(by_id), named
+
+
+# --------------------------------------------------------------------------- the whole check
+
+
+@dataclass
+class TrailReport:
+    """What ``trail_verify`` found: the chain, the gaps in the ids, the exported heads."""
+
+    chain: ChainReport
+    gaps: Gaps
+    heads_compared: int = 0
+    head_problems: list[str] = field(default_factory=list)
+
+    @property
+    def problems(self) -> list[str]:
+        """Every finding in words, the first bad row first."""
+        found = []
+        if self.chain.problem is not None:
+            found.append(_("First bad row: %(problem)s") % {"problem": self.chain.problem.describe()})
+        found.extend(self.gaps.describe())
+        found.extend(_("Exported head: %(problem)s") % {"problem": p} for p in self.head_problems)
+        return found
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def trail_verify(*, after_id: int = 0, prev_mac: str = GENESIS, heads: Iterable[Head] = ()) -> TrailReport:
+    """The trail's whole check, for ``manage.py audit_verify`` and the nightly task.
+
+    The chain from the row after ``after_id`` on (whose predecessor's MAC is ``prev_mac``),
+    stopping at the first bad row; every gap in the ids after ``after_id``, and a tail cut
+    short of the tip; and each exported head in ``heads``. Decrypts nothing, writes nothing.
+    """
+    gaps = id_gaps(after_id=after_id)
+    chain = chain_verify(after_id=after_id, prev_mac=prev_mac)
+    compared, problems = heads_check(heads)
+    return TrailReport(chain=chain, gaps=gaps, heads_compared=compared, head_problems=problems)

@@ -1,4 +1,4 @@
-"""Background work of the audit trail: security alert mails and the nightly check.
+"""Background work of the audit trail: security alert mails, the head export and the nightly check.
 
 Beat names these tasks in ``CELERY_BEAT_SCHEDULE`` (practice/settings.py). Each runs in an
 audit context of its own (``system:<task>``, practice/celery.py) and decrypts nothing.
@@ -13,6 +13,7 @@ from celery import shared_task
 from django.db import transaction
 from django.db.models import Count, Max
 from django.utils import timezone
+from django.utils.translation import gettext as _
 
 from audit import alerts, chain
 from audit.keys import canary_problem
@@ -35,46 +36,71 @@ def security_alerts_send(self) -> int:
 
 
 @shared_task
+def audit_head_export() -> dict:
+    """Export the trail's head (last row's id and MAC) as one log line, every five minutes.
+
+    The line goes to the ``audit.heads`` logger (``audit.chain.head_export``), which the
+    deployment ships where the database's users cannot write (docs/operations.md);
+    ``manage.py audit_verify --head-file`` compares the trail with every exported head. Five
+    minutes is how long rows cut from the tail, together with the chain's tip, can go
+    unnoticed. Reads two values; writes nothing to the database.
+    """
+    head_id, mac = chain.head_export()
+    return {"max_id": head_id, "head_mac": mac}
+
+
+@shared_task
 def audit_verify_nightly(full: bool = False) -> dict:
     """Check the keys and the trail; record the trail's head, log it, and alert on trouble.
 
-    What it catches:
+    The trail's check is ``audit.chain.trail_verify`` (what ``manage.py audit_verify`` runs),
+    incremental here. What it catches:
     - keys that no longer read the database (the key canary, as at start-up);
     - the HMAC chain broken after the previous head (audit/chain.py): a row changed, forged,
       inserted or deleted since the previous check, named; incremental, from the previous
       head on (``full=True``, or ``manage.py audit_verify``, verifies from the first row);
+    - ids missing after the previous head: the ids have no gaps, so a gap is a removal, even
+      when the rows written after it chain onto what was left, and a tail cut short of the
+      chain's tip;
     - the previous head's row gone or replaced: the tail of the trail was cut (what is left
-      of a cut chain is still a valid chain: only the exported head shows it);
+      of a cut chain is still a valid chain);
     - rows deleted in the part verified on earlier nights: fewer rows at or below the
-      previous largest id than there were. The ids come from a sequence and rolled-back
-      writes leave gaps, which is why rows are counted instead of ids checked for holes.
+      previous largest id than there were.
     What it does not catch:
     - rows changed in the part verified on earlier nights, by someone who deletes nothing:
       run ``manage.py audit_verify`` (the whole chain) regularly, or ``full=True``;
-    - rows written and deleted from the tail between two checks (never seen, never counted);
     - someone holding ``AUDIT_CHAIN_KEY`` (the app server's environment): they can rebuild
-      the chain. And someone who also rewrites ``AuditHead``: the head is logged each night
-      (one line, ``audit head: ...``, with its id and MAC) so that a copy lives outside the
-      database; ``manage.py audit_verify --head-file`` compares the trail with it.
-    Findings write a security event (``CHAIN_BROKEN``, ``TRAIL_SHRANK``,
-    ``KEY_CHECK_FAILED``), which is mailed to the practice admins like any alert event. A
-    break is reported once: the next night continues from the new head.
+      the chain. And the table's owner, who can also rewind the tip and rewrite
+      ``AuditHead``: the head is logged each night and every five minutes
+      (``audit_head_export``) so that copies live outside the database;
+      ``manage.py audit_verify --head-file`` compares the trail with them.
+    Findings write a security event (``CHAIN_BROKEN``, ``TRAIL_SHRANK`` with the missing
+    ids, ``KEY_CHECK_FAILED``), which is mailed to the practice admins like any alert
+    event. A finding is reported once: the next night continues from the new head.
     """
     problem = canary_problem()
     with transaction.atomic():
         previous = AuditHead.objects.order_by("-id").first()
         start_id, start_mac = 0, chain.GENESIS
-        chain_problem = None
+        heads = []
         if previous is not None and previous.head_mac:
-            chain_problem = chain.head_check(head_id=previous.max_event_id, head_mac=previous.head_mac)
+            heads = [
+                chain.Head(
+                    row_id=previous.max_event_id,
+                    mac=previous.head_mac,
+                    source=_("the check of %(when)s") % {"when": previous.checked_at.isoformat()},
+                )
+            ]
             if not full:
                 start_id, start_mac = previous.max_event_id, previous.head_mac
-        report = chain.chain_verify(after_id=start_id, prev_mac=start_mac)
-        if chain_problem is None and report.problem is not None:
-            chain_problem = report.problem.describe()
+        report = chain.trail_verify(after_id=start_id, prev_mac=start_mac, heads=heads)
+        chain_problem = "; ".join(
+            [*report.head_problems, *([report.chain.problem.describe()] if report.chain.problem else [])]
+        )
+        gaps = [list(gap) for gap in report.gaps.all]
         head = AuditEvent.objects.aggregate(count=Count("id"), last_at=Max("occurred_at"))
-        last = AuditEvent.objects.order_by("-id").values_list("id", "mac").first() or (0, "")
-        max_id, head_mac, count = last[0], last[1], head["count"]
+        max_id, head_mac = chain.head_current()
+        count = head["count"]
         missing = 0
         if previous is not None:
             still_there = AuditEvent.objects.filter(id__lte=previous.max_event_id).count()
@@ -83,6 +109,9 @@ def audit_verify_nightly(full: bool = False) -> dict:
                 # The tail went; if as many forged rows with smaller ids were added, the count
                 # alone would not show it. At least the previous last row is missing.
                 missing = max(missing, 1)
+        # The ids missing after the previous head (those at or below it are counted above).
+        floor = previous.max_event_id if previous is not None else 0
+        missing += sum(last - max(first, floor + 1) + 1 for first, last in gaps if last > floor)
         AuditHead.objects.create(
             checked_at=timezone.now(),
             max_event_id=max_id,
@@ -91,42 +120,46 @@ def audit_verify_nightly(full: bool = False) -> dict:
             last_occurred_at=head["last_at"],
             missing_rows=missing,
             key_problem=bool(problem),
-            rows_verified=report.rows,
-            chain_problem=chain_problem or "",
+            rows_verified=report.chain.rows,
+            chain_problem=chain_problem,
         )
         if chain_problem:
             audit_event_write(
                 event_type=EventType.CHAIN_BROKEN,
-                object_pk=report.problem.row_id if report.problem and report.problem.row_id else "",
-                extra={"problem": chain_problem, "verified_from_id": start_id, "rows_verified": report.rows},
+                object_pk=report.chain.problem.row_id if report.chain.problem and report.chain.problem.row_id else "",
+                extra={"problem": chain_problem, "verified_from_id": start_id, "rows_verified": report.chain.rows},
             )
             logger.error("Audit trail chain broken: %s", chain_problem)
-        if missing:
+        if missing or gaps:
             audit_event_write(
                 event_type=EventType.TRAIL_SHRANK,
                 extra={
                     "missing_rows": missing,
-                    "previous_max_id": previous.max_event_id,
-                    "previous_count": previous.event_count,
+                    "missing_ids": gaps,
+                    "previous_max_id": previous.max_event_id if previous is not None else 0,
+                    "previous_count": previous.event_count if previous is not None else 0,
                     "max_id": max_id,
                     "count": count,
                 },
             )
             logger.error(
-                "Audit trail rows missing: %d since the check of %s (largest id %d -> %d, rows %d -> %d)",
+                "Audit trail rows missing: %d since the check of %s "
+                "(largest id %d -> %d, rows %d -> %d; ids missing: %s)",
                 missing,
-                previous.checked_at.isoformat(),
-                previous.max_event_id,
+                previous.checked_at.isoformat() if previous is not None else "-",
+                previous.max_event_id if previous is not None else 0,
                 max_id,
-                previous.event_count,
+                previous.event_count if previous is not None else 0,
                 count,
+                ", ".join(f"{first}-{last}" for first, last in gaps) or "-",
             )
         if problem:
             audit_event_write(event_type=EventType.KEY_CHECK_FAILED, extra={"problem": problem})
             logger.error("Key check failed: %s", problem)
     last_at = head["last_at"].isoformat() if head["last_at"] else "-"
-    # The head export: one line a night, outside the database (audit_verify --head-file reads it).
-    logger.info(
+    # The head export (as every five minutes, audit_head_export), with the night's findings:
+    # audit_verify --head-file reads it back.
+    chain.heads_logger.info(
         "audit head: max_id=%d mac=%s count=%d last_at=%s missing=%d chain=%s verified=%d keys=%s",
         max_id,
         head_mac or "-",
@@ -134,7 +167,7 @@ def audit_verify_nightly(full: bool = False) -> dict:
         last_at,
         missing,
         "broken" if chain_problem else "ok",
-        report.rows,
+        report.chain.rows,
         "problem" if problem else "ok",
     )
     return {
@@ -142,8 +175,9 @@ def audit_verify_nightly(full: bool = False) -> dict:
         "head_mac": head_mac,
         "count": count,
         "missing": missing,
-        "rows_verified": report.rows,
-        "chain_problem": chain_problem or "",
+        "gaps": gaps,
+        "rows_verified": report.chain.rows,
+        "chain_problem": chain_problem,
         "key_problem": bool(problem),
     }
 

@@ -129,6 +129,13 @@ TEMPLATES = [
 
 DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}")}
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=0)
+# The database's owner (PostgreSQL), for `manage.py migrate` and `manage.py db_app_role` only:
+# the app connects as DATABASE_URL's role, which must not own the audit trail (it cannot
+# delete rows or turn the trail's triggers off). Set it in the deploy step's environment,
+# never in the app's or the workers'. Same database as DATABASE_URL. docs/operations.md.
+DATABASE_OWNER = env.db("DATABASE_OWNER_URL") if env.str("DATABASE_OWNER_URL", default="") else None
+if DATABASE_OWNER and DATABASE_OWNER["NAME"] not in ("", DATABASES["default"]["NAME"]):
+    raise ImproperlyConfigured("DATABASE_OWNER_URL must name the database of DATABASE_URL (or none).")
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Immediate transactions serialize writers (no double booking on the embedded default).
     DATABASES["default"].setdefault("OPTIONS", {}).update(
@@ -263,6 +270,9 @@ CELERY_BEAT_SCHEDULE = {
     "reminders-sweep": {"task": "scheduling.tasks.reminders_sweep", "schedule": 300.0},
     # Security alerts not mailed yet (the batch task is normally enqueued by the event itself).
     "security-alerts-sweep": {"task": "audit.tasks.security_alerts_send", "schedule": 300.0},
+    # The trail's head (last id and MAC) logged to the audit.heads logger, shipped off the
+    # machine: a tail cut in the database shows against it (docs/operations.md).
+    "audit-head-export": {"task": "audit.tasks.audit_head_export", "schedule": 300.0},
     "audit-verify-nightly": {"task": "audit.tasks.audit_verify_nightly", "schedule": crontab(hour=3, minute=0)},
     "sessions-purge-nightly": {"task": "practice.tasks.sessions_purge", "schedule": crontab(hour=3, minute=30)},
     "lockouts-purge-nightly": {"task": "practice.tasks.lockouts_purge", "schedule": crontab(hour=3, minute=45)},

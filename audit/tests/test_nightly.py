@@ -8,13 +8,13 @@ import logging
 import uuid
 
 import pytest
-from django.db import connection
 from django.utils import timezone
 
 from audit.keys import canary_write
 from audit.models import AllowanceKind, AllowanceUse, AuditEvent, AuditHead, EventType, KeyCanary, ReadTally
 from audit.services import audit_event_write
 from audit.tasks import audit_verify_nightly, read_tally_purge
+from conftest import trail_tampering
 from practice.roles import PRACTICE_ADMIN
 
 
@@ -48,17 +48,13 @@ def write_events(n: int) -> list[AuditEvent]:
 
 def raw_delete(*ids: int) -> None:
     """What someone with database access does: no signal, no model, no trail (and on
-    PostgreSQL, as the superuser, with the append-only trigger switched off)."""
-    with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            cursor.execute("SET LOCAL session_replication_role = replica")
+    PostgreSQL, as the trail's owner, with the append-only trigger switched off)."""
+    with trail_tampering() as cursor:
         cursor.execute(
             f"DELETE FROM audit_auditevent WHERE id IN ({', '.join(['%s'] * len(ids))})",  # noqa: S608
             list(ids),
         )
         assert cursor.rowcount == len(ids)
-        if connection.vendor == "postgresql":
-            cursor.execute("SET LOCAL session_replication_role = DEFAULT")
 
 
 def test_it_records_and_logs_the_head_of_the_trail(caplog):
@@ -78,6 +74,7 @@ def test_it_records_and_logs_the_head_of_the_trail(caplog):
         "head_mac": head.head_mac,
         "count": head.event_count,
         "missing": 0,
+        "gaps": [],
         "rows_verified": head.event_count,
         "chain_problem": "",
         "key_problem": False,
