@@ -1,10 +1,15 @@
 import datetime
+import hmac
+import json
 from zoneinfo import ZoneInfo
 
 from django.conf import settings
 from django.contrib.sessions.base_session import AbstractBaseSession
+from django.core.exceptions import ValidationError
 from django.core.validators import RegexValidator
-from django.db import models
+from django.db import IntegrityError, models, transaction
+from django.utils import timezone
+from django.utils.crypto import salted_hmac
 from django.utils.translation import gettext_lazy as _
 from django_otp.models import Device, ThrottlingMixin
 
@@ -114,6 +119,102 @@ class UserSession(AbstractBaseSession):
         from practice.sessions import SessionStore
 
         return SessionStore
+
+
+# How long a form's submission key answers a retry (practice.tasks.sessions_purge deletes it
+# after that). A retry comes within minutes; a page left open longer just acts afresh.
+FORM_SUBMISSION_KEPT_FOR = datetime.timedelta(days=1)
+
+
+class FormSubmission(models.Model):
+    """A form's submission key, once used: a POST sent again gets the first one's answer.
+
+    A page renders a random key in each form that changes something; the view records the key
+    when it acts. A retry of that POST (its answer lost to a worker restart, a double click)
+    answers where the first went, instead of acting twice or refusing ("slot taken") what
+    the user's own first request did.
+
+    Rules enforced here:
+    - A key belongs to the user who sent it (unique per user): another user sending it gets
+      nothing of the first user's; their request runs as their own.
+    - A key answers for one action (``"scheduling.cancel:<appointment id>"``) and the values
+      sent with it, kept as a keyed hash (HMAC under SECRET_KEY: some values are patient
+      data, never stored here): the same key with another action or other values is refused
+      (``FormSubmission.Reused``), never answered with the first result.
+    - The key is claimed first inside the transaction that acts, and commits with it: a twin
+      request blocks on the unique index until the first commits, then answers with its
+      result (``FormSubmission.Taken``); a refused action rolls the key back, so the form can
+      be sent again once corrected.
+    - ``result`` is where the first request sent the user (a path of this site); nothing is
+      decrypted to answer a retry.
+    """
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    key = models.CharField(max_length=64)
+    action = models.CharField(max_length=100)
+    fingerprint = models.CharField(max_length=64)
+    result = models.CharField(max_length=1000, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        verbose_name = _("form submission")
+        verbose_name_plural = _("form submissions")
+        constraints = [models.UniqueConstraint(fields=["user", "key"], name="form_submission_user_key")]
+
+    class Reused(ValidationError):
+        """The key was used for another action or with other values. ``result``: where that
+        went, when it was the same action (the user's own; worth a look), else ""."""
+
+        def __init__(self, result: str = ""):
+            message = _(
+                "This form was already sent, with other values, and that was done. Check it before sending again."
+            )
+            super().__init__(message, code="submission_reused")
+            self.result = result
+
+    class Taken(Exception):
+        """Another request claimed the key first (and has committed): answer with its result."""
+
+    def __str__(self) -> str:
+        return f"{self.action} ({self.created_at:%Y-%m-%d %H:%M})"
+
+    @staticmethod
+    def fingerprint_of(values) -> str:
+        """A keyed hash of the values sent ({name: [values]}), in name order."""
+        canonical = json.dumps(sorted((name, list(v)) for name, v in values.items()), ensure_ascii=False)
+        return salted_hmac("practice.FormSubmission", canonical, algorithm="sha256").hexdigest()
+
+    @classmethod
+    def first_result(cls, *, user, key: str, action: str, fingerprint: str) -> str | None:
+        """Where the first use of this user's key went; None when the key is unused.
+        Raises ``FormSubmission.Reused`` when it was used for another action or other values."""
+        first = cls.objects.filter(user=user, key=key).only("action", "fingerprint", "result").first()
+        if first is None:
+            return None
+        if first.action != action or not hmac.compare_digest(first.fingerprint, fingerprint):
+            raise cls.Reused(first.result if first.action == action else "")
+        return first.result
+
+    @classmethod
+    def claim(cls, *, user, key: str, action: str, fingerprint: str) -> "FormSubmission":
+        """Record the key as used, inside the caller's transaction and before it acts.
+
+        Raises ``FormSubmission.Taken`` when another request holds the key; on PostgreSQL the
+        insert first waits for that request's transaction to end. Read its result with
+        ``first_result`` after this transaction (a snapshot taken before the other commit
+        would not see it)."""
+        if not transaction.get_connection().in_atomic_block:
+            raise RuntimeError("A submission key is claimed inside the transaction that acts.")
+        try:
+            with transaction.atomic():
+                return cls.objects.create(user=user, key=key, action=action, fingerprint=fingerprint)
+        except IntegrityError:
+            raise cls.Taken from None
+
+    def done(self, result: str) -> None:
+        """Record where the action sent the user, in the same transaction."""
+        self.result = result
+        self.save(update_fields=["result"])
 
 
 WEEKDAY_NAMES = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")

@@ -1,4 +1,4 @@
-"""Nightly housekeeping: expired sessions and old login-failure records.
+"""Nightly housekeeping: expired sessions, used form keys and old login-failure records.
 
 Beat names these tasks in ``CELERY_BEAT_SCHEDULE`` (practice/settings.py). Both only delete
 rows whose purpose is over; the audit trail keeps its own record of logins, failures and
@@ -18,7 +18,7 @@ from django.db import transaction
 from django.db.models import Sum
 from django.utils import timezone
 
-from practice.models import UserSession
+from practice.models import FORM_SUBMISSION_KEPT_FOR, FormSubmission, UserSession
 
 logger = logging.getLogger(__name__)
 
@@ -29,9 +29,14 @@ def sessions_purge() -> int:
 
     The same rows ``SessionStore.clear_expired()`` deletes (``manage.py clearsessions``),
     counted. A session past its expiry is already refused; the row only lingers.
+
+    Form submission keys older than FORM_SUBMISSION_KEPT_FOR go too (logged, not counted in
+    the result): they only answered retries of a form sent minutes before.
     """
-    deleted, _ = UserSession.objects.filter(expire_date__lt=timezone.now()).delete()
-    logger.info("Expired sessions purged: %d", deleted)
+    now = timezone.now()
+    deleted, _ = UserSession.objects.filter(expire_date__lt=now).delete()
+    keys, _ = FormSubmission.objects.filter(created_at__lt=now - FORM_SUBMISSION_KEPT_FOR).delete()
+    logger.info("Expired sessions purged: %d; used form keys purged: %d", deleted, keys)
     return deleted
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import re
+import secrets
 
 from django import forms
 from django.utils.translation import gettext_lazy as _
@@ -43,6 +44,69 @@ def _types():
     return AppointmentType.objects.filter(is_active=True).order_by("name")
 
 
+SUBMISSION_KEY = "submission_key"
+_SUBMISSION_KEY = re.compile(r"[A-Za-z0-9_-]{16,64}")
+
+
+def submission_key_new() -> str:
+    """A fresh key for a form (192 random bits, 32 URL-safe characters)."""
+    return secrets.token_urlsafe(24)
+
+
+def submission_key_from(data) -> str | None:
+    """The well-formed key in posted data, or None (missing, or malformed: the form says so)."""
+    value = data.get(SUBMISSION_KEY) if data else None
+    return value if isinstance(value, str) and _SUBMISSION_KEY.fullmatch(value) else None
+
+
+def submission_key_malformed(data) -> bool:
+    """A key was sent, but not one a page of ours renders (too long, other characters)."""
+    value = data.get(SUBMISSION_KEY) if data else None
+    return bool(value) and submission_key_from(data) is None
+
+
+MALFORMED_KEY = _("This form could not be checked (it is incomplete or out of date). Check it and send it again.")
+
+
+class SubmissionKeyMixin(forms.Form):
+    """A form that acts once: a random key rendered in it (hidden) lets a POST sent again
+    (the answer lost to a restart, a double click) get the first one's answer instead of
+    acting twice (practice.models.FormSubmission; scheduling.views._once).
+
+    No key (an old page, a script): the form works as before, without that protection. A
+    malformed key is a form error, and the form comes back with a fresh key, as it does once
+    the view says the key was used for something else (``submission_key_renew``).
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._rendered_key = None
+        self.first_result = ""  # set when the key went with other values: where that went
+
+    @property
+    def submission_key(self) -> str | None:
+        """The key sent with the form, when well-formed."""
+        return submission_key_from(self.data) if self.is_bound else None
+
+    @property
+    def submission_key_value(self) -> str:
+        """The key to render: the one sent (or carried in `initial`) while it is unused, else a fresh one."""
+        if self._rendered_key is None:
+            self._rendered_key = submission_key_from(self.data if self.is_bound else self.initial)
+            self._rendered_key = self._rendered_key or submission_key_new()
+        return self._rendered_key
+
+    def submission_key_renew(self) -> None:
+        self._rendered_key = submission_key_new()
+
+    def clean(self):
+        cleaned = super().clean()
+        if submission_key_malformed(self.data):
+            self.add_error(None, forms.ValidationError(MALFORMED_KEY, code="malformed_key"))
+            self.submission_key_renew()
+        return cleaned
+
+
 class ForceMixin(forms.Form):
     """`force`: a secretary books anyway outside working hours or during an absence (recorded).
 
@@ -74,8 +138,11 @@ class WhenMixin(forms.Form):
         return cleaned
 
 
-class BookingForm(ForceMixin, WhenMixin, forms.Form):
-    """The slot part of booking: who, what, when, and the (encrypted) reason and note."""
+class BookingForm(SubmissionKeyMixin, ForceMixin, WhenMixin, forms.Form):
+    """The slot part of booking: who, what, when, and the (encrypted) reason and note.
+
+    `confirm_duplicate`: book although the patient already has an appointment with this
+    practitioner within a few days (scheduling.views._booked_nearby); rendered with that warning."""
 
     practitioner = forms.ModelChoiceField(label=_("Practitioner"), queryset=Practitioner.objects.none())
     appointment_type = forms.ModelChoiceField(label=_("Appointment type"), queryset=AppointmentType.objects.none())
@@ -93,8 +160,20 @@ class BookingForm(ForceMixin, WhenMixin, forms.Form):
         widget=forms.Textarea(attrs={"rows": 2}),
         help_text=_("For the practice only."),
     )
+    confirm_duplicate = forms.BooleanField(
+        label=_("Book anyway: this is another appointment, not the same one twice"), required=False
+    )
 
-    field_order = ["practitioner", "appointment_type", "date", "time", "reason", "internal_note", "force"]
+    field_order = [
+        "practitioner",
+        "appointment_type",
+        "date",
+        "time",
+        "reason",
+        "internal_note",
+        "force",
+        "confirm_duplicate",
+    ]
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -130,7 +209,7 @@ class NewPatientForm(PatientForm):
         fields = ["last_name", "first_names", "sex", "birth_date", "phone_mobile"]
 
 
-class MoveForm(ForceMixin, WhenMixin, forms.Form):
+class MoveForm(SubmissionKeyMixin, ForceMixin, WhenMixin, forms.Form):
     practitioner = forms.ModelChoiceField(
         label=_("Practitioner"),
         queryset=Practitioner.objects.none(),
@@ -145,7 +224,7 @@ class MoveForm(ForceMixin, WhenMixin, forms.Form):
         self.fields["practitioner"].queryset = _practitioners()
 
 
-class ChangeTypeForm(ForceMixin, forms.Form):
+class ChangeTypeForm(SubmissionKeyMixin, ForceMixin, forms.Form):
     appointment_type = forms.ModelChoiceField(label=_("Appointment type"), queryset=AppointmentType.objects.none())
 
     def __init__(self, *args, practitioner_id: int, **kwargs):
@@ -153,7 +232,7 @@ class ChangeTypeForm(ForceMixin, forms.Form):
         self.fields["appointment_type"].queryset = _types().filter(practitioners=practitioner_id)
 
 
-class CancelForm(forms.Form):
+class CancelForm(SubmissionKeyMixin, forms.Form):
     reason = forms.CharField(
         label=_("Why is it cancelled?"),
         max_length=500,

@@ -9,14 +9,22 @@ appointment page is the one place that shows (and so decrypts) those.
 
 No inline script or style (a strict CSP is coming): blocks are placed on the grid with the
 generated row classes of static/css/agenda.css, and coloured by /agenda/colours.css.
+
+Every form that changes an appointment (book, move, change type, cancel, status buttons)
+carries a submission key: a POST sent again with it (its answer lost, a double click) gets
+the first one's answer, and nothing is done or decrypted twice (`_replayed`, `_once`,
+practice.models.FormSubmission). Booking a patient who is already booked with the same
+practitioner within a few days asks for a confirmation first (`_booked_nearby`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime
+import logging
 import re
 import uuid
+from collections.abc import Callable
 from urllib.parse import urlencode
 
 from django.contrib import messages
@@ -43,7 +51,7 @@ from patients.selectors import (
     patient_search,
     patient_search_masked,
 )
-from practice.models import Practitioner
+from practice.models import FormSubmission, Practitioner
 from scheduling import availability, selectors, services
 from scheduling.access import (
     FRONT_DESK_STATUSES,
@@ -57,6 +65,8 @@ from scheduling.access import (
     require_front_desk,
 )
 from scheduling.forms import (
+    MALFORMED_KEY,
+    SUBMISSION_KEY,
     BookingForm,
     CancelForm,
     ChangeTypeForm,
@@ -65,8 +75,13 @@ from scheduling.forms import (
     NewPatientForm,
     PatientFindForm,
     parse_day,
+    submission_key_from,
+    submission_key_malformed,
+    submission_key_new,
 )
 from scheduling.models import Appointment, AppointmentStatus, AppointmentType
+
+logger = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------------------------------------
 # Helpers
@@ -167,8 +182,13 @@ def _grid_context(grid: selectors.Grid, *, today: datetime.date) -> dict:
 
 def _safe_next(request: HttpRequest, fallback: str) -> str:
     target = request.POST.get("next") or ""
-    if target and url_has_allowed_host_and_scheme(
-        target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    # Bounded: where a status change went is kept with its submission key (FormSubmission.result).
+    if (
+        target
+        and len(target) <= 1000
+        and url_has_allowed_host_and_scheme(
+            target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+        )
     ):
         return target
     return fallback
@@ -206,13 +226,81 @@ STATUS_ACTIONS = {
 }
 
 
-def _status_buttons(statuses) -> list[tuple[str, str]]:
-    return [(s, str(STATUS_ACTIONS[s])) for s in statuses if s in STATUS_ACTIONS]
+def _status_buttons(statuses) -> list[tuple[str, str, str]]:
+    """(status, label, submission key): each button is a form of its own, with its own key."""
+    return [(s, str(STATUS_ACTIONS[s]), submission_key_new()) for s in statuses if s in STATUS_ACTIONS]
 
 
-def _quick_actions(user, appointment: Appointment) -> list[tuple[str, str]]:
+def _quick_actions(user, appointment: Appointment) -> list[tuple[str, str, str]]:
     allowed = set(allowed_statuses(user, appointment))
     return _status_buttons([s for s in NEXT_STEPS.get(appointment.status, []) if s in allowed])
+
+
+# ---------------------------------------------------------------------------------------------
+# Forms sent once (practice.models.FormSubmission)
+
+
+def _fingerprint(request: HttpRequest) -> str:
+    """The values a form sent, hashed: all but the CSRF token (a retry may carry a rotated one)
+    and the key itself."""
+    values = {k: v for k, v in request.POST.lists() if k not in ("csrfmiddlewaretoken", SUBMISSION_KEY)}
+    return FormSubmission.fingerprint_of(values)
+
+
+def _replayed(request: HttpRequest, action: str, confirmation: str) -> HttpResponse | None:
+    """When this POST repeats one already done (the same user, key, action and values): a
+    redirect where the first one went, with the same confirmation. Called after the access
+    checks and before anything else: nothing is done again, nothing is decrypted.
+
+    Raises FormSubmission.Reused when the key went with another action or other values."""
+    key = submission_key_from(request.POST)
+    if key is None:
+        return None
+    first = FormSubmission.first_result(user=request.user, key=key, action=action, fingerprint=_fingerprint(request))
+    if first is None:
+        return None
+    logger.info("Form sent again, answered as the first time: %s by user %s", action.split(":")[0], request.user.pk)
+    messages.success(request, confirmation)
+    return redirect(first)
+
+
+def _once(request: HttpRequest, action: str, work: Callable[[], str]) -> str:
+    """Do `work` (it returns where to send the user) once for the form's submission key.
+
+    The key is claimed in the same transaction as the work: if the work is refused, neither
+    stays; a twin request (a double click, a retry while this one runs) waits for this
+    transaction and answers with its result. Without a key (an old page, a script): just do it.
+    """
+    key = submission_key_from(request.POST)
+    if key is None:
+        return work()
+    fingerprint = _fingerprint(request)
+    try:
+        with transaction.atomic():
+            claim = FormSubmission.claim(user=request.user, key=key, action=action, fingerprint=fingerprint)
+            result = work()
+            claim.done(result)
+            return result
+    except FormSubmission.Taken:
+        # Read after our transaction ended: the winner has committed by now.
+        first = FormSubmission.first_result(user=request.user, key=key, action=action, fingerprint=fingerprint)
+        if first is None:  # purged in between (a day-old key): act afresh
+            return _once(request, action, work)
+        logger.info(
+            "Form sent twice at once, answered as the first: %s by user %s", action.split(":")[0], request.user.pk
+        )
+        return first
+
+
+def _refused(form, exc: ValidationError) -> None:
+    """A refusal shown on the form: a booking rule (offering to force what can be forced), or
+    a submission key used for something else (a fresh key, and a link to what was done)."""
+    form.add_error(None, exc)
+    if getattr(exc, "forceable", False):
+        form.offer_force = True
+    if isinstance(exc, FormSubmission.Reused):
+        form.submission_key_renew()
+        form.first_result = exc.result
 
 
 # ---------------------------------------------------------------------------------------------
@@ -465,10 +553,33 @@ def _book_with(request: HttpRequest, form: BookingForm, patient: Patient) -> App
     )
 
 
-def _booking_refused(form: BookingForm, exc: services.BookingError) -> None:
-    form.add_error(None, exc)
-    if exc.forceable:
-        form.offer_force = True
+# A patient booked with the same practitioner this close to the new time (either side) is
+# probably the same appointment booked twice: a retry that seemed to fail, then another slot.
+DUPLICATE_WINDOW = datetime.timedelta(days=7)
+
+
+def _booked_nearby(patient: Patient, practitioner: Practitioner, start: datetime.datetime) -> list[Appointment]:
+    """The patient's booked appointments with this practitioner within DUPLICATE_WINDOW of
+    `start`, from today on. Plain columns only: nothing decrypted."""
+    since = max(start - DUPLICATE_WINDOW, availability.local_day_bounds(_today())[0])
+    return list(
+        Appointment.objects.filter(
+            patient_id=patient.pk,
+            practitioner_id=practitioner.pk,
+            status=AppointmentStatus.BOOKED,
+            start__gte=since,
+            start__lt=start + DUPLICATE_WINDOW,
+        )
+        .only("id", "start", "practitioner_id")
+        .order_by("start")[:5]
+    )
+
+
+# What a booking POST answers once done, and again when it is sent again.
+BOOKED = {
+    "book_existing": gettext_lazy("Appointment booked."),
+    "book_new": gettext_lazy("Patient record created and appointment booked."),
+}
 
 
 @never_cache
@@ -493,9 +604,20 @@ def book(request: HttpRequest) -> HttpResponse:
         selected = _chosen_patient(_as_uuid(request.GET.get("patient")))
         return _render_book(request, form, find, new, results=[selected] if selected else [], selected=selected)
 
+    booking = action in BOOKED
+    if action == "book_new" and not can_create:
+        raise PermissionDenied
+    form = BookingForm(data) if booking else BookingForm(initial=data.dict())
+    if booking:
+        # Before anything is searched or decrypted: a booking sent again answers as the first time.
+        try:
+            if replay := _replayed(request, f"scheduling.{action}", str(BOOKED[action])):
+                return replay
+        except FormSubmission.Reused as exc:
+            _refused(form, exc)
+
     selected_pk = _as_uuid(data.get("patient"))
     searching = action == "search"
-    form = BookingForm(data) if action in ("book_existing", "book_new") else BookingForm(initial=data.dict())
     find = PatientFindForm(data, prefix="find") if searching else PatientFindForm(initial=_unprefixed(data, "find"))
     new = (
         NewPatientForm(data, prefix="new")
@@ -512,36 +634,54 @@ def book(request: HttpRequest) -> HttpResponse:
         results = [selected, *results]
 
     patient_errors = []
+    nearby = []
     if action == "book_existing":
         if selected is None:
             patient_errors.append(_("Pick a patient in the list, or create a new one."))
         if form.is_valid() and selected is not None:
-            try:
-                appointment = _book_with(request, form, selected)
-            except services.BookingError as exc:
-                _booking_refused(form, exc)
-            else:
-                messages.success(request, _("Appointment booked."))
-                return redirect(appointment)
+            if not form.cleaned_data["confirm_duplicate"]:
+                nearby = _booked_nearby(selected, form.cleaned_data["practitioner"], form.cleaned_data["start"])
+            if not nearby:
+                try:
+                    url = _once(
+                        request,
+                        "scheduling.book_existing",
+                        lambda: _book_with(request, form, selected).get_absolute_url(),
+                    )
+                except (services.BookingError, FormSubmission.Reused) as exc:
+                    _refused(form, exc)
+                else:
+                    messages.success(request, BOOKED[action])
+                    return redirect(url)
     elif action == "book_new":
-        if not can_create:
-            raise PermissionDenied
         slot_ok = form.is_valid()
         if new.is_valid() and slot_ok and not _new_patient_duplicates(new, results):
-            try:
-                with transaction.atomic():
+
+            def create_and_book() -> str:
+                with transaction.atomic():  # a refused booking creates no patient
                     patient = patient_services.patient_create(data=new.cleaned_data, actor=request.user)
-                    appointment = _book_with(request, form, patient)
-            except services.BookingError as exc:
-                _booking_refused(form, exc)
+                    return _book_with(request, form, patient).get_absolute_url()
+
+            try:
+                url = _once(request, "scheduling.book_new", create_and_book)
+            except (services.BookingError, FormSubmission.Reused) as exc:
+                _refused(form, exc)
             except ValidationError as exc:
                 new.add_error(None, exc)
             else:
-                messages.success(request, _("Patient record created and appointment booked."))
-                return redirect(appointment)
+                messages.success(request, BOOKED[action])
+                return redirect(url)
         results = [*results, *(d for d in new.duplicates if d not in results)]
     return _render_book(
-        request, form, find, new, results=results, selected=selected, searched=searching, patient_errors=patient_errors
+        request,
+        form,
+        find,
+        new,
+        results=results,
+        selected=selected,
+        searched=searching,
+        patient_errors=patient_errors,
+        nearby=nearby,
     )
 
 
@@ -563,10 +703,11 @@ def _new_patient_duplicates(new: NewPatientForm, results: list[Patient]) -> bool
 
 
 def _render_book(
-    request, form, find, new, *, results, selected, searched: bool = False, patient_errors=()
+    request, form, find, new, *, results, selected, searched: bool = False, patient_errors=(), nearby=()
 ) -> HttpResponse:
     context = {
         "patient_errors": patient_errors,
+        "nearby": nearby,
         "form": form,
         "find": find,
         "new": new,
@@ -663,27 +804,54 @@ def _front_desk_appointment(request: HttpRequest, pk) -> Appointment:
     return appointment
 
 
+def _act_once(
+    request: HttpRequest, appointment: Appointment, form, *, name: str, confirmation: str, work: Callable[[], object]
+) -> HttpResponse:
+    """The appointment page's forms (`name`: move, type, cancel): answer a POST sent again as
+    the first time, else do `work` once for the form's key and go back to the appointment; a
+    refusal comes back on the page, in that form."""
+    action = f"scheduling.{name}:{appointment.pk}"
+    try:
+        if replay := _replayed(request, action, confirmation):
+            return replay
+    except FormSubmission.Reused as exc:
+        _refused(form, exc)
+
+    def act() -> str:
+        work()
+        return appointment.get_absolute_url()
+
+    if form.is_valid():
+        try:
+            url = _once(request, action, act)
+        except (services.BookingError, FormSubmission.Reused) as exc:
+            _refused(form, exc)
+        else:
+            messages.success(request, confirmation)
+            return redirect(url)
+    return _render_appointment(request, appointment.pk, forms={name: form})
+
+
 @never_cache
 @login_required
 @require_POST
 def appointment_move(request: HttpRequest, pk: uuid.UUID) -> HttpResponse:
     appointment = _front_desk_appointment(request, pk)
     form = MoveForm(request.POST)
-    if form.is_valid():
-        try:
-            services.appointment_move(
-                appointment=appointment,
-                start=form.cleaned_data["start"],
-                practitioner=form.cleaned_data["practitioner"],
-                actor=request.user,
-                force=form.cleaned_data["force"],
-            )
-        except services.BookingError as exc:
-            _booking_refused(form, exc)
-        else:
-            messages.success(request, _("Appointment moved."))
-            return redirect(appointment)
-    return _render_appointment(request, pk, forms={"move": form})
+    return _act_once(
+        request,
+        appointment,
+        form,
+        name="move",
+        confirmation=_("Appointment moved."),
+        work=lambda: services.appointment_move(
+            appointment=appointment,
+            start=form.cleaned_data["start"],
+            practitioner=form.cleaned_data["practitioner"],
+            actor=request.user,
+            force=form.cleaned_data["force"],
+        ),
+    )
 
 
 @never_cache
@@ -692,20 +860,19 @@ def appointment_move(request: HttpRequest, pk: uuid.UUID) -> HttpResponse:
 def appointment_change_type(request: HttpRequest, pk: uuid.UUID) -> HttpResponse:
     appointment = _front_desk_appointment(request, pk)
     form = ChangeTypeForm(request.POST, practitioner_id=appointment.practitioner_id)
-    if form.is_valid():
-        try:
-            services.appointment_change_type(
-                appointment=appointment,
-                appointment_type=form.cleaned_data["appointment_type"],
-                actor=request.user,
-                force=form.cleaned_data["force"],
-            )
-        except services.BookingError as exc:
-            _booking_refused(form, exc)
-        else:
-            messages.success(request, _("Appointment type changed."))
-            return redirect(appointment)
-    return _render_appointment(request, pk, forms={"type": form})
+    return _act_once(
+        request,
+        appointment,
+        form,
+        name="type",
+        confirmation=_("Appointment type changed."),
+        work=lambda: services.appointment_change_type(
+            appointment=appointment,
+            appointment_type=form.cleaned_data["appointment_type"],
+            actor=request.user,
+            force=form.cleaned_data["force"],
+        ),
+    )
 
 
 @never_cache
@@ -714,15 +881,16 @@ def appointment_change_type(request: HttpRequest, pk: uuid.UUID) -> HttpResponse
 def appointment_cancel(request: HttpRequest, pk: uuid.UUID) -> HttpResponse:
     appointment = _front_desk_appointment(request, pk)
     form = CancelForm(request.POST)
-    if form.is_valid():
-        try:
-            services.appointment_cancel(appointment=appointment, reason=form.cleaned_data["reason"], actor=request.user)
-        except services.BookingError as exc:
-            form.add_error(None, exc)
-        else:
-            messages.success(request, _("Appointment cancelled."))
-            return redirect(appointment)
-    return _render_appointment(request, pk, forms={"cancel": form})
+    return _act_once(
+        request,
+        appointment,
+        form,
+        name="cancel",
+        confirmation=_("Appointment cancelled."),
+        work=lambda: services.appointment_cancel(
+            appointment=appointment, reason=form.cleaned_data["reason"], actor=request.user
+        ),
+    )
 
 
 @never_cache
@@ -740,10 +908,22 @@ def appointment_status(request: HttpRequest, pk: uuid.UUID) -> HttpResponse:
         return redirect(back)
     if wanted not in (FRONT_DESK_STATUSES if is_front_desk(request.user) else PRACTITIONER_STATUSES):
         raise PermissionDenied
-    try:
+    if submission_key_malformed(request.POST):
+        messages.error(request, MALFORMED_KEY)
+        return redirect(back)
+    action = f"scheduling.status:{appointment.pk}"
+    confirmation = _("Status changed to “%(status)s”.") % {"status": AppointmentStatus(wanted).label}
+
+    def act() -> str:
         services.appointment_set_status(appointment=appointment, status=wanted, actor=request.user)
-    except services.BookingError as exc:
+        return back
+
+    try:
+        if replay := _replayed(request, action, confirmation):
+            return replay
+        back = _once(request, action, act)
+    except (services.BookingError, FormSubmission.Reused) as exc:
         messages.error(request, " ".join(exc.messages))
     else:
-        messages.success(request, _("Status changed to “%(status)s”.") % {"status": AppointmentStatus(wanted).label})
+        messages.success(request, confirmation)
     return redirect(back)

@@ -513,14 +513,16 @@ def test_it_refuses_a_type_the_practitioner_does_not_offer(secretary, other_doct
     assert not Appointment.objects.exists()
 
 
-def test_it_says_the_slot_is_taken(secretary, doctor, consultation, patient, appointment):
-    data = {**_booking(doctor, consultation, time="09:10"), "action": "book_existing", "patient": str(patient.pk)}
+def test_it_says_the_slot_is_taken(secretary, doctor, consultation, appointment, others_appointment):
+    # Another patient (the same one would first be asked whether this is the same appointment twice).
+    someone = str(others_appointment.patient_id)
+    data = {**_booking(doctor, consultation, time="09:10"), "action": "book_existing", "patient": someone}
     response = client_for(secretary).post(reverse("scheduling:book"), data)
     body = response.content.decode()
     assert response.status_code == 200
     assert "This slot is already taken. Pick another time." in body
     assert "Book anyway" not in body
-    assert Appointment.objects.count() == 1
+    assert Appointment.objects.count() == 2
 
 
 def test_it_creates_no_patient_when_the_slot_is_taken(secretary, doctor, consultation, appointment):
