@@ -459,3 +459,19 @@ def test_keys_are_purged_with_the_expired_sessions(secretary, doctor, consultati
     sessions_purge()
 
     assert list(FormSubmission.objects.values_list("pk", flat=True)) == [recent.pk]
+
+
+def test_the_warning_and_the_refusals_are_in_french(secretary, doctor, consultation, patient, appointment):
+    client = client_for(secretary)
+    data = {**_booking(doctor, consultation, patient, time="15:00"), KEY: _key()}
+    body = client.post(reverse("scheduling:book"), data, HTTP_ACCEPT_LANGUAGE="fr").content.decode()
+    assert "Ce patient a déjà un rendez-vous avec Dr Claire Martin" in body
+    assert "Prendre le rendez-vous quand même : c’est un autre rendez-vous" in body
+    body = client.post(reverse("scheduling:book"), {**data, KEY: "x"}, HTTP_ACCEPT_LANGUAGE="fr").content.decode()
+    assert "Ce formulaire n’a pas pu être vérifié" in body
+    key = _key()
+    client.post(reverse("scheduling:book"), {**data, "confirm_duplicate": "on", KEY: key})
+    other = {**data, "time": "16:00", "confirm_duplicate": "on", KEY: key}
+    body = client.post(reverse("scheduling:book"), other, HTTP_ACCEPT_LANGUAGE="fr").content.decode()
+    assert "Ce formulaire a déjà été envoyé, avec d’autres valeurs" in body
+    assert "Voir ce que le formulaire a fait la première fois" in body
