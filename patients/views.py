@@ -360,9 +360,9 @@ def patient_reason(request: HttpRequest, pk: UUID) -> HttpResponse:
         return render(request, "audit/step_up.html", context, status=409 if request.method == "POST" else 200)
     if not (form.is_bound and form.is_valid()):
         return render(request, "audit/step_up.html", context, status=400 if form.is_bound else 200)
-    device, locked_until = twofactor.second_factor_check(request.user, form.cleaned_data["code"])
+    device, locked_until, spent = twofactor.second_factor_attempt(request, form.cleaned_data["code"])
     if device is None:
-        if locked_until is None and twofactor.second_factor_failed(request):
+        if spent:
             logout(request)
             messages.error(request, _("Too many wrong codes. Log in again."))
             return redirect("login")
@@ -371,7 +371,6 @@ def patient_reason(request: HttpRequest, pk: UUID) -> HttpResponse:
         else:
             form.add_error("code", _("This code is not valid. Check the time on your phone and try again."))
         return render(request, "audit/step_up.html", context, status=429 if locked_until is not None else 400)
-    request.session.pop(twofactor.FAILURES_KEY, None)
     reason_state(actor=Actor.for_user(request.user), patient_id=pk, reason=form.cleaned_data["reason"])
     messages.success(request, _("Reason recorded: this record is open to you until the end of the day."))
     return redirect(_reason_next(request, pk))

@@ -6,19 +6,27 @@ Rules enforced here and in practice.middleware.SecondFactorMiddleware:
   only practice admins, staff and superusers;
 - there is no bypass: no setting, header or account flag skips the check;
 - every verification, failure and enrolment is in the audit trail; devices throttle
-  (exponential back-off kept in the database, so a new session does not reset it).
+  (exponential back-off kept in the database, so a new session does not reset it);
+- a session has TWO_FACTOR_MAX_FAILURES wrong codes, then it is logged out and checks no more
+  codes, however many requests it sends at once: the count is the trail's (the session's
+  wrong codes since its last right one), and one user's attempts run one at a time, under a
+  lock on the user's row, each seeing what the previous ones recorded.
 """
 
+import datetime
 import hashlib
 import hmac
 import secrets
 
+import django_otp
 from django.conf import settings
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
-from audit.models import EventType
+from audit.context import SESSION_KEY as AUDIT_SESSION_KEY
+from audit.models import AuditEvent, EventType
 from audit.services import audit_event_write
 from practice.models import RecoveryCode, RecoveryCodeDevice
 from practice.roles import PRACTICE_ADMIN, has_role
@@ -115,38 +123,81 @@ def second_factor_reset(user) -> None:
     RecoveryCodeDevice.objects.filter(user=user).delete()
 
 
+def _device_check(user, token: str):
+    token = "".join(token.split())
+    model = TOTPDevice if token.isdigit() else RecoveryCodeDevice
+    device = model.objects.select_for_update().filter(user=user, confirmed=True).first()
+    if device is None:
+        return None, None
+    allowed, detail = device.verify_is_allowed()
+    if not allowed:
+        return None, (detail or {}).get("locked_until")
+    return django_otp.verify_token(user, device.persistent_id, token), None
+
+
 def second_factor_check(user, token: str):
     """Verify a TOTP code (6 digits) or a recovery code against the user's own device.
 
     Returns ``(device, None)`` on success, ``(None, locked_until)`` while throttled, and
     ``(None, None)`` for a wrong code (which extends the throttle).
     """
-    import django_otp
-
-    token = "".join(token.split())
-    model = TOTPDevice if token.isdigit() else RecoveryCodeDevice
     # The device row is locked for the whole check: parallel attempts are checked one after the
     # other, each seeing the failures (and the throttle) the previous ones recorded. Without it,
     # 24 parallel wrong codes were all checked while the stored count rose by 4 (each read the
     # same count, then wrote count + 1).
     with transaction.atomic():
-        device = model.objects.select_for_update().filter(user=user, confirmed=True).first()
-        if device is None:
-            return None, None
-        allowed, detail = device.verify_is_allowed()
-        if not allowed:
-            return None, (detail or {}).get("locked_until")
-        return django_otp.verify_token(user, device.persistent_id, token), None
+        return _device_check(user, token)
 
 
-# Wrong codes in one session (at login, or on the step-up page): past TWO_FACTOR_MAX_FAILURES
-# the session is logged out, whatever django-otp's own throttle says.
-FAILURES_KEY = "second_factor_failures"
+def _session_failures(user, session: str) -> int:
+    """Wrong codes this session has typed since its last right one, as the trail records them.
+
+    Not in the session's own data: parallel requests each load it and save it back, so a
+    count kept there lost updates (24 parallel wrong codes left it at 1).
+    """
+    since = timezone.now() - datetime.timedelta(seconds=settings.SESSION_ABSOLUTE_SECONDS)
+    recent = (
+        AuditEvent.objects.filter(
+            actor_user_id=user.pk,
+            session=session,
+            occurred_at__gte=since,
+            event_type__in=[EventType.OTP_FAILED, EventType.OTP_VERIFIED],
+        )
+        .order_by("-occurred_at", "-id")
+        .values_list("event_type", flat=True)[: settings.TWO_FACTOR_MAX_FAILURES]
+    )
+    failures = 0
+    for event_type in recent:
+        if event_type != EventType.OTP_FAILED:
+            break
+        failures += 1
+    return failures
 
 
-def second_factor_failed(request) -> bool:
-    """Record a wrong code (audited); True when this session has used up its attempts."""
-    failures = request.session.get(FAILURES_KEY, 0) + 1
-    request.session[FAILURES_KEY] = failures
-    audit_event_write(event_type=EventType.OTP_FAILED, extra={"attempt": failures})
-    return failures >= settings.TWO_FACTOR_MAX_FAILURES
+def second_factor_attempt(request, token: str):
+    """One code typed in ``request``'s session, at login or on the step-up page (audited).
+
+    Returns ``(device, None, False)`` for a right code, ``(None, locked_until, False)`` while
+    the device is throttled (nothing checked, nothing counted), and ``(None, None, spent)`` for
+    a wrong code, ``spent`` when the session has used up its attempts: the caller logs it out.
+    A session that had already used them up gets ``(None, None, True)`` without a check.
+    """
+    user = request.user
+    session = request.session.get(AUDIT_SESSION_KEY, "")
+    with transaction.atomic():
+        # One attempt of this user at a time, TOTP and recovery codes alike: the count read
+        # below is the one the previous attempt left, and this one's event is committed before
+        # the next attempt reads it. (Audit writes come last: they hold the chain lock.)
+        list(User.objects.select_for_update().filter(pk=user.pk).values_list("pk", flat=True))
+        failures = _session_failures(user, session)
+        if failures >= settings.TWO_FACTOR_MAX_FAILURES:
+            return None, None, True
+        device, locked_until = _device_check(user, token)
+        if device is not None:
+            audit_event_write(event_type=EventType.OTP_VERIFIED, extra={"device": type(device).__name__})
+            return device, None, False
+        if locked_until is not None:
+            return None, locked_until, False
+        failures += 1
+        audit_event_write(event_type=EventType.OTP_FAILED, extra={"attempt": failures})
+        return None, None, failures >= settings.TWO_FACTOR_MAX_FAILURES

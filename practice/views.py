@@ -51,8 +51,6 @@ def _second_factor_passed(request: HttpRequest, device) -> None:
     # A new session key once the login is complete: a key seen before the second factor
     # (on a shared screen, in a proxy log) is worthless afterwards.
     request.session.cycle_key()
-    request.session.pop(twofactor.FAILURES_KEY, None)
-    audit_event_write(event_type=EventType.OTP_VERIFIED, extra={"device": type(device).__name__})
 
 
 def _wait_message(locked_until) -> str:
@@ -73,15 +71,15 @@ def two_factor_verify(request: HttpRequest) -> HttpResponse:
     form = SecondFactorForm(request.POST or None)
     locked_until = None
     if request.method == "POST" and form.is_valid():
-        device, locked_until = twofactor.second_factor_check(user, form.cleaned_data["code"])
+        device, locked_until, spent = twofactor.second_factor_attempt(request, form.cleaned_data["code"])
         if device is not None:
             _second_factor_passed(request, device)
             return redirect(_next_url(request))
+        if spent:
+            logout(request)
+            messages.error(request, _("Too many wrong codes. Log in again."))
+            return redirect("login")
         if locked_until is None:
-            if twofactor.second_factor_failed(request):
-                logout(request)
-                messages.error(request, _("Too many wrong codes. Log in again."))
-                return redirect("login")
             form.add_error("code", _("This code is not valid. Check the time on your phone and try again."))
     if locked_until is not None:
         form.add_error(None, _wait_message(locked_until))
@@ -122,6 +120,7 @@ def two_factor_setup(request: HttpRequest) -> HttpResponse:
             audit_event_write(event_type=EventType.RECOVERY_CODES)
             if not user.is_verified():
                 _second_factor_passed(request, device)
+                audit_event_write(event_type=EventType.OTP_VERIFIED, extra={"device": type(device).__name__})
             return _recovery_codes_page(request, codes)
         else:
             form.add_error("code", _("This code is not valid. Check the time on your phone and try again."))

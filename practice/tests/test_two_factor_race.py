@@ -1,15 +1,21 @@
 """Parallel wrong second-factor codes are checked one at a time (issue 12, item 10): the
-device's failure count and throttle are read and written under a row lock, so a burst of 24
-parallel guesses checks no more codes than a client sending them one after the other would."""
+device's failure count and throttle, and the session's count of wrong codes, are read and
+written under a row lock, so a burst of 24 parallel guesses checks no more codes than a client
+sending them one after the other would, and ends the session where that client's would end."""
 
 import threading
 import time
 
 import pytest
+from django.conf import settings as django_settings
 from django.contrib.auth.models import User
 from django.db import connection
+from django.test import Client
+from django_otp.oath import TOTP
 
-from conftest import totp_device
+from audit.models import AuditEvent, EventType
+from conftest import PASSWORD, totp_code, totp_device
+from practice.models import UserSession
 from practice.twofactor import second_factor_check
 
 ATTEMPTS = 24
@@ -49,3 +55,74 @@ def test_a_burst_of_parallel_wrong_codes_checks_no_more_than_a_sequential_client
     while 2**sequential - 1 <= elapsed:
         sequential += 1
     assert checked <= sequential, (outcomes, elapsed)
+
+
+def _wrong_code(device) -> str:
+    """Six digits that no clock drift the device tolerates would accept."""
+    valid = set()
+    for drift in range(-3, 4):
+        totp = TOTP(device.bin_key, device.step, device.t0, device.digits, device.drift + drift)
+        valid.add(f"{totp.token():06d}")
+    return next(code for code in ("000000", "111111", "222222", "333333") if code not in valid)
+
+
+def _parallel_posts(cookies, code: str, count: int) -> list:
+    """``count`` requests of one browser (one session cookie) posting ``code`` at once."""
+    barrier = threading.Barrier(count)
+    answers: list = []
+    lock = threading.Lock()
+
+    def send() -> None:
+        browser = Client()
+        browser.cookies = cookies.__class__(cookies)
+        try:
+            barrier.wait(timeout=30)
+            response = browser.post("/accounts/two-factor/", {"code": code})
+            answer = (response.status_code, response.get("Location", "").split("?", 1)[0])
+        except Exception as exc:  # noqa: BLE001 - any other outcome is a failure we want to see
+            answer = ("error", repr(exc))
+        finally:
+            connection.close()
+        with lock:
+            answers.append(answer)
+
+    threads = [threading.Thread(target=send) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    return answers
+
+
+@pytest.mark.django_db(transaction=True)
+def test_parallel_wrong_codes_in_one_session_stop_at_the_session_limit_and_log_it_out(roles, settings):
+    """The password known, one session sends 24 wrong codes at once. A client sending them one
+    by one has TWO_FACTOR_MAX_FAILURES checked and is then logged out: so is this one. (Before:
+    each request loaded the session's failure count, 0, and saved its own: 24 codes checked,
+    the count at 1, the session still logged in.)"""
+    settings.OTP_TOTP_THROTTLE_FACTOR = 0  # no back-off between codes: only the session's count limits
+    limit = settings.TWO_FACTOR_MAX_FAILURES
+    user = User.objects.create_user("race.session", password=PASSWORD)
+    device = totp_device(user)
+    browser = Client()
+    assert browser.post("/accounts/login/", {"username": user.username, "password": PASSWORD}).status_code == 302
+    session_key = browser.cookies[django_settings.SESSION_COOKIE_NAME].value
+
+    answers = _parallel_posts(browser.cookies, _wrong_code(device), ATTEMPTS)
+
+    device.refresh_from_db()
+    failed = AuditEvent.objects.filter(event_type=EventType.OTP_FAILED, actor_user_id=user.pk)
+    # Codes checked: what the device counted, and what the trail says, attempt by attempt.
+    assert device.throttling_failure_count == limit, answers
+    assert sorted(e.extra["attempt"] for e in failed) == list(range(1, limit + 1))
+    # The codes checked before the limit answer "not valid" (or 400, Django's answer when the
+    # session a page was for ended while it was being rendered); every other request is sent
+    # to the login page. Never a 500.
+    assert set(answers) <= {(200, ""), (400, ""), (302, "/accounts/login/")}, answers
+    assert answers.count((200, "")) + answers.count((400, "")) == limit - 1, answers
+    # Logged out, as a sequential client would be: the session is gone, the right code is useless.
+    assert not UserSession.objects.filter(session_key=session_key).exists()
+    assert AuditEvent.objects.filter(event_type=EventType.LOGOUT, actor_user_id=user.pk).exists()
+    again = browser.post("/accounts/two-factor/", {"code": totp_code(device)})
+    assert again.status_code == 302 and again["Location"].startswith("/accounts/login/")
+    assert not AuditEvent.objects.filter(event_type=EventType.OTP_VERIFIED, actor_user_id=user.pk).exists()
