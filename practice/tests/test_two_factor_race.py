@@ -11,10 +11,11 @@ from django.conf import settings as django_settings
 from django.contrib.auth.models import User
 from django.db import connection
 from django.test import Client
+from django.urls import reverse
 from django_otp.oath import TOTP
 
 from audit.models import AuditEvent, EventType
-from conftest import PASSWORD, totp_code, totp_device
+from conftest import PASSWORD, make_patient, totp_code, totp_device, totp_next_code
 from practice.models import UserSession
 from practice.twofactor import second_factor_check
 
@@ -126,3 +127,31 @@ def test_parallel_wrong_codes_in_one_session_stop_at_the_session_limit_and_log_i
     again = browser.post("/accounts/two-factor/", {"code": totp_code(device)})
     assert again.status_code == 302 and again["Location"].startswith("/accounts/login/")
     assert not AuditEvent.objects.filter(event_type=EventType.OTP_VERIFIED, actor_user_id=user.pk).exists()
+
+
+def test_a_right_code_starts_the_session_count_again_at_login_and_on_the_step_up_page(secretary, settings):
+    """The count read from the trail keeps the rule the session's own count had: wrong codes
+    since the session's last right one (at login, or on the step-up page)."""
+    settings.OTP_TOTP_THROTTLE_FACTOR = 0
+    settings.READ_ALLOWANCES = {**settings.READ_ALLOWANCES, "Secretary": (0, 0)}  # every patient asks
+    limit = settings.TWO_FACTOR_MAX_FAILURES
+    device = totp_device(secretary)
+    browser = Client()
+    assert browser.post("/accounts/login/", {"username": secretary.username, "password": PASSWORD}).status_code == 302
+    for _attempt in range(limit - 1):
+        assert browser.post("/accounts/two-factor/", {"code": _wrong_code(device)}).status_code == 200
+    assert browser.post("/accounts/two-factor/", {"code": totp_next_code(secretary)}).status_code == 302
+
+    reason = "La patiente appelle pour sa facture de mars"
+    for patient in (make_patient(last_name="Recount", nir=""), make_patient(last_name="Recount", nir="")):
+        assert browser.get(patient.get_absolute_url()).status_code == 403  # the step-up page
+        url = reverse("patients:reason", args=[patient.pk])
+        for _attempt in range(limit - 1):
+            assert browser.post(url, {"reason": reason, "code": _wrong_code(device)}).status_code == 400
+        assert browser.post(url, {"reason": reason, "code": totp_next_code(secretary)}).status_code == 302
+        assert browser.get(patient.get_absolute_url()).status_code == 200
+
+    failed = AuditEvent.objects.filter(event_type=EventType.OTP_FAILED, actor_user_id=secretary.pk).order_by("id")
+    assert [e.extra["attempt"] for e in failed] == list(range(1, limit)) * 3
+    assert AuditEvent.objects.filter(event_type=EventType.OTP_VERIFIED, actor_user_id=secretary.pk).count() == 3
+    assert not AuditEvent.objects.filter(event_type=EventType.LOGOUT, actor_user_id=secretary.pk).exists()
