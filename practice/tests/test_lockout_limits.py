@@ -73,6 +73,7 @@ def test_an_address_failing_past_ten_is_told_to_wait_a_growing_delay(practitione
     assert not AuditEvent.objects.filter(event_type=EventType.LOCKOUT).exists()
 
 
+@pytest.mark.slow
 def test_fifty_failures_lock_the_address_for_every_account(practitioner, settings):
     assert settings.LOGIN_ADDRESS_FAILURE_LIMIT == 50
     answers = [fail_patiently(f"guess{n}", ATTACKER).status_code for n in range(50)]
@@ -119,6 +120,7 @@ def test_an_account_tried_from_many_addresses_is_locked_everywhere(secretary, pr
     assert log_in(secretary.username, PASSWORD, ip=OFFICE).status_code == 302
 
 
+@pytest.mark.slow
 def test_rotating_addresses_checks_at_most_100_passwords_an_hour(secretary):
     """ASVS 2.2.1: no more than 100 failed attempts an hour on one account. The attacker takes
     a new address for every attempt and tries as many as it is allowed, every minute of an
