@@ -246,13 +246,14 @@ def _failed(claim: Claim, code: str) -> str:
     return f"{ReminderStatus.FAILED}:{code}"
 
 
-def claims_release(reminders, code: str) -> int:
+def claims_release(reminders, code: str, *, retry_scheduled: bool = True) -> int:
     """Sending to pending again (a transient failure, a claim stranded by a dead worker), or
     failed after the last allowed attempt. A row whose appointment got a newer pending reminder
     meanwhile (it was moved while this one was out) is cancelled instead. Returns how many rows
-    went back to pending. `enqueued_at` moves on, so the sweep leaves alone a retry Celery has
-    scheduled."""
+    went back to pending. With `retry_scheduled` (Celery retries it), `enqueued_at` moves on so
+    the sweep leaves it alone; without, it is cleared so the sweep queues it."""
     now = timezone.now()
+    enqueued_at = now if retry_scheduled else None
     released = 0
     for reminder in reminders:
         rows = Reminder.objects.filter(pk=reminder.pk, status=ReminderStatus.SENDING, send_key=reminder.send_key)
@@ -261,7 +262,9 @@ def claims_release(reminders, code: str) -> int:
             continue
         try:
             with transaction.atomic():
-                released += rows.update(status=ReminderStatus.PENDING, error=code, enqueued_at=now, updated_at=now)
+                released += rows.update(
+                    status=ReminderStatus.PENDING, error=code, enqueued_at=enqueued_at, updated_at=now
+                )
         except IntegrityError:  # a pending row exists for this appointment, channel and kind
             rows.update(status=ReminderStatus.CANCELLED, error="moved", updated_at=now)
     return released
@@ -325,7 +328,7 @@ def claims_recover(now: datetime.datetime, *, node: str = "", started: datetime.
         )
     if rows:
         logger.warning("Reminders stranded in sending by a worker: %s sent again, %s closed", len(again), len(dropped))
-    return claims_release(again, "interrupted")
+    return claims_release(again, "interrupted", retry_scheduled=False)
 
 
 @shared_task(audit_job="reminders")

@@ -150,7 +150,7 @@ django.setup()
 from practice.celery import app
 queue, node = sys.argv[1], sys.argv[2]
 app.conf.task_default_queue = queue
-app.worker_main(["worker", "-Q", queue, "-n", node, "--pool=solo", "--loglevel=WARNING",
+app.worker_main(["worker", "-Q", queue, "-n", node, "--pool=solo", "--loglevel=INFO",
                  "--without-gossip", "--without-mingle", "--without-heartbeat"])
 """
 
@@ -174,6 +174,8 @@ class Workers:
 
     def start(self) -> None:
         with open(self.log, "ab") as log:
+            log.write(b"=== worker start\n")
+            log.flush()
             self.process = subprocess.Popen(  # noqa: S603 (our own interpreter and code)
                 [sys.executable, "-c", WORKER, self.queue, self.node],
                 env=self.env,
@@ -270,7 +272,7 @@ def workers(celery_app, tmp_path):
 
 def _worker_log(tmp_path) -> str:
     path = tmp_path / "worker.log"
-    return path.read_text(errors="replace")[-3000:] if path.exists() else ""
+    return path.read_text(errors="replace")[-12000:] if path.exists() else ""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -544,6 +546,15 @@ def test_a_booking_answers_within_3_s_with_redis_paused_and_the_sweep_sends_its_
     # Celery reads CELERY_BROKER_URL from the environment before its own setting (CI sets it).
     monkeypatch.setenv("CELERY_BROKER_URL", url)
     app.conf.broker_url = url
+    try:
+        _book_and_sweep_with_paused_redis(app, agenda, secretary, redis)
+    finally:
+        broker_connections_drop(app)
+        monkeypatch.setenv("CELERY_BROKER_URL", TEST_BROKER_URL)
+        app.conf.broker_url = TEST_BROKER_URL
+
+
+def _book_and_sweep_with_paused_redis(app, agenda, secretary, redis) -> None:
     doctor, kind = agenda
     patient = make_patient(consent_email=True)
     start = _day_after_tomorrow_at_ten()
