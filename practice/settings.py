@@ -299,7 +299,7 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
 }
 # A request waits at most this long (seconds) for its publishes (practice/broker.py); what is
 # not published by then is sent by the periodic sweeps.
-BROKER_PUBLISH_BUDGET = env.float("BROKER_PUBLISH_BUDGET", default=1.0)
+BROKER_PUBLISH_BUDGET = env.float("BROKER_PUBLISH_BUDGET", default=0.5)
 
 # Reminders (scheduling/reminders.py). Hours before the appointment are set per appointment
 # type; an appointment starting sooner than this gets no reminder at all.
