@@ -48,9 +48,35 @@ def _no_stray_connections(django_db_setup, django_db_blocker):
 # creates and migrates the test database, the app's role gets its grants (what
 # `manage.py db_app_role` gives), and from then on every connection of the tests (threads,
 # live server, Celery workers) is the app's role. The owner comes back to flush (transactional
-# tests) and to drop the database at the end. Filled by the two fixtures below: the owner's
-# name and the app's credentials.
+# tests), to drop the database at the end, and for the tests of OWNER_TESTS. Filled by the
+# fixtures below: the owner's name and both roles' credentials.
 TEST_ROLES: dict = {}
+
+# Test files that break the database on purpose with the owner's rights (a trigger or a
+# constraint added to the trail, ALTER DATABASE, LOCK TABLE ... ACCESS EXCLUSIVE), on
+# Django's connection or on connections of their own made with its parameters: they run as
+# the owner, whole. To run one as the app's role, do its DDL in ``trail_owner`` (Django's
+# connection) or connect as ``TEST_ROLES["owner_credentials"]``, and take it off this list.
+OWNER_TESTS = (
+    "audit/tests/test_fail_closed.py",
+    "audit/tests/test_trail_lock.py",
+    "practice/tests/test_database_errors.py",
+    "scheduling/tests/test_reminders_faults.py",
+)
+
+
+def _connect_as(who: str) -> None:
+    """Point the default connection at the owner or the app's role (closing it: the next
+    query reconnects). Between tests only: no transaction is open then."""
+    from django.db import connection
+
+    from audit.management.commands.db_app_role import CREDENTIALS
+
+    credentials = TEST_ROLES["owner_credentials"] if who == "owner" else TEST_ROLES["app"]
+    if TEST_ROLES.get("connected") != who:
+        connection.close()
+        connection.settings_dict.update({key: credentials[key] for key in CREDENTIALS})
+        TEST_ROLES["connected"] = who
 
 
 @pytest.fixture(scope="session")
@@ -66,7 +92,7 @@ def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix):
         app = {key: default.get(key) for key in CREDENTIALS}
         connections["default"].close()
         default.update({key: owner.get(key) or app[key] for key in CREDENTIALS})
-        TEST_ROLES.update(owner=owner["USER"], owner_credentials=dict(default), app=app)
+        TEST_ROLES.update(owner=owner["USER"], owner_credentials=dict(default), app=app, connected="owner")
 
 
 @pytest.fixture(scope="session")
@@ -81,7 +107,7 @@ def django_db_setup(django_db_setup, django_db_blocker):
         return
     from django.db import connection
 
-    from audit.management.commands.db_app_role import CREDENTIALS, app_role_grant
+    from audit.management.commands.db_app_role import app_role_grant
 
     app, quote = TEST_ROLES["app"], connection.ops.quote_name
     with django_db_blocker.unblock():
@@ -89,14 +115,32 @@ def django_db_setup(django_db_setup, django_db_blocker):
         with connection.cursor() as cursor:
             cursor.execute(f"ALTER ROLE {quote(app['USER'])} NOINHERIT")
             cursor.execute(f"GRANT {quote(TEST_ROLES['owner'])} TO {quote(app['USER'])}")
-        connection.close()
-        connection.settings_dict.update(app)
+        # The test being set up may be one of OWNER_TESTS (pytest_runtest_setup below).
+        _connect_as("owner" if TEST_ROLES.get("owner_test") else "app")
     yield
     with django_db_blocker.unblock():
-        connection.close()
-        connection.settings_dict.update({key: TEST_ROLES["owner_credentials"][key] for key in CREDENTIALS})
+        _connect_as("owner")
         with connection.cursor() as cursor:
             cursor.execute(f"REVOKE {quote(TEST_ROLES['owner'])} FROM {quote(app['USER'])}")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item):
+    # Before the test's fixtures (its transaction among them): the owner for OWNER_TESTS.
+    TEST_ROLES["owner_test"] = item.nodeid.split("::")[0] in OWNER_TESTS
+    if TEST_ROLES.get("connected"):
+        _connect_as("owner" if TEST_ROLES["owner_test"] else "app")
+    return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    result = yield
+    # After the test's fixtures (its rollback or flush): back to the app's role.
+    if TEST_ROLES.get("owner_test") and TEST_ROLES.get("connected") == "owner" and nextitem is not None:
+        TEST_ROLES["owner_test"] = False
+        _connect_as("app")
+    return result
 
 
 @pytest.fixture(scope="session", autouse=True)

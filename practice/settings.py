@@ -132,10 +132,9 @@ DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=0)
 # The database's owner (PostgreSQL), for `manage.py migrate` and `manage.py db_app_role` only:
 # the app connects as DATABASE_URL's role, which must not own the audit trail (it cannot
 # delete rows or turn the trail's triggers off). Set it in the deploy step's environment,
-# never in the app's or the workers'. Same database as DATABASE_URL. docs/operations.md.
+# never in the app's or the workers'. Its user, password, host and port are used, on
+# DATABASE_URL's database (a database name in it is not used). docs/operations.md.
 DATABASE_OWNER = env.db("DATABASE_OWNER_URL") if env.str("DATABASE_OWNER_URL", default="") else None
-if DATABASE_OWNER and DATABASE_OWNER["NAME"] not in ("", DATABASES["default"]["NAME"]):
-    raise ImproperlyConfigured("DATABASE_OWNER_URL must name the database of DATABASE_URL (or none).")
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Immediate transactions serialize writers (no double booking on the embedded default).
     DATABASES["default"].setdefault("OPTIONS", {}).update(

@@ -22,7 +22,7 @@ from audit.keys import canary_write
 from audit.models import AuditEvent, AuditHead, EventType
 from audit.services import audit_event_write
 from audit.tasks import audit_verify_nightly
-from conftest import make_patient, trail_tampering
+from conftest import make_patient, trail_owner, trail_tampering
 
 postgresql_only = pytest.mark.skipif(
     connection.vendor != "postgresql",
@@ -307,11 +307,14 @@ def test_the_migration_seals_rows_written_before_the_chain():
     ],
 )
 def test_the_trigger_refuses_to_rewrite_the_trail(statement):
+    """Even the owner, whose rights allow it (the app's role has no such rights at all:
+    audit/tests/test_app_role.py)."""
     write_events(2)
     with (
         pytest.raises(DatabaseError, match="the audit trail is append-only"),
         transaction.atomic(),
         connection.cursor() as cursor,
+        trail_owner(cursor),
     ):
         cursor.execute(statement)
     assert AuditEvent.objects.count() == 2
@@ -321,10 +324,11 @@ def test_the_trigger_refuses_to_rewrite_the_trail(statement):
 @postgresql_only
 def test_the_trigger_refuses_the_orm_too():
     [event] = write_events(1)
-    with pytest.raises(DatabaseError, match="UPDATE refused on audit_auditevent"), transaction.atomic():
-        AuditEvent.objects.filter(pk=event.pk).update(actor_username="x")
-    with pytest.raises(DatabaseError, match="DELETE refused"), transaction.atomic():
-        event.delete()
+    with connection.cursor() as cursor, trail_owner(cursor):  # the ORM on this connection, as the owner
+        with pytest.raises(DatabaseError, match="UPDATE refused on audit_auditevent"), transaction.atomic():
+            AuditEvent.objects.filter(pk=event.pk).update(actor_username="x")
+        with pytest.raises(DatabaseError, match="DELETE refused"), transaction.atomic():
+            event.delete()
     assert AuditEvent.objects.filter(pk=event.pk, actor_username=event.actor_username).exists()
 
 
