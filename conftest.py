@@ -102,7 +102,7 @@ def django_db_setup(django_db_setup, django_db_blocker):
     The app's role is also made a NOINHERIT member of the owner: it has none of the owner's
     rights, but tests that play the attacker or break the database can ``SET ROLE`` to it
     (``trail_owner``); the app never does. Revoked at the end."""
-    if not TEST_ROLES:
+    if "app" not in TEST_ROLES:
         yield
         return
     from django.db import connection
@@ -169,7 +169,7 @@ def _flush_past_the_trail_trigger():
                 "ALTER TABLE audit_auditevent ENABLE TRIGGER audit_trail_no_truncate;",
                 "DELETE FROM audit_chaintip;",
             ]
-            if TEST_ROLES:
+            if "owner" in TEST_ROLES:
                 statements = [f"SET ROLE {self.quote_name(TEST_ROLES['owner'])};", *statements, "RESET ROLE;"]
         return statements
 
