@@ -222,7 +222,18 @@ class ReminderInline(admin.TabularInline):
 
     model = Reminder
     extra = 0
-    fields = ["channel", "kind", "planned_for", "due_at", "status", "attempts", "sent_at", "provider_id", "error"]
+    fields = [
+        "channel",
+        "kind",
+        "planned_for",
+        "due_at",
+        "status",
+        "attempts",
+        "claimed_at",
+        "sent_at",
+        "provider_id",
+        "error",
+    ]
     readonly_fields = fields
     ordering = ["due_at", "id"]
     can_delete = False
