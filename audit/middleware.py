@@ -30,11 +30,21 @@ def client_ip(request) -> str | None:
     return request.META.get("REMOTE_ADDR") or None
 
 
-def audit_unavailable_response() -> HttpResponse:
+# The attribute that marks a response answering a database failure: "trail" (the trail could
+# not be written: the page is withheld) or "view" (the view failed on the database).
+# practice.middleware.DatabaseErrorMiddleware, just outside this middleware, says to the
+# user what became of their action.
+DATABASE_FAILURE = "database_failure"
+
+
+def audit_unavailable_response(*, cause: str = "trail") -> HttpResponse:
+    """The page withheld: "trail" when its reads could not be recorded, "database" when the
+    database failed while the page was made."""
     # Rendered from a fixed template without the view's context: no plaintext can leak.
-    body = render_to_string("audit/unavailable.html")
+    body = render_to_string("audit/unavailable.html", {"cause": cause})
     response = HttpResponse(body, status=503)
     response["Cache-Control"] = "no-store"
+    setattr(response, DATABASE_FAILURE, "trail" if cause == "trail" else "view")
     return response
 
 

@@ -85,6 +85,9 @@ def environment_prepare(*, database_url: str, key_file: Path, conn_max_age: int 
     os.environ["ALLOWED_HOSTS"] = "testserver,localhost,127.0.0.1"
     os.environ.setdefault("CONN_MAX_AGE", str(conn_max_age))
     os.environ.setdefault("LOG_LEVEL", "WARNING")
+    # Building the data runs single long statements (bulk inserts, index builds, VACUUM ANALYZE of
+    # millions of rows): no statement limit here (docs/operations.md, "When the database fails").
+    os.environ.setdefault("DATABASE_STATEMENT_TIMEOUT", "0")
     # Benches read far more patients than a person may: the budget check still runs (and is
     # measured), but with budgets no bench reaches.
     for role in ("SECRETARY", "PRACTITIONER", "PRACTICE_ADMIN", "OTHER"):

@@ -129,6 +129,9 @@ def environment_prepare(args) -> str:
         os.environ.setdefault(f"READ_MASKED_ALLOWANCE_{role}", "100000000/100000000")
     os.environ.setdefault("CONN_MAX_AGE", str(args.conn_max_age))
     os.environ.setdefault("LOG_LEVEL", "WARNING")
+    # Building the data runs single long statements (bulk inserts, index builds, VACUUM ANALYZE of
+    # millions of rows): no statement limit here (docs/operations.md, "When the database fails").
+    os.environ.setdefault("DATABASE_STATEMENT_TIMEOUT", "0")
     return keys_load()
 
 

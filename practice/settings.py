@@ -99,6 +99,9 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django_otp.middleware.OTPMiddleware",
+    # A failing database answers a 503 page that says whether the action was saved; outside
+    # the audit context, so it also answers the pages the audit middleware withholds.
+    "practice.middleware.DatabaseErrorMiddleware",
     # Everything below runs inside the request's audit context.
     "audit.middleware.AuditContextMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
@@ -135,6 +138,23 @@ DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=0)
 # never in the app's or the workers'. Its user, password, host and port are used, on
 # DATABASE_URL's database (a database name in it is not used). docs/operations.md.
 DATABASE_OWNER = env.db("DATABASE_OWNER_URL") if env.str("DATABASE_OWNER_URL", default="") else None
+# Seconds a statement waits for a lock, and runs at most, on PostgreSQL: a lock held on the
+# trail (or anything else) makes a page fail within seconds with the 503 page instead of
+# holding every worker past gunicorn's 30-second timeout. Set at connect time, so every
+# process gets them (web, Celery workers, commands: they all work in short statements);
+# 0 turns one off, e.g. for a one-off maintenance command. docs/configuration.md.
+DATABASE_LOCK_TIMEOUT = env.float("DATABASE_LOCK_TIMEOUT", default=5.0)
+DATABASE_STATEMENT_TIMEOUT = env.float("DATABASE_STATEMENT_TIMEOUT", default=20.0)
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    _options = DATABASES["default"].setdefault("OPTIONS", {})
+    # Options given in DATABASE_URL (?options=...) come last, so they win.
+    _options["options"] = " ".join(
+        [
+            f"-c lock_timeout={round(DATABASE_LOCK_TIMEOUT * 1000)}",
+            f"-c statement_timeout={round(DATABASE_STATEMENT_TIMEOUT * 1000)}",
+            _options.get("options", ""),
+        ]
+    ).strip()
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Immediate transactions serialize writers (no double booking on the embedded default).
     DATABASES["default"].setdefault("OPTIONS", {}).update(
