@@ -174,7 +174,9 @@ def reminders_plan(*, appointment: Appointment) -> list[Reminder]:
     planned = kept + created
     due_now = [r.pk for r in planned if r.due_at <= now]
     if due_now:
-        transaction.on_commit(partial(reminders_enqueue, due_now))
+        # Robust: the booking is committed; a failure here (the database gone at that very
+        # moment) must not turn it into an error page. The sweep queues what is left.
+        transaction.on_commit(partial(reminders_enqueue, due_now), robust=True)
     return planned
 
 

@@ -16,10 +16,13 @@ def _login(client, username, password, client_ip):
 
 
 def test_it_locks_out_the_attacker_not_everyone_behind_the_proxy(settings, secretary, practitioner):
+    """The lock holds the username from the address the proxy names (issue 12, item 11: a
+    username and an address together), not from the proxy's own address."""
     settings.AUDIT_CLIENT_IP_HEADER = "HTTP_X_FORWARDED_FOR"
     for _ in range(5):
-        _login(Client(), "nobody-in-particular", "wrong", client_ip="198.51.100.66")
+        _login(Client(), secretary.username, "wrong", client_ip="198.51.100.66")
     assert _login(Client(), secretary.username, PASSWORD, client_ip="198.51.100.66").status_code == 429
+    assert _login(Client(), secretary.username, PASSWORD, client_ip="192.0.2.20").status_code == 302
     assert _login(Client(), practitioner.username, PASSWORD, client_ip="192.0.2.20").status_code == 302
     failure = AuditEvent.objects.filter(event_type=EventType.LOGIN_FAILED).first()
     assert failure.ip == "198.51.100.66"
