@@ -190,11 +190,17 @@ def _flush_past_the_trail_trigger():
 def audit_trail_writable(db):
     """For tests whose set-up rewrites trail rows (deletes earlier reads, backdates an event):
     the append-only trigger (PostgreSQL) is off for the test, inside its transaction, so it
-    comes back with the rollback. The app itself never gets this: only tests ask for it."""
+    comes back with the rollback. The app itself never gets this: only tests ask for it.
+    When the suite runs as the app's role, the test runs as the trail's owner (``SET ROLE``
+    in its transaction, undone by the rollback): the app's role may not rewrite the trail."""
     from django.db import connection
 
     if connection.vendor == "postgresql":
-        with connection.cursor() as cursor, trail_owner(cursor):
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT tableowner, current_user FROM pg_tables WHERE tablename = 'audit_auditevent'")
+            owner, user = cursor.fetchone()
+            if owner != user:
+                cursor.execute(f"SET LOCAL ROLE {connection.ops.quote_name(owner)}")
             cursor.execute("ALTER TABLE audit_auditevent DISABLE TRIGGER audit_trail_append_only")
     yield
 
