@@ -20,7 +20,7 @@ from django.conf import settings
 from django.core.management import CommandError, call_command
 from django.db import transaction
 
-from audit import tasks
+from audit import chain, tasks
 from audit.keys import canary_write
 from audit.models import AuditEvent, EventType
 from audit.services import audit_event_write
@@ -112,6 +112,23 @@ def test_it_names_every_range_removed_in_the_middle_and_at_the_end():
     # ... and both ranges are named, the second one too although the chain was rebuilt past it.
     assert f"Ids {events[4].pk} to {events[6].pk} are missing" in message
     assert f"Ids {events[15].pk} to {events[-1].pk} are missing" in message
+
+
+def test_gaps_are_found_across_the_chunks_of_the_scan(monkeypatch):
+    """The trail is scanned a million ids at a time (a statement stays short however long the
+    trail); here four at a time, with gaps astride the chunks' edges."""
+    monkeypatch.setattr(chain, "GAPS_CHUNK", 4)
+    events = write_events(20)
+    pk = [e.pk for e in events]
+    for first, last in [(pk[2], pk[6]), (pk[9], pk[9]), (pk[11], pk[12]), (pk[17], pk[19])]:
+        delete_ids(first, last)
+
+    gaps = chain.id_gaps(after_id=pk[0])
+
+    assert gaps.ranges == [(pk[2], pk[6]), (pk[9], pk[9]), (pk[11], pk[12])]
+    assert gaps.tail == (pk[17], pk[19])
+    monkeypatch.setattr(chain, "GAPS_LISTED", 2)
+    assert chain.id_gaps(after_id=pk[0]).more
 
 
 def test_rolled_back_writes_leave_no_gap():
