@@ -1,6 +1,7 @@
 """Who may open which patient record. Decided on plaintext columns, before any decryption.
 
-- Secretaries and practice admins: every patient of the practice.
+- Secretaries and practice admins (the front desk, ``practice.roles.is_front_desk``): every
+  patient of the practice.
 - Practitioners: the patients they have or had an appointment with, plus the records they
   hold an unexpired break-the-glass grant for (one record each, for a limited time).
 - Anyone else: nothing. Unknown and forbidden records look the same (404).
@@ -10,11 +11,11 @@ from django.db.models import Exists, OuterRef, QuerySet
 from django.utils import timezone
 
 from patients.models import BreakGlassGrant, Patient
-from practice.roles import PRACTICE_ADMIN, PRACTITIONER, SECRETARY, has_role, role_of
+from practice.roles import PRACTITIONER, has_role, is_front_desk, role_of
 
 
 def patient_queryset_for(user) -> QuerySet[Patient]:
-    if has_role(user, SECRETARY, PRACTICE_ADMIN):
+    if is_front_desk(user):
         return Patient.objects.all()
     if has_role(user, PRACTITIONER):
         allowed = Exists(_grants_of(user).filter(patient=OuterRef("pk")))

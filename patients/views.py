@@ -42,11 +42,11 @@ from patients.selectors import (
     patients_today,
 )
 from practice import twofactor
-from practice.roles import PRACTICE_ADMIN, SECRETARY, has_role
+from practice.roles import is_front_desk
 
 
 def _require_front_desk(request: HttpRequest) -> None:
-    if not has_role(request.user, SECRETARY, PRACTICE_ADMIN):
+    if not is_front_desk(request.user):
         raise PermissionDenied
 
 

@@ -80,6 +80,10 @@ ROLE_LABELS = {
 # Checked in this order: a user holding several roles is named by the strongest.
 ROLE_ORDER = [PRACTICE_ADMIN, PRACTITIONER, SECRETARY]
 
+# The front desk: the roles that see every agenda and every patient's administrative data,
+# and book, move and cancel for any practitioner (never clinical content: DESIGN.md).
+FRONT_DESK_ROLES = frozenset({SECRETARY, PRACTICE_ADMIN})
+
 
 def roles_sync() -> dict[str, Group]:
     """Create the groups and set exactly their permissions. Safe to run any number of times."""
@@ -116,6 +120,13 @@ def _role_lookup(user) -> str:
 
 def has_role(user, *roles: str) -> bool:
     return user.is_authenticated and (user.is_superuser or role_of(user) in roles)
+
+
+def is_front_desk(user) -> bool:
+    """Rule enforced here, and only here: the front desk is a secretary or a practice admin
+    (``FRONT_DESK_ROLES``), or a superuser. Patients' lists and records, the day of every
+    practitioner and booking are theirs; practitioners and accounts without a role are not."""
+    return has_role(user, *FRONT_DESK_ROLES)
 
 
 def role_label(role: str) -> str:

@@ -1,13 +1,14 @@
 """Who may see which agenda and appointment. Decided on plaintext columns, before any decryption.
 
-- Secretaries and practice admins (the front desk): every agenda and appointment; they book,
-  move, cancel and change any status.
+- Secretaries and practice admins (the front desk, ``practice.roles.is_front_desk``): every
+  agenda and appointment; they book, move, cancel and change any status.
 - Practitioners: their own week, day and waiting room, and their own appointments; they may
   move those along the day's flow (arrived, in consultation, done, no-show), nothing else.
 - Anyone else (no role): nothing (403).
 
 Object pages answer 404 for what exists but is not yours, exactly as for what does not exist:
-no existence oracle (DESIGN.md, Invariant 2: the 2020 incident).
+no existence oracle (docs/design.md, invariant 2: an account must not learn which patients
+exist by trying ids).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from django.db.models import QuerySet
 from django.http import Http404, HttpRequest
 
 from practice.models import Practitioner
-from practice.roles import PRACTICE_ADMIN, PRACTITIONER, SECRETARY, has_role
+from practice.roles import PRACTICE_ADMIN, PRACTITIONER, SECRETARY, has_role, is_front_desk
 from scheduling.models import Appointment, AppointmentStatus
 
 # What a practitioner may do to their own appointments: the flow of their day.
@@ -32,10 +33,6 @@ PRACTITIONER_STATUSES = frozenset(
 # The front desk may also put an appointment back to "booked" (undo an arrival or a no-show).
 # Cancelling is not a status change here: it needs a reason (its own view and service).
 FRONT_DESK_STATUSES = PRACTITIONER_STATUSES | {AppointmentStatus.BOOKED}
-
-
-def is_front_desk(user) -> bool:
-    return has_role(user, SECRETARY, PRACTICE_ADMIN)
 
 
 def own_practitioner(user) -> Practitioner | None:

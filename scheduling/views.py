@@ -52,6 +52,7 @@ from patients.selectors import (
     patient_search_masked,
 )
 from practice.models import FormSubmission, Practitioner
+from practice.roles import is_front_desk
 from scheduling import availability, selectors, services
 from scheduling.access import (
     FRONT_DESK_STATUSES,
@@ -59,7 +60,6 @@ from scheduling.access import (
     allowed_statuses,
     get_appointment_for,
     get_practitioner_for,
-    is_front_desk,
     own_practitioner,
     require_agenda_role,
     require_front_desk,
