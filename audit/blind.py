@@ -2,7 +2,7 @@
 
 HMAC-SHA256 under a per-index key derived with HKDF from BLIND_INDEX_KEY (never the
 encryption key), over a normalized value, truncated to a few bits and stored as an
-integer. What they leak (equality of normalized values, bucketed) is in SECURITY.md.
+integer. What they leak (equality of normalized values, bucketed) is in docs/security-model.md.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from django.conf import settings
 
 # Bits kept per index, sized for about 1,000,000 patients with CipherSweet's planner as the
-# reference (SECURITY.md): between 2 and sqrt(rows) coincidences per index. At 19 bits a
+# reference (docs/security-model.md): between 2 and sqrt(rows) coincidences per index. At 19 bits a
 # lookup meets about 1e6 / 2**19 = 1.9 unrelated rows, decrypted (audited) and discarded.
 INDEX_BITS = {
     "last_name": 19,

@@ -1,4 +1,4 @@
-"""Read budgets: how many patients one account may decrypt (DESIGN.md, Invariant 2).
+"""Read budgets: how many patients one account may decrypt (docs/design.md, invariant 2).
 
 Rules enforced here:
 

@@ -1,5 +1,5 @@
 """Explained reads: why each patient may be decrypted for its reader, decided before decrypting
-(DESIGN.md, Invariant 2).
+(docs/design.md, invariant 2).
 
 Rules enforced here:
 

@@ -1,6 +1,6 @@
 """Encrypted model fields: our wrapper around django-encrypted-model-fields.
 
-Rules enforced here (DESIGN.md, Invariant 1):
+Rules enforced here (docs/design.md, invariant 1):
 
 - Values are Fernet tokens (MultiFernet over ``FIELD_ENCRYPTION_KEY``: the first key
   encrypts, all decrypt), read from settings when used, never at import time.

@@ -7,7 +7,7 @@ Sets Django up itself (production settings: DEBUG off, TLS redirect off because 
 proxy here), creates and migrates the bench database, seeds 10 practitioners, ~20,000
 patients and N appointments once, then measures the day view (GET /agenda/<day>/ as a
 Secretary), the selector behind it, the next-free-slot search and the day query's plan, and
-prints the figures against DESIGN.md's targets. See bench/README.md ("Agenda benchmark").
+prints the figures against the targets of docs/design.md. See bench/README.md ("Agenda benchmark").
 """
 
 from __future__ import annotations
@@ -802,11 +802,11 @@ def report(env, view, sel, slots, plans, args, load_end) -> list[tuple[str, str,
         (
             "free slots (next 10): p50 / p95",
             f"{pct(slots['wall'], 50) * 1000:.1f} / {pct(slots['wall'], 95) * 1000:.1f} ms",
-            "(none in DESIGN.md)",
+            "(none in docs/design.md)",
             None,
         ),
     ]
-    print(f"\nSUMMARY vs DESIGN.md targets (10 practitioners x {TARGET_PER_PRACTITIONER} appointments, ", end="")
+    print(f"\nSUMMARY vs docs/design.md targets (10 practitioners x {TARGET_PER_PRACTITIONER} appointments, ", end="")
     print(f"{env_rows(env)} stored)")
     print(f"    {'what':<48}{'figure':>18}  {'target':<22}verdict")
     for what, figure, target, ok in results:

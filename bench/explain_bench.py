@@ -65,7 +65,7 @@ FUTURE_SHARE = 0.1  # of the days of appointments (~1,818 at full size), the sha
 TRAIL_DAYS = 365  # the trail covers the year before the anchor
 ROWS_PER_REQUEST = 8
 CHUNK = 1_000_000
-TARGET_MS = 1.0  # issue 11: at most 1 ms for a request's explanation at this size
+TARGET_MS = 1.0  # docs/design.md: at most 1 ms for a request's explanation at this size
 BATCHES = (1, 50, 300)
 DAY_VIEW_SLOTS = 30  # the day view measured: 10 practitioners x their first 30 appointments
 POOL = 20_000  # random patients put to the explainers (untimed) to find explained and unexplained ones
@@ -1126,7 +1126,7 @@ def main(argv=None) -> int:
         f"p95 {pct(commits, 95) * 1000:.2f} ms"
     )
     print(f"  {'load average':<16} {load_start} at start (1, 5, 15 min)")
-    print(f"  {'target':<16} a request's explanation query under {TARGET_MS:g} ms (issue 11)")
+    print(f"  {'target':<16} a request's explanation query under {TARGET_MS:g} ms (docs/design.md)")
     print()
 
     import audit.explain

@@ -711,7 +711,7 @@ def pages_bench(audited, baseline, samples, *, iterations: int, warmup: int) -> 
     explained = todays_appointments_ensure(samples)
     ids = [s["id"] for s in samples if s["id"] not in set(explained)]
     pages = {
-        # Not comparable since issue 11: the audited list shows today's patients (those of the
+        # Not comparable since explained reads: the audited list shows today's patients (those of the
         # explained half below, up to 100), the baseline the 50 most recently changed.
         "patient list (today's)": (lambda i: "/patients/", lambda i: f"/{BASELINE_PREFIX}"),
         "patient record page (explained)": (
@@ -1010,7 +1010,8 @@ def report(env, searches, pages, audit, breakdown, args) -> None:
             f"{r['decrypted']:>11.1f}  {r['found']}/{r['n']} found, {r['capped']} capped{verdict}"
         )
     print(
-        f"    target (DESIGN.md): p50 under {TARGET_SEARCH_P50_MS:.0f} ms among 1,000,000 patients (this run: N above)"
+        f"    target (docs/design.md): p50 under {TARGET_SEARCH_P50_MS:.0f} ms among 1,000,000 patients "
+        "(this run: N above)"
     )
 
     print(f"\n[b] pages through django.test.Client, logged in as a Secretary ({args.pages} timed loads per side)")

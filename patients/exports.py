@@ -1,7 +1,8 @@
 """Exports of patient data: a CSV of a patient list, and one patient's own data for a GDPR
 right-of-access request.
 
-Rules enforced here (issue 6, "minimal exposure"; DESIGN.md, Invariants 1 and 2):
+Rules enforced here (minimal exposure: data leaves only for a stated purpose, and says so;
+docs/design.md, invariants 1 and 2):
 
 - An export states its purpose. The request's audit context takes it as its purpose
   (``export: <purpose>``) before anything is decrypted, so every READ row the export makes

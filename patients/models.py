@@ -22,7 +22,7 @@ class Language(models.TextChoices):
 
 class Patient(EncryptedModel):
     """A patient record. Every identifying field is encrypted; plaintext columns are ids,
-    flags, timestamps and blind indexes (truncated HMACs, see SECURITY.md)."""
+    flags, timestamps and blind indexes (truncated HMACs, see docs/security-model.md)."""
 
     last_name = EncryptedCharField(_("last name"), max_length=100)
     birth_name = EncryptedCharField(_("birth name"), max_length=100, blank=True)

@@ -206,7 +206,7 @@ class AppointmentTypeAdmin(admin.ModelAdmin):
 
 # Appointments: read-only -------------------------------------------------------------------
 
-# What the change list shows, and all it loads: plain columns (DESIGN.md, Invariant 1).
+# What the change list shows, and all it loads: plain columns (docs/design.md, invariant 1).
 APPOINTMENT_LIST_COLUMNS = [
     "start",
     "end",

@@ -1,4 +1,4 @@
-"""A practice admin's ordinary hour is not blocked (issue 12, item 13): the admin pages, the
+"""A practice admin's ordinary hour is not blocked: the admin pages, the
 day view of today and tomorrow of a 10-practitioner clinic, the waiting room and some records.
 With 300/800 (the old default) the second day view blocked the admin, who in a one-admin
 practice could then only be unblocked from the shell."""

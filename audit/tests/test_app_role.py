@@ -1,4 +1,4 @@
-"""The app runs as a PostgreSQL role that does not own the audit trail (issue 12, item 12).
+"""The app runs as a PostgreSQL role that does not own the audit trail.
 
 The trail's triggers refuse UPDATE, DELETE and TRUNCATE, but the table's owner can turn them
 off. So the app's role (``DATABASE_URL``) is not the owner: it may read and append to the

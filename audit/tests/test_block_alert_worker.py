@@ -1,5 +1,6 @@
 """A block reaches the practice admins' mailbox within 60 seconds: measured end to end, with a
-real Celery worker fed through the real Redis broker (GitHub issue 11, item 3).
+real Celery worker fed through the real Redis broker (a block is urgent: it does not wait
+for the 60-second batch of other alerts).
 
 A secretary opens the records of patients nothing explains (no appointment, no care, no
 reason) until the account is blocked (``ReadBlock``, window "reasons", and a

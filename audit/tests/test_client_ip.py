@@ -16,7 +16,7 @@ def _login(client, username, password, client_ip):
 
 
 def test_it_locks_out_the_attacker_not_everyone_behind_the_proxy(settings, secretary, practitioner):
-    """The lock holds the username from the address the proxy names (issue 12, item 11: a
+    """The lock holds the username from the address the proxy names (a lockout holds a
     username and an address together), not from the proxy's own address."""
     settings.AUDIT_CLIENT_IP_HEADER = "HTTP_X_FORWARDED_FOR"
     for _ in range(5):

@@ -1,4 +1,4 @@
-"""Reports say why (issue 11, item 5): what a practice admin sees of explained reads in the
+"""Reports say why: what a practice admin sees of explained reads in the
 patient access report, the breach scope, the anomaly page and the reads chart. Reads are made
 through the real pages."""
 

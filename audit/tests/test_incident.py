@@ -1,4 +1,4 @@
-"""The 2020 incident, replayed against the read budgets (DESIGN.md, Invariant 2): a script with
+"""The 2020 incident, replayed against the read budgets (docs/design.md, invariant 2): a script with
 a logged-in secretary session asks for 6,128 appointment and patient pages, scraping the lists
 and walking ids. It is refused after one budget of patients, the admins are mailed, and the
 breach scope of that session names exactly the patients decrypted. And the other side: a

@@ -1,4 +1,4 @@
-"""Keys: the canary check at start-up, key rotation and blind-index rebuilds (DESIGN.md, Keys).
+"""Keys: the canary check at start-up, key rotation and blind-index rebuilds (docs/security-model.md, "Keys").
 
 Everything runs on the real components: the system check framework, the `rotate_keys`
 command, the database. Ciphertexts are compared as stored, read with raw SQL.

@@ -1,6 +1,6 @@
 """Removed rows are named by their ids: the trail's ids have no gaps, so a gap is a removal.
 
-The attack (issue 12, item 12): the table's owner disables the trigger and deletes the last
+The attack: the table's owner disables the trigger and deletes the last
 rows of the trail; what is left is a valid chain, and rows written afterwards chain onto it.
 Before, ``audit_verify`` said "intact" as long as no head had been exported. Now the ids are
 drawn gap-free under the chain lock and the chain keeps its largest id drawn (the tip), so

@@ -1,4 +1,4 @@
-"""A lock held on the trail (issue 12, item 6): the fault campaign held
+"""A lock held on the trail: the fault campaign held
 ``LOCK TABLE audit_auditevent IN ACCESS EXCLUSIVE MODE`` for 30 s, and every gunicorn worker
 waited the 30 s with it (no lock or statement timeout), longer than gunicorn's own timeout.
 

@@ -1,4 +1,4 @@
-"""Patient search through blind indexes (DESIGN.md, Searching encrypted data).
+"""Patient search through blind indexes (docs/security-model.md, "Blind indexes").
 
 Finds by normalized name, birth date, phone and e-mail; drops blind-index false candidates;
 uses the indexed column instead of scanning; refuses to filter encrypted columns.

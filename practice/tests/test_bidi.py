@@ -1,5 +1,5 @@
-"""Bidirectional control characters never make it from a form into the database (issue 12,
-item 14): U+202E in a last name would show it backwards on every page and CSV file."""
+"""Bidirectional control characters never make it from a form into the database:
+U+202E in a last name would show it backwards on every page and CSV file."""
 
 import inspect
 

@@ -1,4 +1,4 @@
-"""A database that fails under a write (issue 12, item 8): read-only (a failover to a replica,
+"""A database that fails under a write: read-only (a failover to a replica,
 a full disk), gone, or past a lock or statement timeout.
 
 Before, booking and logging in answered Django's bare "Server Error (500)", with no word on

@@ -1,4 +1,4 @@
-"""Login limits per address and per account (practice/lockout.py, issue 12 item 11).
+"""Login limits per address and per account (practice/lockout.py).
 
 Five failures lock a username from one address (test_lockout.py). Beyond that pair:
 - an address gets LOGIN_ADDRESS_FREE_FAILURES (10) failures, whatever the usernames, then

@@ -1,4 +1,4 @@
-"""Sessions end after 15 minutes idle and 12 hours in all (DESIGN.md, Invariant 2); their key
+"""Sessions end after 15 minutes idle and 12 hours in all (docs/design.md, invariant 2); their key
 changes at login and again after the second factor; logging out deletes them; a changed or
 reset password ends the other sessions."""
 

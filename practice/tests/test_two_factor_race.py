@@ -1,4 +1,4 @@
-"""Parallel wrong second-factor codes are checked one at a time (issue 12, item 10): the
+"""Parallel wrong second-factor codes are checked one at a time: the
 device's failure count and throttle, and the session's count of wrong codes, are read and
 written under a row lock, so a burst of 24 parallel guesses checks no more codes than a client
 sending them one after the other would, and ends the session where that client's would end."""

@@ -1,6 +1,6 @@
 """The front desk's day costs the same number of queries for 1 appointment or 300, and decrypts
 only what it shows: each patient's last name and first names, one audit row per patient
-(DESIGN.md targets: constant query count, at most 12; Invariant 1: list views load only the
+(docs/design.md: the target is a constant query count, at most 12; invariant 1: list views load only the
 fields they show)."""
 
 import datetime

@@ -1,4 +1,4 @@
-"""Appointments last their real duration on both DST nights (issue 12, item 4): the end is
+"""Appointments last their real duration on both DST nights: the end is
 computed in elapsed time, not on the practice's wall clock."""
 
 import datetime

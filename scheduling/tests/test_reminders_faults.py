@@ -7,7 +7,7 @@ answers like Brevo: its e-mail API drops a repeated idempotency key, as Brevo do
 SMS API has no key. At each request the server looks in the trail, over its own database
 connection, for the committed read of the address it is about to deliver to.
 
-What must hold (issue 12, items 1, 2, 3 and 7):
+What must hold:
 - no message leaves without its audit row committed first, and none when the row cannot be
   written;
 - a worker killed between the claim, the send and the record leaves at most one delivery per
@@ -276,7 +276,7 @@ def _worker_log(tmp_path) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Item 1: the read is in the trail before the message leaves; no trail, no message
+# The read is in the trail before the message leaves; no trail, no message
 
 
 @pytest.fixture
@@ -362,7 +362,7 @@ def test_the_read_is_committed_before_the_provider_gets_the_message(agenda, eage
 
 
 # ---------------------------------------------------------------------------------------------
-# Items 2 and 7: a worker killed between the claim, the send and the record
+# A worker killed between the claim, the send and the record
 
 
 def _book_with_worker_up(agenda, brevo_setup, workers, *, email: bool):
@@ -486,7 +486,7 @@ def test_a_worker_killed_inside_its_claim_leaves_no_row_no_message_and_the_resta
 
 
 # ---------------------------------------------------------------------------------------------
-# Item 3: a hung broker does not hold a booking
+# A hung broker does not hold a booking
 
 
 def _free_port() -> int:
