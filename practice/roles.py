@@ -81,7 +81,7 @@ ROLE_LABELS = {
 ROLE_ORDER = [PRACTICE_ADMIN, PRACTITIONER, SECRETARY]
 
 # The front desk: the roles that see every agenda and every patient's administrative data,
-# and book, move and cancel for any practitioner (never clinical content: DESIGN.md).
+# and book, move and cancel for any practitioner (never clinical content: docs/design.md, invariant 2).
 FRONT_DESK_ROLES = frozenset({SECRETARY, PRACTICE_ADMIN})
 
 
