@@ -13,7 +13,7 @@ from django.utils.translation import gettext_lazy as _
 from patients.forms import DateInput, PatientForm
 from practice.models import Practitioner
 from scheduling.availability import practice_tz
-from scheduling.models import AppointmentType
+from scheduling.models import TYPE_NOT_OFFERED, AppointmentType
 
 
 class TimeInput(forms.TimeInput):
@@ -183,8 +183,8 @@ class BookingForm(SubmissionKeyMixin, ForceMixin, WhenMixin, forms.Form):
     def clean(self):
         cleaned = super().clean()
         practitioner, kind = cleaned.get("practitioner"), cleaned.get("appointment_type")
-        if practitioner and kind and not kind.practitioners.filter(pk=practitioner.pk).exists():
-            self.add_error("appointment_type", _("This practitioner does not offer this appointment type."))
+        if practitioner and kind and not kind.is_offered_by(practitioner):
+            self.add_error("appointment_type", TYPE_NOT_OFFERED)
         return cleaned
 
 
@@ -229,7 +229,7 @@ class ChangeTypeForm(SubmissionKeyMixin, ForceMixin, forms.Form):
 
     def __init__(self, *args, practitioner_id: int, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["appointment_type"].queryset = _types().filter(practitioners=practitioner_id)
+        self.fields["appointment_type"].queryset = _types().offered_by(practitioner_id)
 
 
 class CancelForm(SubmissionKeyMixin, forms.Form):
@@ -259,8 +259,8 @@ class FreeSlotsForm(forms.Form):
     def clean(self):
         cleaned = super().clean()
         practitioner, kind = cleaned.get("practitioner"), cleaned.get("appointment_type")
-        if practitioner and kind and not kind.practitioners.filter(pk=practitioner.pk).exists():
-            self.add_error("appointment_type", _("This practitioner does not offer this appointment type."))
+        if practitioner and kind and not kind.is_offered_by(practitioner):
+            self.add_error("appointment_type", TYPE_NOT_OFFERED)
         return cleaned
 
 

@@ -16,6 +16,15 @@ from audit.fields import EncryptedTextField
 from audit.models import EncryptedModel
 from practice.models import colour_validator
 
+# Said by the forms and the services when a practitioner is given a type they do not offer.
+TYPE_NOT_OFFERED = _("This practitioner does not offer this appointment type.")
+
+
+class AppointmentTypeQuerySet(models.QuerySet):
+    def offered_by(self, practitioner) -> models.QuerySet:
+        """The types ``practitioner`` (a Practitioner or its id) offers: ``is_offered_by`` as a filter."""
+        return self.filter(practitioners=practitioner)
+
 
 class AppointmentType(models.Model):
     name = models.CharField(_("name"), max_length=100)
@@ -40,6 +49,8 @@ class AppointmentType(models.Model):
         validators=[MinValueValidator(1), MaxValueValidator(24 * 14)],
         help_text=_("Optional: a second reminder, closer to the appointment than the first."),
     )
+
+    objects = AppointmentTypeQuerySet.as_manager()
 
     class Meta:
         verbose_name = _("appointment type")
@@ -67,6 +78,12 @@ class AppointmentType(models.Model):
                 errors["second_reminder_hours"] = _("The second reminder must come after the first one.")
         if errors:
             raise ValidationError(errors)
+
+    def is_offered_by(self, practitioner) -> bool:
+        """Rule enforced here, and only here: a practitioner books, moves into or changes to
+        only the types they offer (``practitioners``). ``practitioner``: a Practitioner or its id.
+        One query, prefetched or not: the services ask inside their transaction."""
+        return self.practitioners.filter(pk=getattr(practitioner, "pk", practitioner)).exists()
 
     def reminder_plan(self) -> list[tuple[str, int]]:
         """(kind, hours before the start) of each reminder this type asks for."""

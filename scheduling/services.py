@@ -18,7 +18,7 @@ from django.utils.translation import gettext as _
 from audit.models import EventType
 from audit.services import audit_event_write
 from scheduling import availability
-from scheduling.models import Appointment, AppointmentStatus, AppointmentType
+from scheduling.models import TYPE_NOT_OFFERED, Appointment, AppointmentStatus, AppointmentType
 from scheduling.reminders import reminders_plan
 
 
@@ -109,8 +109,8 @@ def appointment_book(
     internal_note: str = "",
     force: bool = False,
 ) -> Appointment:
-    if not appointment_type.practitioners.filter(pk=practitioner.pk).exists():
-        raise BookingError(_("This practitioner does not offer this appointment type."), code="type_not_offered")
+    if not appointment_type.is_offered_by(practitioner):
+        raise BookingError(TYPE_NOT_OFFERED, code="type_not_offered")
     end = elapsed_end(start, datetime.timedelta(minutes=appointment_type.duration_minutes))
     overridden = _check_slot(practitioner_id=practitioner.pk, start=start, end=end, force=force)
     appointment = Appointment(
@@ -145,9 +145,9 @@ def appointment_move(
     if (
         practitioner.pk != appointment.practitioner_id
         and appointment.appointment_type_id
-        and not appointment.appointment_type.practitioners.filter(pk=practitioner.pk).exists()
+        and not appointment.appointment_type.is_offered_by(practitioner)
     ):
-        raise BookingError(_("This practitioner does not offer this appointment type."), code="type_not_offered")
+        raise BookingError(TYPE_NOT_OFFERED, code="type_not_offered")
     duration = appointment.end - appointment.start
     end = elapsed_end(start, duration)
     overridden = _check_slot(
@@ -171,8 +171,8 @@ def appointment_change_type(
     """A new type changes the duration: the new end must fit like a new booking."""
     if appointment.status != AppointmentStatus.BOOKED:
         raise BookingError(_("Only a booked appointment can change type."), code="not_changeable")
-    if not appointment_type.practitioners.filter(pk=appointment.practitioner_id).exists():
-        raise BookingError(_("This practitioner does not offer this appointment type."), code="type_not_offered")
+    if not appointment_type.is_offered_by(appointment.practitioner_id):
+        raise BookingError(TYPE_NOT_OFFERED, code="type_not_offered")
     end = elapsed_end(appointment.start, datetime.timedelta(minutes=appointment_type.duration_minutes))
     overridden = _check_slot(
         practitioner_id=appointment.practitioner_id,
