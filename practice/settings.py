@@ -267,6 +267,8 @@ AXES_RESET_ON_SUCCESS = True
 AXES_HANDLER = "practice.lockout.LockoutHandler"
 AXES_LOCKOUT_CALLABLE = "practice.lockout.lockout_response"
 AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+# No "AXES: BEGIN ..." banner on every command; failures and lockouts are still logged.
+AXES_VERBOSE = False
 LOGIN_ADDRESS_FAILURE_LIMIT = env.int("LOGIN_ADDRESS_FAILURE_LIMIT", default=50)
 LOGIN_ADDRESS_FREE_FAILURES = env.int("LOGIN_ADDRESS_FREE_FAILURES", default=10)
 LOGIN_ADDRESS_DELAY_MAX_SECONDS = env.int("LOGIN_ADDRESS_DELAY_MAX_SECONDS", default=15)
