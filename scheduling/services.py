@@ -17,6 +17,7 @@ from django.utils.translation import gettext as _
 
 from audit.models import EventType
 from audit.services import audit_event_write
+from patients.services import patient_create
 from scheduling import availability
 from scheduling.models import TYPE_NOT_OFFERED, Appointment, AppointmentStatus, AppointmentType
 from scheduling.reminders import reminders_plan
@@ -132,6 +133,33 @@ def appointment_book(
     _audit(appointment, EventType.CREATE, fields=fields, forced=overridden)
     reminders_plan(appointment=appointment)
     return appointment
+
+
+@transaction.atomic
+def patient_create_and_book(
+    *,
+    patient_data: dict,
+    practitioner,
+    appointment_type: AppointmentType,
+    start: datetime.datetime,
+    actor,
+    reason: str = "",
+    internal_note: str = "",
+    force: bool = False,
+) -> Appointment:
+    """A new patient and their booking, committed together: a refused booking (BookingError)
+    creates no patient, and a refused patient (ValidationError) books nothing."""
+    patient = patient_create(data=patient_data, actor=actor)
+    return appointment_book(
+        practitioner=practitioner,
+        patient=patient,
+        appointment_type=appointment_type,
+        start=start,
+        actor=actor,
+        reason=reason,
+        internal_note=internal_note,
+        force=force,
+    )
 
 
 @transaction.atomic

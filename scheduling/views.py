@@ -43,7 +43,6 @@ from django.utils.translation import gettext_lazy
 from django.views.decorators.cache import cache_control, never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from patients import services as patient_services
 from patients.models import Patient
 from patients.selectors import (
     PatientQuery,
@@ -538,19 +537,22 @@ def _search(find: PatientFindForm) -> list[Patient]:
     return patient_search(query)
 
 
+def _slot_of(form: BookingForm) -> dict:
+    """The booking's arguments for the services, from a valid form."""
+    data = form.cleaned_data
+    return {
+        "practitioner": data["practitioner"],
+        "appointment_type": data["appointment_type"],
+        "start": data["start"],
+        "reason": data["reason"].strip(),
+        "internal_note": data["internal_note"].strip(),
+        "force": data["force"],
+    }
+
+
 def _book_with(request: HttpRequest, form: BookingForm, patient: Patient) -> Appointment:
     """Book from a valid form; services.BookingError propagates."""
-    data = form.cleaned_data
-    return services.appointment_book(
-        practitioner=data["practitioner"],
-        patient=patient,
-        appointment_type=data["appointment_type"],
-        start=data["start"],
-        actor=request.user,
-        reason=data["reason"].strip(),
-        internal_note=data["internal_note"].strip(),
-        force=data["force"],
-    )
+    return services.appointment_book(patient=patient, actor=request.user, **_slot_of(form))
 
 
 # A patient booked with the same practitioner this close to the new time (either side) is
@@ -658,9 +660,10 @@ def book(request: HttpRequest) -> HttpResponse:
         if new.is_valid() and slot_ok and not _new_patient_duplicates(new, results):
 
             def create_and_book() -> str:
-                with transaction.atomic():  # a refused booking creates no patient
-                    patient = patient_services.patient_create(data=new.cleaned_data, actor=request.user)
-                    return _book_with(request, form, patient).get_absolute_url()
+                appointment = services.patient_create_and_book(
+                    patient_data=new.cleaned_data, actor=request.user, **_slot_of(form)
+                )
+                return appointment.get_absolute_url()
 
             try:
                 url = _once(request, "scheduling.book_new", create_and_book)
