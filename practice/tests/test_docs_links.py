@@ -15,6 +15,13 @@ PAGES = sorted(
     + list((ROOT / "docs").glob("*.md"))
 )
 
+# Text files a reader or a reviewer reads: the docs, the code and its comments, the templates.
+TEXT_SUFFIXES = {".py", ".md", ".html", ".txt"}
+SKIPPED_DIRS = {".git", ".venv", "staticfiles", "node_modules", "__pycache__", ".pytest_cache", ".ruff_cache"}
+# Another repository's files (the design notes this one started from) and tracker numbers: a
+# newcomer with this repository alone can follow neither, so the text says the thing itself.
+OUTSIDE_REFERENCE = re.compile(r"\.\./shared|\b(?:DESIGN|STYLE)\.md|(?i:\b(?:issues?|items?) ?#?\d+)")
+
 FENCE = re.compile(r"^(```|~~~).*?^\1", re.MULTILINE | re.DOTALL)
 INLINE_CODE = re.compile(r"`[^`\n]*`")
 LINK = re.compile(r"(?<!!)\[[^\]\n]*\]\(([^)\s]+)\)")
@@ -95,3 +102,28 @@ def test_it_reports_a_missing_file_and_a_missing_anchor(tmp_path, monkeypatch):
         "other.md#nothing: no heading #nothing in other.md",
         "../elsewhere.md: outside the repository",
     ]
+
+
+def text_files() -> list[Path]:
+    """The repository's text files, outside virtualenvs, caches and collected static files."""
+    found = []
+    for path in sorted(ROOT.rglob("*")):
+        parts = set(path.relative_to(ROOT).parts)
+        if parts & SKIPPED_DIRS or not path.is_file():
+            continue
+        if path.suffix in TEXT_SUFFIXES or path.name == "Makefile" or path.relative_to(ROOT) == Path(".ci/run"):
+            found.append(path)
+    return found
+
+
+def test_it_names_nothing_outside_the_repository():
+    """No text points at files outside the repository or at tracker numbers (this file excepted:
+    it spells the patterns)."""
+    offending = [
+        f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
+        for path in text_files()
+        if path != Path(__file__).resolve()
+        for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1)
+        if OUTSIDE_REFERENCE.search(line)
+    ]
+    assert offending == []
