@@ -7,11 +7,93 @@
    they have not changed since this migration ran, not since they were written.
 2. On PostgreSQL, triggers refuse UPDATE, DELETE and TRUNCATE on the trail. SQLite has
    nothing to add: the chain alone is its tamper evidence.
+
+The chain's code is copied here as it was when this migration was written (audit/chain.py of
+that time: the trail had no explanation columns yet), not imported: a later change of the live
+module must not change what this migration does, nor make it ask the trail of that time for
+columns it did not have. The MACs it writes verify under the live chain's code.
 """
 
+import datetime
+import hashlib
+import hmac
+import ipaddress
+import json
+
+from django.conf import settings
 from django.db import migrations, models
 
 SEAL_CHUNK = 5000
+
+# Frozen from audit/chain.py: the chain writers' lock, the first row's "previous MAC", the
+# canonical form's version and the trail's columns in its order.
+ADVISORY_LOCK_ID = 0x6175646974
+GENESIS = "0" * 64
+VERSION = "cabinet-audit-chain-v1"
+COLUMNS = (
+    "id",
+    "occurred_at",
+    "event_type",
+    "actor_user_id",
+    "actor_username",
+    "actor_role",
+    "ip",
+    "user_agent",
+    "request_id",
+    "session",
+    "path",
+    "purpose",
+    "model_label",
+    "object_pk",
+    "patient_id",
+    "fields",
+    "extra",
+)
+
+
+def _ip(value):
+    if value in (None, ""):
+        return value
+    try:
+        return str(ipaddress.ip_address(str(value).split("/")[0]))
+    except ValueError:
+        return str(value)
+
+
+def canonical(values):
+    """Frozen from audit/chain.py: the row's content as one JSON array in ``COLUMNS`` order."""
+    occurred_at = values["occurred_at"]
+    if isinstance(occurred_at, str):
+        occurred_at = datetime.datetime.fromisoformat(occurred_at)
+    patient_id = values.get("patient_id")
+    row = [
+        VERSION,
+        int(values["id"]),
+        occurred_at.astimezone(datetime.UTC).isoformat(timespec="microseconds"),
+        int(values["event_type"]),
+        values.get("actor_user_id"),
+        values.get("actor_username", ""),
+        values.get("actor_role", ""),
+        _ip(values.get("ip")),
+        values.get("user_agent", ""),
+        values.get("request_id", ""),
+        values.get("session", ""),
+        values.get("path", ""),
+        values.get("purpose", ""),
+        values.get("model_label", ""),
+        values.get("object_pk", ""),
+        None if patient_id is None else str(patient_id),
+        values.get("fields", []),
+        values.get("extra", {}),
+    ]
+    return json.dumps(row, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def mac_for(prev_mac, values):
+    """Frozen from audit/chain.py: HMAC-SHA256 (hex) of the previous MAC and the row's content."""
+    message = prev_mac.encode("ascii") + b"\n" + canonical(values)
+    return hmac.new(settings.AUDIT_CHAIN_KEY, message, hashlib.sha256).hexdigest()
+
 
 TRIGGER_SQL = """
 CREATE FUNCTION audit_trail_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -35,8 +117,6 @@ DROP FUNCTION IF EXISTS audit_trail_append_only();
 
 def seal_existing(apps, schema_editor):
     """Chain the rows written before the chain, in id order (a no-op on a new database)."""
-    from audit.chain import ADVISORY_LOCK_ID, COLUMNS, GENESIS, mac_for
-
     AuditEvent = apps.get_model("audit", "AuditEvent")
     connection = schema_editor.connection
     rows = AuditEvent.objects.using(connection.alias)

@@ -14,6 +14,9 @@ The table is not a model: nothing but the chain reads or writes it (SQL in audit
 
 from django.db import migrations
 
+# The chain writers' PostgreSQL advisory lock, frozen from audit/chain.py (a migration runs the
+# code of its own time, never the live module's).
+ADVISORY_LOCK_ID = 0x6175646974
 CREATE_SQL = """
 CREATE TABLE audit_chaintip (
     id integer PRIMARY KEY CHECK (id = 1),
@@ -24,8 +27,6 @@ CREATE TABLE audit_chaintip (
 
 
 def tip_create(apps, schema_editor):
-    from audit.chain import ADVISORY_LOCK_ID
-
     connection = schema_editor.connection
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
