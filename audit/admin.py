@@ -2,9 +2,9 @@ from django import forms
 from django.contrib import admin
 from django.utils.translation import gettext_lazy as _
 
-from audit.budget import read_block_lift
 from audit.context import Actor
 from audit.models import AuditEvent, ReadBlock
+from audit.services import read_block_lift
 
 
 @admin.register(AuditEvent)

@@ -17,11 +17,20 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from audit import context
+from audit import budget, context
 from audit.alerts import ALERT_EVENT_TYPES, security_alert_schedule
 from audit.budget import TALLY_DAY, TALLY_STEP
 from audit.chain import chain_rows, chain_write_alone
-from audit.models import AllowanceKind, AllowanceUse, AuditEvent, EventType, Explanation, ReadTally
+from audit.models import (
+    AllowanceKind,
+    AllowanceUse,
+    Anomaly,
+    AuditEvent,
+    EventType,
+    Explanation,
+    ReadBlock,
+    ReadTally,
+)
 
 
 def _context_columns(ctx: context.AuditContext | None) -> dict:
@@ -324,3 +333,59 @@ def reads_explained_afterwards(event: AuditEvent) -> AuditEvent | None:
         object_pk=event.object_pk,
         extra={"reads": reads, "explained_by": event.pk, "event_type": event.event_type},
     )
+
+
+# The trail's own records, changed by a practice admin ----------------------------------------
+
+
+def read_block_lift(*, block: ReadBlock, actor: context.Actor, reason: str) -> ReadBlock:
+    """Lift a read budget block (audit.budget): the account decrypts again. A written reason
+    is required; audited (BUDGET_LIFTED, with the reason).
+
+    ``actor`` is a practice admin, never the blocked account itself (the admin refuses that
+    too: a stolen session must not unblock itself). A block already lifted stays as it was.
+    """
+    reason = reason.strip()
+    if not reason:
+        raise ValueError("A reason is required to lift a read budget block.")
+    if actor.user_id is not None and actor.user_id == block.user_id:
+        raise PermissionError("An account cannot lift its own read budget block.")
+    with transaction.atomic():
+        locked = ReadBlock.objects.select_for_update().get(pk=block.pk)
+        if locked.lifted_at is not None:
+            return locked
+        # The budget's clock: the account's counts start again from the lift.
+        locked.lifted_at = budget._now()
+        locked.lifted_by = actor.username[:150]
+        locked.lift_reason = reason
+        locked.save(update_fields=["lifted_at", "lifted_by", "lift_reason"])
+        audit_event_write(
+            event_type=EventType.BUDGET_LIFTED,
+            actor=actor,
+            extra={
+                "block": locked.pk,
+                "user_id": locked.user_id,
+                "username": locked.username,
+                "reason": reason,
+            },
+        )
+    return locked
+
+
+@transaction.atomic
+def anomaly_review(*, anomaly: Anomaly, actor: context.Actor, note: str) -> Anomaly:
+    """Mark a finding of audit.anomalies as handled, with what the admin found; audited
+    (CHANGE, with the note)."""
+    anomaly.reviewed_at = timezone.now()
+    anomaly.reviewed_by = actor.username[:150]
+    anomaly.review_note = note
+    anomaly.save(update_fields=["reviewed_at", "reviewed_by", "review_note"])
+    audit_event_write(
+        event_type=EventType.CHANGE,
+        model_label=Anomaly._meta.label,
+        object_pk=anomaly.pk,
+        fields=["reviewed_at", "reviewed_by", "review_note"],
+        extra={"review_note": note, "kind": anomaly.kind},
+        actor=actor,
+    )
+    return anomaly

@@ -26,7 +26,7 @@ from django.utils.translation import gettext_lazy
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
 
-from audit.anomalies import anomalies_scan_due, anomaly_events, anomaly_review, daily_distribution, reads_per_hour
+from audit.anomalies import anomalies_scan_due, anomaly_events, daily_distribution, reads_per_hour
 from audit.budget import budget_for_role
 from audit.context import Actor
 from audit.forms import (
@@ -52,6 +52,7 @@ from audit.reports import (
     unexplained_per_hour,
 )
 from audit.selectors import patient_access_summary
+from audit.services import anomaly_review
 from patients.models import Patient
 from practice.models import Clinic
 from practice.roles import PRACTICE_ADMIN, has_role
