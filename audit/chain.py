@@ -51,12 +51,9 @@ GENESIS = "0" * 64
 # Bumped if the canonical form ever changes (old rows then keep verifying under their version).
 VERSION = "cabinet-audit-chain-v1"
 
-# Every column of the trail, in the order the canonical form lists them. The id is part of
-# the content: a forged row cannot take a free id, nor a real row be renumbered.
-COLUMNS = (
-    "id",
-    "occurred_at",
-    "event_type",
+# Who acted, from where, for what: the columns an audit context fills in (the writers of
+# audit/services.py take them from here).
+CONTEXT_COLUMNS = (
     "actor_user_id",
     "actor_username",
     "actor_role",
@@ -66,6 +63,16 @@ COLUMNS = (
     "session",
     "path",
     "purpose",
+)
+# Every column of the trail but the MAC, in the order the canonical form lists them: the one
+# list of the trail's columns (audit/tests/test_trail_columns.py fails if the model or a
+# writer drifts from it). The id is part of the content: a forged row cannot take a free id,
+# nor a real row be renumbered.
+COLUMNS = (
+    "id",
+    "occurred_at",
+    "event_type",
+    *CONTEXT_COLUMNS,
     "model_label",
     "object_pk",
     "patient_id",

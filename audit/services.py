@@ -20,7 +20,7 @@ from django.utils import timezone
 from audit import budget, context
 from audit.alerts import ALERT_EVENT_TYPES, security_alert_schedule
 from audit.budget import TALLY_DAY, TALLY_STEP
-from audit.chain import chain_rows, chain_write_alone
+from audit.chain import CONTEXT_COLUMNS, chain_rows, chain_write_alone
 from audit.models import (
     AllowanceKind,
     AllowanceUse,
@@ -179,23 +179,17 @@ class _Tally:
         return ReadsWritten(new_patients=len(new), before=(day - len(new), hour - len(new)))
 
 
-_COMMON = (
-    "actor_user_id",
-    "actor_username",
-    "actor_role",
-    "ip",
-    "user_agent",
-    "request_id",
-    "session",
-    "path",
-    "purpose",
-)
+# The context's columns, as the chain lists them: every row of one INSERT shares them.
+_COMMON = CONTEXT_COLUMNS
 
 _INSERT_READS = (
     'INSERT INTO "audit_auditevent" (occurred_at, event_type, extra, '
     + ", ".join(_COMMON)
     + ", id, model_label, object_pk, patient_id, fields, explanation, explained_by, mac) "
-    "SELECT %s, %s, %s::jsonb, %s, %s, %s, %s::inet, %s, %s, %s, %s, %s, t.i, t.m, t.o, t.p, t.f::jsonb, t.e, t.b, t.c "
+    "SELECT %s, %s, %s::jsonb, "
+    # One parameter per context column, in _COMMON's order (the address is cast to inet).
+    + ", ".join("%s::inet" if name == "ip" else "%s" for name in _COMMON)
+    + ", t.i, t.m, t.o, t.p, t.f::jsonb, t.e, t.b, t.c "
     "FROM unnest(%s::bigint[], %s::varchar[], %s::varchar[], %s::uuid[], %s::text[], %s::varchar[], "
     "%s::varchar[], %s::varchar[]) AS t(i, m, o, p, f, e, b, c)"
 )
