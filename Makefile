@@ -6,13 +6,17 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # Extra pytest arguments, e.g. `make test PYTEST_ARGS="-k search -x"`.
 PYTEST_ARGS ?=
+# The port of `make run`, e.g. `make run PORT=8001`.
+PORT ?= 8000
 
 # Commands that need settings but not the keys of `make run` get a throwaway set.
 THROWAWAY_KEYS = $(PY) -m practice.keygen > $(VENV)/throwaway.env && set -a && . $(VENV)/throwaway.env && set +a
 
 .PHONY: run test test-fast install env migrate seed lint messages clean
 
-$(STAMP): requirements.txt requirements-dev.txt
+# requirements-dev.txt includes requirements-demo.txt (Faker, for seed_demo), which includes
+# requirements.txt (the runtime, all that production installs).
+$(STAMP): requirements.txt requirements-demo.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-dev.txt
@@ -34,9 +38,9 @@ seed: migrate
 	$(PY) manage.py seed_demo
 
 run: seed
-	@echo "Cabinet on http://127.0.0.1:8000/ (log in as secretary, doctor, doctor2, doctor3 or admin;"
+	@echo "Cabinet on http://127.0.0.1:$(PORT)/ (log in as secretary, doctor, doctor2, doctor3 or admin;"
 	@echo "  the second factor: .venv/bin/python manage.py demo_code <user>, or scan the URI seed_demo printed)"
-	$(PY) manage.py runserver 127.0.0.1:8000
+	$(PY) manage.py runserver 127.0.0.1:$(PORT)
 
 # The suite needs keys too: tests use a throwaway set, never the .env of `make run`.
 # DATABASE_URL and CELERY_BROKER_URL come from the environment (default: SQLite, eager).

@@ -1,7 +1,11 @@
 import collections
 import datetime
 import io
+import os
+import subprocess
+import sys
 import zoneinfo
+from pathlib import Path
 
 import phonenumbers
 import pytest
@@ -141,6 +145,30 @@ def test_it_refuses_a_weak_demo_password(monkeypatch):
     with pytest.raises(CommandError, match="DEMO_PASSWORD"):
         seed(patients=0)
     assert not User.objects.exists()
+
+
+# `manage.py ARGS...` as if Faker were not installed (`import faker` fails), as in production.
+WITHOUT_FAKER = (
+    "import runpy, sys; sys.modules['faker'] = None; "
+    "sys.argv = ['manage.py', *sys.argv[1:]]; runpy.run_path('manage.py', run_name='__main__')"
+)
+
+
+def test_it_says_what_to_install_when_faker_is_missing(tmp_path):
+    """Faker is a demo requirement (requirements-demo.txt), not a production one."""
+    env = {**os.environ, "DEMO_PASSWORD": DEMO_PASSWORD, "DATABASE_URL": f"sqlite:///{tmp_path / 'demo.sqlite3'}"}
+    result = subprocess.run(
+        [sys.executable, "-c", WITHOUT_FAKER, "seed_demo", "--patients", "5", "--no-progress"],
+        cwd=Path(__file__).resolve().parents[2],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr[-2000:]
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "seed_demo needs Faker" in result.stderr
+    assert "pip install -r requirements-demo.txt" in result.stderr
 
 
 def test_it_tops_up_to_the_number_asked_for(demo_password):

@@ -12,7 +12,9 @@ past visits and a busy fortnight around today.
   prints its current code. Accounts already enrolled are left alone.
 - Patients are topped up to N in all (archived ones count), never duplicated. They are
   fake: names, addresses and valid NIRs from Faker (fr_FR); e-mails on the reserved
-  example.* domains so a demo never writes to a real person.
+  example.* domains so a demo never writes to a real person. Faker is a demo requirement
+  (requirements-demo.txt), not a production one: without it the command says what to
+  install and does nothing.
 - Rows are inserted with bulk_create, which seals each value to its row like save() does;
   blind indexes are computed here because bulk_create skips Patient.save().
 - The practitioners get weekly working hours, the appointment types they offer and (one of
@@ -45,8 +47,6 @@ from django.core.management.base import CommandError
 from django.db import transaction
 from django.utils import timezone
 from django_otp.plugins.otp_totp.models import TOTPDevice
-from faker import Faker
-from faker.providers.ssn.fr_FR import Provider as FrenchSsnProvider
 from tqdm import tqdm
 
 from audit.commands import AuditedCommand
@@ -201,9 +201,25 @@ _BIG_CITIES = {"75": ("75001", 20), "13": ("13001", 16), "69": ("69001", 9)}  # 
 _CORSICA_POSTCODES = {"2A": "20000", "2B": "20200"}  # Ajaccio, Bastia
 
 
-def _residences() -> list[tuple[str, str]]:
+def _faker():
+    """Faker and its French NIR provider, or a CommandError saying what to install.
+
+    Imported here rather than at the top: Faker is not in the production requirements, and
+    `demo_code` imports this module (for the accounts) without needing it."""
+    try:
+        from faker import Faker
+        from faker.providers.ssn.fr_FR import Provider as FrenchSsnProvider
+    except ImportError as error:
+        raise CommandError(
+            "seed_demo needs Faker, a demo requirement that production does not install: "
+            "`pip install -r requirements-demo.txt` (`make install` does it)."
+        ) from error
+    return Faker, FrenchSsnProvider
+
+
+def _residences(municipalities) -> list[tuple[str, str]]:
     places = []
-    for dept, _commune, _name, city in FrenchSsnProvider.departments_and_municipalities:
+    for dept, _commune, _name, city in municipalities:
         if dept in _BIG_CITIES:
             first, count = _BIG_CITIES[dept]
             places += [(str(int(first) + n).zfill(5), city) for n in range(count)]
@@ -214,14 +230,14 @@ def _residences() -> list[tuple[str, str]]:
     return places
 
 
-RESIDENCES = _residences()
-BIRTHPLACES = [dept + commune for dept, commune, _name, _city in FrenchSsnProvider.departments_and_municipalities]
-
-
 class PatientFactory:
     """Builds unsaved fake patients. One random source (Faker's) so --seed reproduces a run."""
 
     def __init__(self, *, seed: int | None = None, today: datetime.date):
+        Faker, FrenchSsnProvider = _faker()
+        municipalities = FrenchSsnProvider.departments_and_municipalities
+        self.residences = _residences(municipalities)
+        self.birthplaces = [dept + commune for dept, commune, _name, _city in municipalities]
         self.fake = Faker("fr_FR")
         if seed is not None:
             self.fake.seed_instance(seed)
@@ -240,7 +256,7 @@ class PatientFactory:
             # Married name in use, birth name kept (as on the carte Vitale).
             birth_name, last_name = last_name, self.fake.last_name()
         email = self._email(first_names, last_name) if rng.random() < 0.8 else ""
-        postal_code, city = rng.choice(RESIDENCES)
+        postal_code, city = rng.choice(self.residences)
         patient = Patient(
             last_name=last_name,
             birth_name=birth_name,
@@ -297,7 +313,7 @@ class PatientFactory:
 
     def _nir(self, sex: str, birth_date: datetime.date) -> str:
         """Sex, year and month of birth, birthplace (INSEE code), order number, key."""
-        place = self.rng.choice(BORN_ABROAD) if self.rng.random() < 0.08 else self.rng.choice(BIRTHPLACES)
+        place = self.rng.choice(BORN_ABROAD) if self.rng.random() < 0.08 else self.rng.choice(self.birthplaces)
         body = (
             f"{1 if sex == Sex.MALE else 2}{birth_date.year % 100:02d}{birth_date.month:02d}"
             f"{place}{self.rng.randint(1, 999):03d}"
@@ -316,6 +332,7 @@ class Command(AuditedCommand):
     def handle(self, *args, patients, seed, no_progress, **options):
         if patients < 0:
             raise CommandError("--patients must be 0 or more.")
+        _faker()  # before anything is written
         started = time.monotonic()
         with transaction.atomic():
             groups = roles_sync()
