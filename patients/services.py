@@ -68,7 +68,11 @@ REMINDER_FIELDS = frozenset({"consent_sms", "consent_email", "phone_mobile", "em
 
 
 def _reminders_replan(patient: Patient) -> None:
-    # scheduling depends on patients, not the other way round: imported when needed.
+    # Not a one-way dependency yet: scheduling imports patients at module level (its forms,
+    # views and services), and patients reaches back into scheduling here (and in access.py
+    # and selectors.py) by importing inside a function, which only dodges the import cycle.
+    # docs/design.md wants scheduling -> patients only: this call is to become a registry or a
+    # signal that scheduling fills in its AppConfig.ready().
     from scheduling.reminders import reminders_replan_for_patient
 
     reminders_replan_for_patient(patient.pk)
