@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('audit', '0002_alter_auditevent_options_alter_auditevent_actor_role_and_more'),
+        ('audit', '0002_verbose_names'),
     ]
 
     operations = [

@@ -18,6 +18,7 @@ from django.core.exceptions import ValidationError
 from django.core.management import call_command
 from django.db import connection
 from django.db.migrations.loader import MigrationLoader
+from django.db.migrations.recorder import MigrationRecorder
 from django.forms import modelform_factory
 from django.utils import timezone
 
@@ -136,3 +137,35 @@ def test_the_chain_tip_migration_holds_the_chains_lock():
     migration = importlib.import_module("audit.migrations.0012_chain_tip")
 
     assert migration.ADVISORY_LOCK_ID == chain.ADVISORY_LOCK_ID
+
+
+# --------------------------------------------------------------------------- names
+
+
+def _generated(name: str) -> bool:
+    """What Django names a migration when it has nothing better: a timestamp, "..._and_more",
+    or several operations run together ("alter_practitioner_specialty_alter_practitioner_user")."""
+    words = name.split("_")[1:]
+    verbs = sum(word in {"add", "alter", "create", "delete", "remove", "rename"} for word in words)
+    return words[:1] == ["auto"] or name.endswith("_and_more") or verbs >= 2
+
+
+def test_migration_names_say_what_they_do():
+    names = sorted(name for app, name in MigrationLoader(None).disk_migrations if app in OUR_APPS)
+    assert "0002_verbose_names" in names
+
+    assert [name for name in names if _generated(name)] == []
+
+
+def test_a_database_migrated_before_the_renames_is_up_to_date():
+    """It recorded the names Django generated; each renamed migration ``replaces`` its old name."""
+    loader = MigrationLoader(None)
+    old_names = {old for key in loader.replacements for old in loader.disk_migrations[key].replaces}
+    assert len(old_names) == 4
+    with connection.cursor() as cursor:  # the records as they were before the renames
+        cursor.execute("DELETE FROM django_migrations WHERE name = %s", ["0002_verbose_names"])
+    assert old_names <= set(MigrationRecorder(connection).applied_migrations())
+
+    now = MigrationLoader(connection)
+    now.check_consistent_history(connection)  # what migrate checks first
+    assert set(now.graph.nodes) - set(now.applied_migrations) == set()  # nothing left to apply

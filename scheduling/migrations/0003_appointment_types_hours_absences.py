@@ -10,9 +10,9 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('patients', '0002_alter_patient_archived_at_alter_patient_created_at_and_more'),
-        ('practice', '0002_alter_practitioner_specialty_alter_practitioner_user'),
-        ('scheduling', '0002_alter_appointment_created_at_and_more'),
+        ('patients', '0002_verbose_names'),
+        ('practice', '0002_verbose_names'),
+        ('scheduling', '0002_verbose_names'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

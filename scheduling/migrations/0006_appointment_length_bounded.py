@@ -10,7 +10,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('patients', '0003_patient_recent_index'),
-        ('practice', '0002_alter_practitioner_specialty_alter_practitioner_user'),
+        ('practice', '0002_verbose_names'),
         ('scheduling', '0005_working_hours_names'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
