@@ -3,9 +3,9 @@
 """Translatable names (``verbose_name``) for the first models' fields.
 
 Django named this migration ``0002_alter_appointment_created_at_and_more``;
-renamed in issue 13. ``replaces`` keeps a database that recorded the old name migrating
-(Django then records the new name as applied too); drop it once no database predates the
-rename.
+renamed to say what it does. ``replaces`` keeps a database that recorded the old name
+migrating (Django then records the new name as applied too); drop it once no database
+predates the rename.
 """
 
 import django.db.models.deletion
