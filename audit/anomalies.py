@@ -776,24 +776,6 @@ def anomaly_events(anomaly: Anomaly) -> QuerySet[AuditEvent]:
     return events.order_by("occurred_at", "id")
 
 
-@transaction.atomic
-def anomaly_review(*, anomaly: Anomaly, actor, note: str) -> Anomaly:
-    """Mark a finding as handled, with what the admin found; audited (CHANGE, with the note)."""
-    anomaly.reviewed_at = timezone.now()
-    anomaly.reviewed_by = actor.username[:150]
-    anomaly.review_note = note
-    anomaly.save(update_fields=["reviewed_at", "reviewed_by", "review_note"])
-    audit_event_write(
-        event_type=EventType.CHANGE,
-        model_label=Anomaly._meta.label,
-        object_pk=anomaly.pk,
-        fields=["reviewed_at", "reviewed_by", "review_note"],
-        extra={"review_note": note, "kind": anomaly.kind},
-        actor=actor,
-    )
-    return anomaly
-
-
 # The reads chart ----------------------------------------------------------------------------
 
 

@@ -413,37 +413,3 @@ def read_block_open(*, budget: ReadBudget, refusal: ReadBudgetExceeded):
     except IntegrityError:
         return None
     return block
-
-
-def read_block_lift(*, block, actor, reason: str):
-    """Lift a block: the account decrypts again. A written reason is required; audited.
-
-    ``actor`` is an ``audit.context.Actor``: a practice admin, never the blocked account
-    itself (the admin refuses that too: a stolen session must not unblock itself).
-    """
-    from audit.services import audit_event_write
-
-    reason = reason.strip()
-    if not reason:
-        raise ValueError("A reason is required to lift a read budget block.")
-    if actor.user_id is not None and actor.user_id == block.user_id:
-        raise PermissionError("An account cannot lift its own read budget block.")
-    with transaction.atomic():
-        locked = ReadBlock.objects.select_for_update().get(pk=block.pk)
-        if locked.lifted_at is not None:
-            return locked
-        locked.lifted_at = _now()
-        locked.lifted_by = actor.username[:150]
-        locked.lift_reason = reason
-        locked.save(update_fields=["lifted_at", "lifted_by", "lift_reason"])
-        audit_event_write(
-            event_type=EventType.BUDGET_LIFTED,
-            actor=actor,
-            extra={
-                "block": locked.pk,
-                "user_id": locked.user_id,
-                "username": locked.username,
-                "reason": reason,
-            },
-        )
-    return locked

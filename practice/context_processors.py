@@ -1,4 +1,4 @@
-from practice.roles import PRACTICE_ADMIN, PRACTITIONER, SECRETARY, role_of
+from practice.roles import FRONT_DESK_ROLES, PRACTICE_ADMIN, PRACTITIONER, role_of
 
 
 def navigation(request) -> dict:
@@ -12,7 +12,7 @@ def navigation(request) -> dict:
     return {
         "nav": {
             "role": role,
-            "patients": role in (SECRETARY, PRACTICE_ADMIN, "superuser"),
+            "patients": role in FRONT_DESK_ROLES or role == "superuser",
             "admin": role in (PRACTICE_ADMIN, "superuser") and user.is_staff,
             "practitioner": role == PRACTITIONER,
         }

@@ -20,10 +20,8 @@ from django.conf import settings
 from audit.explain import Reader, explainer_register, sql_time
 from audit.models import Explanation
 from practice.models import Practitioner
-from practice.roles import PRACTICE_ADMIN, SECRETARY
+from practice.roles import FRONT_DESK_ROLES
 from scheduling.models import Appointment, AppointmentStatus
-
-FRONT_DESK_ROLES = frozenset({SECRETARY, PRACTICE_ADMIN})
 
 
 def _practitioner_ids_sql(reader: Reader) -> str:
