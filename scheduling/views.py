@@ -263,6 +263,16 @@ def _replayed(request: HttpRequest, action: str, confirmation: str) -> HttpRespo
     return redirect(first)
 
 
+def _replayed_since(request: HttpRequest, action: str) -> HttpResponse | None:
+    """The replay check again, after a check that found a booking or a record: a twin request
+    (a double click) may have committed it, with this very key, since the first check. What
+    the twin committed is visible as a whole, so if its booking is, its key is too."""
+    try:
+        return _replayed(request, f"scheduling.{action}", str(BOOKED[action]))
+    except FormSubmission.Reused:
+        return None  # refused at the first check already
+
+
 def _once(request: HttpRequest, action: str, work: Callable[[], str]) -> str:
     """Do `work` (it returns where to send the user) once for the form's submission key.
 
@@ -643,6 +653,8 @@ def book(request: HttpRequest) -> HttpResponse:
         if form.is_valid() and selected is not None:
             if not form.cleaned_data["confirm_duplicate"]:
                 nearby = _booked_nearby(selected, form.cleaned_data["practitioner"], form.cleaned_data["start"])
+            if nearby and (replay := _replayed_since(request, action)):
+                return replay  # the booking it found is a twin's, committed meanwhile with this key
             if not nearby:
                 try:
                     url = _once(
@@ -657,7 +669,10 @@ def book(request: HttpRequest) -> HttpResponse:
                     return redirect(url)
     elif action == "book_new":
         slot_ok = form.is_valid()
-        if new.is_valid() and slot_ok and not _new_patient_duplicates(new, results):
+        duplicates = new.is_valid() and slot_ok and _new_patient_duplicates(new, results)
+        if duplicates and (replay := _replayed_since(request, action)):
+            return replay  # the record it found is a twin's, committed meanwhile with this key
+        if new.is_valid() and slot_ok and not duplicates:
 
             def create_and_book() -> str:
                 appointment = services.patient_create_and_book(
