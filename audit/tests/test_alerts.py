@@ -366,6 +366,7 @@ def test_a_broker_outage_is_logged_and_left_to_the_sweep(
     assert AlertCursor.objects.get().last_event_id < event.pk  # still pending for the sweep
 
 
+@pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_it_mails_a_lockout_from_the_login_page_through_a_real_worker(
     celery_app,

@@ -29,7 +29,8 @@ from scheduling.tests.test_reminders_worker import Finished
 
 PROMISED = datetime.timedelta(seconds=60)
 
-pytestmark = pytest.mark.django_db(transaction=True)
+# Slow (a real worker, a subprocess, a browser or much data): `make test-fast` skips it.
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
 
 @pytest.fixture

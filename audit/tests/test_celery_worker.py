@@ -15,6 +15,9 @@ from celery.signals import task_postrun
 from audit.tests.helpers import patient_key, read_map, reads
 from conftest import make_patient
 
+# Slow (a real worker, a subprocess, a browser or much data): `make test-fast` skips it.
+pytestmark = pytest.mark.slow
+
 INDEXED_FIELDS = {"last_name", "first_names", "birth_date", "phone_mobile", "phone_other", "email"}
 
 

@@ -90,6 +90,7 @@ def test_it_refuses_the_field_key_reused_as_blind_index_key(tmp_path):
     _assert_refused(result, "BLIND_INDEX_KEY")
 
 
+@pytest.mark.slow
 def test_it_starts_with_the_keys_keygen_prints(tmp_path):
     printed = subprocess.run(
         [sys.executable, "-m", "practice.keygen"],
@@ -114,6 +115,7 @@ def test_it_starts_with_the_keys_keygen_prints(tmp_path):
     assert "System check identified no issues" in result.stdout
 
 
+@pytest.mark.slow
 def test_commands_that_read_no_data_run_without_keys(tmp_path):
     """makemigrations (CI's migration check, a fresh clone) needs no keys: with none set it runs
     with throwaway ones; anything else still refuses to start."""

@@ -10,7 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from django.test import Client
+
+# Slow (a real worker, a subprocess, a browser or much data): `make test-fast` skips it.
+pytestmark = pytest.mark.slow
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 

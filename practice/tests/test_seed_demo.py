@@ -24,7 +24,8 @@ from practice.roles import PRACTICE_ADMIN, PRACTITIONER, SECRETARY, role_of
 from scheduling.availability import absences_between, hours_for_days
 from scheduling.models import ACTIVE_STATUSES, Absence, Appointment, AppointmentStatus, AppointmentType, WorkingHours
 
-pytestmark = pytest.mark.django_db
+# Slow (a real worker, a subprocess, a browser or much data): `make test-fast` skips it.
+pytestmark = [pytest.mark.django_db, pytest.mark.slow]
 
 DEMO_PASSWORD = "a demo password for tests"
 

@@ -31,6 +31,9 @@ from scheduling.models import Absence
 from scheduling.tests.factories import book, make_practitioner, make_type, paris
 from scheduling.urls import AgendaDateConverter
 
+# Slow (a real worker, a subprocess, a browser or much data): `make test-fast` skips it.
+pytestmark = pytest.mark.slow
+
 DAY = paris(2030, 3, 4).date()  # a Monday the practitioners work
 
 

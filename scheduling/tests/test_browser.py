@@ -23,6 +23,9 @@ from practice.models import Practitioner, Specialty
 from practice.roles import PRACTITIONER, SECRETARY
 from scheduling.models import Appointment, AppointmentType, Weekday, WorkingHours
 
+# Slow (a real worker, a subprocess, a browser or much data): `make test-fast` skips it.
+pytestmark = pytest.mark.slow
+
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(settings.BASE_DIR) / "test-artifacts"
 # The flow books "today": run it in a practice time zone where it is daytime now, so the

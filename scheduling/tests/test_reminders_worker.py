@@ -26,7 +26,8 @@ from scheduling.tests.conftest import DAY, at, book, make_doctor, make_type
 
 DEAD_BROKER_URL = "redis://127.0.0.1:1/14"  # nothing listens there: the broker is down
 
-pytestmark = pytest.mark.django_db(transaction=True)
+# Slow (a real worker, a subprocess, a browser or much data): `make test-fast` skips it.
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
 
 class Finished:
