@@ -438,8 +438,8 @@ CHAIN_LOCK_WAIT = (
 
 @pytest.mark.slow
 @pytest.mark.skipif(
-    not os.environ.get("DATABASE_URL", "").startswith("postgres"),
-    reason="holds PostgreSQL's chain advisory lock (CI runs the suite on PostgreSQL)",
+    connection.vendor != "postgresql",
+    reason="holds PostgreSQL's chain advisory lock (SQLite has none; CI runs the suite on PostgreSQL)",
 )
 def test_a_worker_killed_inside_its_claim_leaves_no_row_no_message_and_the_restart_sends_it(
     agenda, brevo_setup, workers, tmp_path
