@@ -400,7 +400,7 @@ def celery_app():
     """The project's Celery app, not eager, publishing to and consuming from a queue of this
     test's own (no other worker on the broker takes its tasks, and its worker takes no one
     else's). Yields (app, queue); ``app.conf.broker_url`` may be changed by the test."""
-    from practice.celery import app
+    from config.celery import app
 
     queue = f"cabinet-tests-{uuid.uuid4().hex}"
     overrides = {

@@ -77,8 +77,8 @@ def keys_load(key_file: Path) -> str:
 
 
 def environment_prepare(*, database_url: str, key_file: Path, conn_max_age: int = 600) -> str:
-    """Environment for practice.settings; returns where the keys came from."""
-    os.environ["DJANGO_SETTINGS_MODULE"] = "practice.settings"
+    """Environment for config.settings; returns where the keys came from."""
+    os.environ["DJANGO_SETTINGS_MODULE"] = "config.settings"
     os.environ["DATABASE_URL"] = database_url
     os.environ["DEBUG"] = "0"
     os.environ["SECURE_SSL_REDIRECT"] = "0"

@@ -538,7 +538,7 @@ def measure_budget(runs: int, rng: random.Random) -> None:
         f"  patients an account read in the day before: {pct(list(sizes.values()), 50):,} at the median, "
         f"{max(sizes.values()):,} at most"
     )
-    shipped = {"Secretary": (600, 1500), "Practitioner": (200, 500)}  # practice/settings.py defaults
+    shipped = {"Secretary": (600, 1500), "Practitioner": (200, 500)}  # config/settings.py defaults
     cases = [rng.choice(actors) for _ in range(runs)]
     capped, uncapped, exact = [], [], []
     for user in cases:

@@ -114,7 +114,7 @@ def keys_load() -> str:
 
 
 def environment_prepare(args) -> str:
-    os.environ["DJANGO_SETTINGS_MODULE"] = "practice.settings"
+    os.environ["DJANGO_SETTINGS_MODULE"] = "config.settings"
     os.environ["DATABASE_URL"] = args.database_url
     os.environ["DEBUG"] = "0"
     os.environ["SECURE_SSL_REDIRECT"] = "0"
@@ -454,7 +454,7 @@ def bench_user():
 
 
 # The page loads are a front-desk account in the middle of a busy day, under the budgets the
-# app ships with (practice/settings.py), so the budget check costs what it costs in a clinic:
+# app ships with (config/settings.py), so the budget check costs what it costs in a clinic:
 # a secretary of a 10-practitioner clinic reads about 450 patients a day
 # (audit/tests/test_incident.py, the busy day), all before the measured pages.
 FRONT_DESK_PATIENTS_EARLIER = 450
@@ -522,7 +522,7 @@ def baseline_urls_install(plain_model) -> None:
     from django.views.decorators.cache import never_cache
     from django.views.decorators.http import require_http_methods
 
-    import practice.urls
+    import config.urls
     from patients.forms import PatientListExportForm, PatientSearchForm
     from patients.selectors import RESULT_FIELDS
     from practice.roles import PRACTICE_ADMIN, SECRETARY, has_role
@@ -552,7 +552,7 @@ def baseline_urls_install(plain_model) -> None:
 
     module = types.ModuleType("bench_urls")
     module.urlpatterns = [
-        *practice.urls.urlpatterns,
+        *config.urls.urlpatterns,
         path(BASELINE_PREFIX, plain_list, name="bench_plain_list"),
         path(f"{BASELINE_PREFIX}<uuid:pk>/", plain_detail, name="bench_plain_detail"),
     ]

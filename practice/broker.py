@@ -18,6 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FuturesTimeout
 
+from celery import current_app
 from django.conf import settings
 from kombu.exceptions import OperationalError as KombuOperationalError
 
@@ -34,9 +35,7 @@ def publish_bounded(publish: Callable[[], object], *, budget: float | None = Non
     Returns "" when it finished in time, else why not: "timeout", or the broker error's
     class name. Never raises for a broker that is down or hung.
     """
-    from practice.celery import app
-
-    if app.conf.task_always_eager:
+    if current_app.conf.task_always_eager:
         try:
             publish()
         except Exception as exc:

@@ -1,6 +1,6 @@
 """Nightly housekeeping: expired sessions, used form keys and old login-failure records.
 
-Beat names these tasks in ``CELERY_BEAT_SCHEDULE`` (practice/settings.py). Both only delete
+Beat names these tasks in ``CELERY_BEAT_SCHEDULE`` (config/settings.py). Both only delete
 rows whose purpose is over; the audit trail keeps its own record of logins, failures and
 lockouts, and is never purged here.
 """

@@ -51,7 +51,7 @@ def common_surnames(n: int = 500) -> list[str]:
 
 @pytest.fixture
 def eager():
-    from practice.celery import app
+    from config.celery import app
 
     saved = app.conf.task_always_eager, app.conf.task_eager_propagates
     app.conf.task_always_eager, app.conf.task_eager_propagates = True, True

@@ -38,7 +38,7 @@ def admins(practice_admin, settings):
 
 
 def _celery_eager(value: bool):
-    from practice.celery import app
+    from config.celery import app
 
     saved = app.conf.task_always_eager, app.conf.task_eager_propagates
     app.conf.task_always_eager, app.conf.task_eager_propagates = value, True
@@ -339,7 +339,7 @@ def test_a_block_enqueued_while_the_broker_is_down_is_left_to_the_sweep(
     assert "Could not enqueue the security alert mail (broker unreachable)" in caplog.text
 
     monkeypatch.undo()
-    from practice.celery import app
+    from config.celery import app
 
     app.conf.task_always_eager = True  # the sweep, when the broker is back
     assert security_alerts_send.apply_async().get() == 1

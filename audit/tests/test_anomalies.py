@@ -42,7 +42,7 @@ def _no_cached_baselines():
 
 @pytest.fixture
 def eager():
-    from practice.celery import app
+    from config.celery import app
 
     saved = app.conf.task_always_eager, app.conf.task_eager_propagates
     app.conf.task_always_eager, app.conf.task_eager_propagates = True, True

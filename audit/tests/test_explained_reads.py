@@ -230,7 +230,7 @@ def test_nobody_states_a_reason_for_a_record_they_may_not_open(other_practitione
 def test_past_the_reason_limit_the_account_is_blocked_and_the_admins_mailed_once(
     secretary, practice_admin, small, mailoutbox, django_capture_on_commit_callbacks
 ):
-    from practice.celery import app
+    from config.celery import app
 
     practice_admin.email = "alice@clinic.example"
     practice_admin.save()

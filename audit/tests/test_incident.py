@@ -33,7 +33,7 @@ LINK = re.compile(r'href="/(appointments|patients)/([0-9a-f-]{36})/"')
 
 @pytest.fixture
 def eager():
-    from practice.celery import app
+    from config.celery import app
 
     saved = app.conf.task_always_eager, app.conf.task_eager_propagates
     app.conf.task_always_eager, app.conf.task_eager_propagates = True, True

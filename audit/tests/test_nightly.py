@@ -28,7 +28,7 @@ def admin_mail(practice_admin, eager, mailoutbox):
 
 @pytest.fixture
 def eager():
-    from practice.celery import app
+    from config.celery import app
 
     saved = app.conf.task_always_eager, app.conf.task_eager_propagates
     app.conf.task_always_eager, app.conf.task_eager_propagates = True, True

@@ -87,7 +87,7 @@ def superuser(db):
 @pytest.fixture
 def eager_celery():
     """The embedded default (no broker): tasks run in the caller's process, errors propagate."""
-    from practice.celery import app
+    from config.celery import app
 
     saved = app.conf.task_always_eager, app.conf.task_eager_propagates
     app.conf.task_always_eager, app.conf.task_eager_propagates = True, True

@@ -35,7 +35,7 @@ def _check(tmp_path, *command, **overrides) -> subprocess.CompletedProcess:
     env.update(_good_keys())
     # A throwaway database: the check must not depend on (or touch) the developer's one.
     env["DATABASE_URL"] = f"sqlite:///{tmp_path / 'check.sqlite3'}"
-    env["DJANGO_SETTINGS_MODULE"] = "practice.settings"
+    env["DJANGO_SETTINGS_MODULE"] = "config.settings"
     env.update(overrides)
     return subprocess.run(
         [sys.executable, "manage.py", *(command or ["check"])],

@@ -3,7 +3,7 @@
 waited the 30 s with it (no lock or statement timeout), longer than gunicorn's own timeout.
 
 Every connection now waits at most ``DATABASE_LOCK_TIMEOUT`` for a lock and runs a statement
-at most ``DATABASE_STATEMENT_TIMEOUT`` (practice/settings.py); a page that needs the trail then
+at most ``DATABASE_STATEMENT_TIMEOUT`` (config/settings.py); a page that needs the trail then
 answers the 503 "cannot be shown" page within about the lock timeout, with nothing of the
 patient in it, and pages that do not need the trail are served as usual meanwhile.
 

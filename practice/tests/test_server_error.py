@@ -5,7 +5,7 @@ from django.test import Client
 from django.urls import path
 from django.utils import translation
 
-from practice.urls import urlpatterns as project_urlpatterns
+from config.urls import urlpatterns as project_urlpatterns
 
 
 def _broken(request):

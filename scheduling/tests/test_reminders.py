@@ -29,7 +29,7 @@ REASON, NOTE = "Douleur au genou droit", "Préfère le matin"
 @pytest.fixture(autouse=True)
 def _outboxes(settings, db):
     # Eager whatever CELERY_BROKER_URL says (CI sets one): the app read it at start-up.
-    from practice.celery import app
+    from config.celery import app
 
     eager = app.conf.task_always_eager
     app.conf.task_always_eager = True

@@ -147,7 +147,7 @@ WORKER = """
 import sys
 import django
 django.setup()
-from practice.celery import app
+from config.celery import app
 queue, node = sys.argv[1], sys.argv[2]
 app.conf.task_default_queue = queue
 app.worker_main(["worker", "-Q", queue, "-n", node, "--pool=solo", "--loglevel=INFO",
@@ -309,7 +309,7 @@ def trail_refuses_reminders():
 @pytest.fixture
 def eager():
     """Tasks run in the caller's process, as with no broker (the embedded default)."""
-    from practice.celery import app
+    from config.celery import app
 
     saved = app.conf.task_always_eager
     app.conf.task_always_eager = True

@@ -5,7 +5,7 @@ import os
 from celery import Celery, Task
 from celery.signals import worker_init
 
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "practice.settings")
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
 
 class AuditedTask(Task):
@@ -26,7 +26,7 @@ class AuditedTask(Task):
             return super().__call__(*args, **kwargs)
 
 
-app = Celery("practice", task_cls=AuditedTask)
+app = Celery("config", task_cls=AuditedTask)
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 
