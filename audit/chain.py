@@ -18,7 +18,7 @@ owner who also rewinds the tip is caught by the heads exported every five minute
 Writers serialize (``chain_tail_lock``): on PostgreSQL a transaction-level advisory lock,
 taken before the ids are drawn and held until commit, so ids and chain order agree and two
 writers never chain onto the same row (a fork); on SQLite the write transaction itself
-(``BEGIN IMMEDIATE``, practice/settings.py) already does that.
+(``BEGIN IMMEDIATE``, config/settings.py) already does that.
 
 Verification (``trail_verify``: the chain, the gaps in the ids and the exported heads)
 streams the rows in id order in constant memory and names the first bad row;

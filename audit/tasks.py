@@ -1,7 +1,7 @@
 """Background work of the audit trail: security alert mails, the head export and the nightly check.
 
-Beat names these tasks in ``CELERY_BEAT_SCHEDULE`` (practice/settings.py). Each runs in an
-audit context of its own (``system:<task>``, practice/celery.py) and decrypts nothing.
+Beat names these tasks in ``CELERY_BEAT_SCHEDULE`` (config/settings.py). Each runs in an
+audit context of its own (``system:<task>``, config/celery.py) and decrypts nothing.
 """
 
 from __future__ import annotations
