@@ -15,11 +15,12 @@ import contextvars
 import getpass
 import logging
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
 
 if TYPE_CHECKING:
@@ -49,9 +50,20 @@ class Actor:
     def for_user(cls, user) -> Actor:
         if user is None or not user.is_authenticated:
             return cls(user_id=None, username="anonymous", role="anonymous")
-        from practice.roles import role_of
+        if _role_source is None:
+            # Fail closed: a read attributed to no role would escape the role's read limits.
+            raise ImproperlyConfigured("No role source is registered (audit.context.role_source_register).")
+        return cls(user_id=user.pk, username=user.get_username(), role=_role_source(user))
 
-        return cls(user_id=user.pk, username=user.get_username(), role=role_of(user))
+
+# What names a user's role: the practice app registers practice.roles.role_of in its
+# AppConfig.ready(). The core knows no roles of its own (it only keeps the name on each row).
+_role_source: Callable[[Any], str] | None = None
+
+
+def role_source_register(source: Callable[[Any], str]) -> None:
+    global _role_source
+    _role_source = source
 
 
 @dataclass

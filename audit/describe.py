@@ -1,4 +1,4 @@
-"""Explanations in words, for the reports (who opened this record, audit/views.py).
+"""Explanations in words, for the reports (who opened this record, investigations/views.py).
 
 A READ row records why its patient could be decrypted as a code and a reference
 (``AuditEvent.explanation`` / ``explained_by``, audit/explain.py). The reports say it in words:

@@ -147,7 +147,7 @@ class AuditContextMiddleware:
     def _not_found_record(request) -> None:
         """A page not found, for a logged-in user: one NOT_FOUND event (path without the query
         string, with the session's audit id), so a session guessing ids shows as a 404 storm
-        (audit/anomalies.py). Written after the reads, and never at the user's expense: a
+        (investigations/anomalies.py). Written after the reads, and never at the user's expense: a
         failed write is logged and the 404 stays a 404."""
         user = getattr(request, "user", None)
         if user is None or not user.is_authenticated:

@@ -349,12 +349,12 @@ class Severity(models.IntegerChoices):
 
 
 class Anomaly(models.Model):
-    """A pattern in the trail worth a practice admin's look, found by ``audit.anomalies``.
+    """A pattern in the trail worth a practice admin's look, found by ``investigations.anomalies``.
 
     One row per signal, subject (an account, a login session, an address) and hour: the scan
     re-evaluates the hours it touches and updates their rows (``key`` keeps a re-run from adding
     any). The subject is copied, like the trail's actor. ``evidence`` is the filter that
-    reproduces the trail events behind the finding (``audit.anomalies.anomaly_events``); the
+    reproduces the trail events behind the finding (``investigations.anomalies.anomaly_events``); the
     summary and details hold counts and thresholds, never patient data.
     """
 
@@ -392,14 +392,6 @@ class Anomaly(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_kind_display()} ({self.get_severity_display()}) {self.username or self.ip or self.session}"
-
-    @property
-    def summary_text(self) -> str:
-        """The summary in the active language (``summary`` keeps the words of the scan, in the
-        practice's language, as the alert mail said them)."""
-        from audit.anomalies import anomaly_summary
-
-        return anomaly_summary(self)
 
 
 class AnomalyCursor(models.Model):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime
 import json
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -18,19 +18,30 @@ from django.db import transaction
 from django.utils import timezone
 
 from audit import budget, context
-from audit.alerts import ALERT_EVENT_TYPES, security_alert_schedule
 from audit.budget import TALLY_DAY, TALLY_STEP
 from audit.chain import CONTEXT_COLUMNS, chain_rows, chain_write_alone
 from audit.models import (
     AllowanceKind,
     AllowanceUse,
-    Anomaly,
     AuditEvent,
     EventType,
     Explanation,
     ReadBlock,
     ReadTally,
 )
+
+# What other apps run after an event of a given type is written: the investigations app
+# registers its alert mails here (investigations/apps.py). The core imports none of them.
+_EVENT_HOOKS: dict[int, list[Callable[[], None]]] = {}
+
+
+def event_hook_register(event_types: Iterable[EventType], hook: Callable[[], None]) -> None:
+    """Run ``hook()`` (in the writer's transaction) each time an event of these types is
+    written. Registering the same hook twice runs it once."""
+    for event_type in event_types:
+        hooks = _EVENT_HOOKS.setdefault(int(event_type), [])
+        if hook not in hooks:
+            hooks.append(hook)
 
 
 def _context_columns(ctx: context.AuditContext | None) -> dict:
@@ -258,8 +269,8 @@ def audit_event_write(
 ) -> AuditEvent:
     """Record a write or a security event now, in the caller's transaction.
 
-    Security events of ``audit.alerts.ALERT_EVENT_TYPES`` are also mailed to the practice
-    admins, in batches, after the commit.
+    Then runs the hooks registered for its type (``event_hook_register``): security events
+    are mailed to the practice admins that way (investigations/alerts.py).
     """
     ctx = context.current()
     columns = _context_columns(ctx)
@@ -280,9 +291,8 @@ def audit_event_write(
         event = AuditEvent.objects.create(**row)
     if event_type in AFTERWARDS_EVENT_TYPES and patient_id is not None and columns["actor_user_id"] is not None:
         reads_explained_afterwards(event)
-    if event_type in ALERT_EVENT_TYPES:
-        # Mailed to the practice admins once the caller's transaction commits (audit/alerts.py).
-        security_alert_schedule()
+    for hook in _EVENT_HOOKS.get(int(event_type), ()):
+        hook()
     return event
 
 
@@ -364,22 +374,3 @@ def read_block_lift(*, block: ReadBlock, actor: context.Actor, reason: str) -> R
             },
         )
     return locked
-
-
-@transaction.atomic
-def anomaly_review(*, anomaly: Anomaly, actor: context.Actor, note: str) -> Anomaly:
-    """Mark a finding of audit.anomalies as handled, with what the admin found; audited
-    (CHANGE, with the note)."""
-    anomaly.reviewed_at = timezone.now()
-    anomaly.reviewed_by = actor.username[:150]
-    anomaly.review_note = note
-    anomaly.save(update_fields=["reviewed_at", "reviewed_by", "review_note"])
-    audit_event_write(
-        event_type=EventType.CHANGE,
-        model_label=Anomaly._meta.label,
-        object_pk=anomaly.pk,
-        fields=["reviewed_at", "reviewed_by", "review_note"],
-        extra={"review_note": note, "kind": anomaly.kind},
-        actor=actor,
-    )
-    return anomaly

@@ -10,7 +10,7 @@ generator (18 people, 200,000 patients, a year of events, mostly reads; built on
 ``--database-url`` chooses explicitly.
 
 Then it times, on the trail's last full day (p50 and p95):
-  [a] one periodic run (audit.anomalies.anomalies_scan over 5 minutes): each run re-evaluates
+  [a] one periodic run (investigations.anomalies.anomalies_scan over 5 minutes): each run re-evaluates
       its clock hour from the hour's start, so the runs are taken at minute 55, the most work;
   [b] a whole day scanned at once (24 hours: a catch-up after a day without a worker);
   [c] the reads chart page (/audit/reads/?day=...), through the test client as a practice
@@ -76,7 +76,7 @@ def timed_scan(start: datetime.datetime, end: datetime.datetime):
     """One scan in a transaction that is rolled back: (seconds, result)."""
     from django.db import transaction
 
-    from audit.anomalies import anomalies_scan
+    from investigations.anomalies import anomalies_scan
 
     with transaction.atomic():
         t0 = perf_counter()
@@ -168,8 +168,8 @@ def main(argv=None) -> int:
     by_kind: dict[str, int] = {}
     from django.db import transaction
 
-    from audit.anomalies import anomalies_scan
     from audit.models import Anomaly
+    from investigations.anomalies import anomalies_scan
 
     admin = _common.role_user("bench.anomalies.admin", "Practice admin")
     admin.is_staff = True

@@ -10,10 +10,10 @@ dropped during the load and rebuilt after, then VACUUM ANALYZE): 18 people and 2
 reads. A later run reuses the trail when it holds the expected rows. Then it times, p50 and
 p95 over many runs:
 
-  [a] "who opened patient X": the queries of the access report page (audit.selectors:
+  [a] "who opened patient X": the queries of the access report page (investigations.selectors:
       the per-person summary, the row count and the first page of 100 events), for random
       patients and for the most-read one; then the whole page for a real patient;
-  [b] breach scope (audit.reports.breach_scope) for one actor over one day, and wider
+  [b] breach scope (investigations.reports.breach_scope) for one actor over one day, and wider
       scopes for scale (an IP over a day, everyone over a day, one actor over a month);
   [c] the read-budget check per request (audit.budget), when that module exists.
 
@@ -373,7 +373,7 @@ def who_opened(patient_id) -> int:
     """What the access report page asks of the trail: the summary, the count and page one."""
     from django.core.paginator import Paginator
 
-    from audit.selectors import patient_access_events, patient_access_summary
+    from investigations.selectors import patient_access_events, patient_access_summary
 
     summary = patient_access_summary(patient_id=patient_id)
     page = Paginator(patient_access_events(patient_id=patient_id), 100).get_page(1)
@@ -384,7 +384,7 @@ def who_opened(patient_id) -> int:
 def measure_who_opened(runs: int, rng: random.Random, real: dict) -> None:
     from django.urls import reverse
 
-    from audit.selectors import patient_access_events, patient_access_summary
+    from investigations.selectors import patient_access_events, patient_access_summary
 
     print('[a] "Who opened patient X": the access report\'s queries (summary, count, first 100 events)')
     sample = patient_ids_sample(runs, rng)
@@ -414,7 +414,7 @@ def measure_who_opened(runs: int, rng: random.Random, real: dict) -> None:
     admin.save(update_fields=["is_staff"])
     client = _verified_client(admin)
     for label, patient in real.items():
-        url = reverse("audit:patient_access", args=[patient.pk])
+        url = reverse("investigations:patient_access", args=[patient.pk])
         response = client.get(url)
         if response.status_code != 200:
             print(f"  page for the {label} patient: HTTP {response.status_code}, not timed")
@@ -442,9 +442,9 @@ def _verified_client(user):
 def measure_breach(runs: int, rng: random.Random, rows: int) -> None:
     from django.contrib.auth.models import User
 
-    from audit.reports import breach_scope
+    from investigations.reports import breach_scope
 
-    print("[b] Breach scope (audit.reports.breach_scope: one aggregate query)")
+    print("[b] Breach scope (investigations.reports.breach_scope: one aggregate query)")
     people = list(User.objects.filter(username__startswith="bench.").values_list("pk", "username"))
     days = [START + datetime.timedelta(days=rng.randrange(DAYS - 31)) for _ in range(runs)]
     actors = [rng.choice(people) for _ in range(runs)]

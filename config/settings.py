@@ -77,6 +77,7 @@ INSTALLED_APPS = [
     "practice",
     "patients",
     "scheduling",
+    "investigations",
     "practice.admin_config.CabinetAdminConfig",  # django.contrib.admin behind the second factor
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -290,7 +291,7 @@ CELERY_BEAT_SCHEDULE = {
     # Sends what is due, including reminders whose enqueueing failed (broker down at booking).
     "reminders-sweep": {"task": "scheduling.tasks.reminders_sweep", "schedule": 300.0},
     # Security alerts not mailed yet (the batch task is normally enqueued by the event itself).
-    "security-alerts-sweep": {"task": "audit.tasks.security_alerts_send", "schedule": 300.0},
+    "security-alerts-sweep": {"task": "investigations.tasks.security_alerts_send", "schedule": 300.0},
     # The trail's head (last id and MAC) logged to the audit.heads logger, shipped off the
     # machine: a tail cut in the database shows against it (docs/operations.md).
     "audit-head-export": {"task": "audit.tasks.audit_head_export", "schedule": 300.0},
@@ -298,10 +299,10 @@ CELERY_BEAT_SCHEDULE = {
     "sessions-purge-nightly": {"task": "practice.tasks.sessions_purge", "schedule": crontab(hour=3, minute=30)},
     "lockouts-purge-nightly": {"task": "practice.tasks.lockouts_purge", "schedule": crontab(hour=3, minute=45)},
     "read-tally-purge-nightly": {"task": "audit.tasks.read_tally_purge", "schedule": crontab(hour=3, minute=50)},
-    # Anomaly signals from the trail (audit/anomalies.py); high ones are mailed at once.
+    # Anomaly signals from the trail (investigations/anomalies.py); high ones are mailed at once.
     # Every minute (a run costs tens of ms on a 10M-row trail), so a high finding is mailed
-    # within about a minute of the reads behind it (a high finding is urgent: audit/alerts.py).
-    "anomalies-scan": {"task": "audit.tasks.anomalies_scan", "schedule": 60.0},
+    # within about a minute of the reads behind it (a high finding is urgent: investigations/alerts.py).
+    "anomalies-scan": {"task": "investigations.tasks.anomalies_scan", "schedule": 60.0},
 }
 # A task is acknowledged when it has run, not when it was received: a worker that dies
 # mid-task leaves it to another (tasks are idempotent). One task at a time per process.
@@ -335,7 +336,7 @@ SMS_HTTP_API_KEY = env.str("SMS_HTTP_API_KEY", default="")
 SMS_HTTP_TIMEOUT = env.float("SMS_HTTP_TIMEOUT", default=10.0)
 SMS_HTTP_URL = env.str("SMS_HTTP_URL", default="https://api.brevo.com/v3/transactionalSMS/send")
 
-# Security alerts (audit/alerts.py): events of a burst are mailed together, at most one
+# Security alerts (investigations/alerts.py): events of a burst are mailed together, at most one
 # mail per this many seconds, to practice admins with an e-mail address and ADMINS. Blocks
 # and high anomalies do not wait for this window: they are mailed within seconds.
 SECURITY_ALERT_BATCH_SECONDS = env.int("SECURITY_ALERT_BATCH_SECONDS", default=60)
@@ -406,7 +407,7 @@ STEP_UP_URL_NAME = "patients:reason"
 AUDIT_FLUSH_THRESHOLD = env.int("AUDIT_FLUSH_THRESHOLD", default=2000)
 
 
-# Anomaly signals (audit/anomalies.py): beat scans the trail every five minutes, one clock
+# Anomaly signals (investigations/anomalies.py): beat scans the trail every five minutes, one clock
 # hour at a time; a finding's severity comes from the "<low>/<medium>/<high>" levels
 # below (docs/read-budgets.md, "Anomaly signals"). High ones are mailed to the practice admins at once.
 def _levels(name: str, default: str) -> tuple[float, float, float]:
@@ -471,7 +472,7 @@ EMAIL_HTTP_URL = env.str("EMAIL_HTTP_URL", default="https://api.brevo.com/v3/smt
 ADMINS = [tuple(a.split(":", 1)) for a in env.list("ADMINS", default=[]) if ":" in a]
 
 # Error pages and error mails never show local variables: they may hold plaintext.
-DEFAULT_EXCEPTION_REPORTER_FILTER = "audit.reporting.NoPlaintextExceptionReporterFilter"
+DEFAULT_EXCEPTION_REPORTER_FILTER = "audit.exception_filter.NoPlaintextExceptionReporterFilter"
 
 PHONENUMBER_DEFAULT_REGION = env.str("PHONE_REGION", default="FR")
 

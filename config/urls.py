@@ -30,6 +30,6 @@ urlpatterns = [
     path("i18n/", include("django.conf.urls.i18n")),
     path("patients/", include("patients.urls")),
     path("", include("scheduling.urls")),
-    path("audit/", include("audit.urls")),
+    path("audit/", include("investigations.urls")),
     path("admin/", admin.site.urls),
 ]

@@ -7,10 +7,15 @@
 - Anyone else: nothing. Unknown and forbidden records look the same (404).
 """
 
-from django.db.models import Exists, OuterRef, QuerySet
+import functools
+import operator
+from collections.abc import Callable
+
+from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
 
 from patients.models import BreakGlassGrant, Patient
+from practice.models import Practitioner
 from practice.roles import PRACTITIONER, has_role, is_front_desk, role_of
 
 
@@ -24,13 +29,26 @@ def patient_queryset_for(user) -> QuerySet[Patient]:
     return Patient.objects.none()
 
 
-def _seen_by(user) -> Exists | None:
-    """Patients with an appointment with this user (None: the user is no practitioner)."""
+# What makes a patient a practitioner's own: the scheduling app registers "has an appointment
+# with them" in its AppConfig.ready(). Each source maps a practitioner to a condition on Patient
+# rows; patients imports none of them. With none registered, a practitioner's own patients are
+# none (fail closed): only break-the-glass grants open records.
+_CARE_SOURCES: list[Callable[[Practitioner], Exists]] = []
+
+
+def care_source_register(source: Callable[[Practitioner], Exists]) -> None:
+    if source not in _CARE_SOURCES:
+        _CARE_SOURCES.append(source)
+
+
+def _seen_by(user) -> Exists | Q | None:
+    """Patients this user treats (None: the user is no practitioner)."""
     if not hasattr(user, "practitioner"):
         return None
-    from scheduling.models import Appointment
-
-    return Exists(Appointment.objects.filter(patient=OuterRef("pk"), practitioner=user.practitioner))
+    conditions = [source(user.practitioner) for source in _CARE_SOURCES]
+    if not conditions:
+        return Q(pk__in=[])
+    return functools.reduce(operator.or_, conditions)
 
 
 def _grants_of(user) -> QuerySet[BreakGlassGrant]:

@@ -25,6 +25,7 @@ import io
 import json
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from django.utils import timezone
@@ -155,7 +156,7 @@ def patient_list_csv(patients, *, columns: list[str], export: Export) -> str:
 # One patient's own data (GDPR right of access, article 15; portability, article 20)
 
 
-def _plain(value):
+def plain(value):
     if isinstance(value, datetime.datetime):
         return timezone.localtime(value).isoformat(timespec="minutes")
     if isinstance(value, datetime.date):
@@ -167,46 +168,38 @@ def patient_export_fields(include_notes: bool) -> list[str]:
     return [name for name in PATIENT_EXPORT_FIELDS if include_notes or name not in STAFF_NOTE_FIELDS]
 
 
-def patient_data(patient: Patient, appointments, reminders, *, include_notes: bool) -> dict:
-    """What the practice holds about the patient, as plain values (decrypts what it reads).
+@dataclass(frozen=True)
+class ExportSection:
+    """A part of a right-of-access export that another app holds (scheduling: the patient's
+    appointments and the reminders sent for them). ``rows`` loads and decrypts (as the export
+    reads them) and returns plain values; ``csv_rows`` lays them out as CSV rows."""
 
-    ``appointments`` are loaded with their reason and cancellation reason (and internal
-    note when ``include_notes``); ``reminders`` maps an appointment id to its reminders.
-    """
+    name: str
+    title: Callable[[], str]
+    rows: Callable[..., list[dict]]  # (patient, *, include_notes) -> rows
+    csv_rows: Callable[[list[dict]], list[list[str]]]
+
+
+# Registered by the apps that hold them, in their AppConfig.ready(): patients imports none.
+_SECTIONS: dict[str, ExportSection] = {}
+
+
+def export_section_register(section: ExportSection) -> None:
+    _SECTIONS[section.name] = section
+
+
+def patient_data(patient: Patient, *, include_notes: bool) -> dict:
+    """What the practice holds about the patient, as plain values (decrypts what it reads):
+    the record, then each registered section (``ExportSection``)."""
     record = {}
     for name in patient_export_fields(include_notes):
         value = getattr(patient, name)
         field = Patient._meta.get_field(name)
         if field.choices and value:
             value = str(dict(field.flatchoices).get(value, value))
-        record[name] = _plain(value)
-    rows = []
-    for appointment in appointments:
-        row = {
-            "start": _plain(appointment.start),
-            "end": _plain(appointment.end),
-            "practitioner": appointment.practitioner.display_name,
-            "type": appointment.appointment_type.name if appointment.appointment_type_id else "",
-            "status": str(appointment.get_status_display()),
-            "reason": appointment.reason or "",
-            "arrived_at": _plain(appointment.arrived_at),
-            "done_at": _plain(appointment.done_at),
-            "cancelled_at": _plain(appointment.cancelled_at),
-            "cancellation_reason": appointment.cancellation_reason or "",
-        }
-        if include_notes:
-            row["internal_note"] = appointment.internal_note or ""
-        row["reminders"] = [
-            {
-                "channel": str(r.get_channel_display()),
-                "kind": str(r.get_kind_display()),
-                "status": str(r.get_status_display()),
-                "sent_at": _plain(r.sent_at),
-            }
-            for r in reminders.get(appointment.pk, [])
-        ]
-        rows.append(row)
-    return {"patient": record, "appointments": rows}
+        record[name] = plain(value)
+    sections = {name: section.rows(patient, include_notes=include_notes) for name, section in _SECTIONS.items()}
+    return {"patient": record, **sections}
 
 
 def patient_data_json(data: dict, *, export: Export) -> str:
@@ -214,7 +207,7 @@ def patient_data_json(data: dict, *, export: Export) -> str:
         "export": {
             "notice": export.watermark(),
             "exported_by": export.username,
-            "exported_at": _plain(export.at),
+            "exported_at": plain(export.at),
             "purpose": export.purpose,
             "id": export.id,
         },
@@ -225,18 +218,11 @@ def patient_data_json(data: dict, *, export: Export) -> str:
 
 
 def patient_data_csv(data: dict, *, export: Export) -> str:
-    """Two tables in one file: the record (field, value), then the appointments."""
+    """Tables in one file: the record (field, value), then each section (the appointments)."""
     labels = {name: str(Patient._meta.get_field(name).verbose_name) for name in PATIENT_EXPORT_FIELDS}
     rows = [[csv_cell(export.watermark())], [], [str(_("Patient record"))], [str(_("field")), str(_("value"))]]
     rows += [[csv_cell(labels[name]), csv_cell(value)] for name, value in data["patient"].items()]
-    rows += [[], [str(_("Appointments"))]]
-    if data["appointments"]:
-        header = [name for name in data["appointments"][0] if name != "reminders"]
-        rows.append([*header, "reminders"])
-        for row in data["appointments"]:
-            sent = "; ".join(
-                f"{r['channel']} {r['kind']}: {r['status']} {r['sent_at'] or ''}".strip() for r in row["reminders"]
-            )
-            rows.append([*(csv_cell(row[name]) for name in header), csv_cell(sent)])
+    for name, section in _SECTIONS.items():
+        rows += [[], [str(section.title())], *section.csv_rows(data[name])]
     rows += [[], [csv_cell(export.watermark())]]
     return _csv_text(rows)

@@ -240,43 +240,6 @@ def patient_recent(*, limit: int = 50) -> QuerySet[Patient]:
     return Patient.objects.filter(is_archived=False).only(*RESULT_FIELDS).order_by("-updated_at")[:limit]
 
 
-def patient_export_appointments(patient: Patient, *, include_notes: bool) -> tuple[list, dict]:
-    """A patient's appointments (cancelled ones too) and the reminders sent for them, for
-    their right-of-access export. Two queries; decrypts the reason and cancellation reason
-    (and the internal note when asked) as the export reads them."""
-    from scheduling.models import Appointment, Reminder, ReminderStatus
-
-    fields = [
-        "id",
-        "patient_id",
-        "start",
-        "end",
-        "status",
-        "reason",
-        "arrived_at",
-        "done_at",
-        "cancelled_at",
-        "cancellation_reason",
-        "practitioner__id",
-        "practitioner__display_name",
-        "appointment_type__id",
-        "appointment_type__name",
-    ]
-    if include_notes:
-        fields.append("internal_note")
-    appointments = list(
-        Appointment.objects.filter(patient=patient)
-        .select_related("practitioner", "appointment_type")
-        .only(*fields)
-        .order_by("start")
-    )
-    reminders: dict = {}
-    sent = Reminder.objects.filter(appointment__patient=patient, status=ReminderStatus.SENT)
-    for reminder in sent.only("id", "appointment_id", "channel", "kind", "status", "sent_at").order_by("sent_at"):
-        reminders.setdefault(reminder.appointment_id, []).append(reminder)
-    return appointments, reminders
-
-
 def patients_for_export(queryset: QuerySet[Patient], ids, *, fields) -> list[Patient]:
     """The patients of a list export, among those ``queryset`` allows, in name order.
 

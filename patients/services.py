@@ -13,6 +13,7 @@ from audit.models import EventType
 from audit.services import audit_event_write
 from patients.access import may_break_glass
 from patients.models import BreakGlassGrant, Patient
+from patients.signals import reminder_details_changed
 
 # A written reason, not a click-through: shorter than this is refused (form and service).
 BREAK_GLASS_REASON_MIN_LENGTH = 20
@@ -63,19 +64,13 @@ def patient_create(*, data: dict, actor, patient: Patient | None = None) -> Pati
     return patient
 
 
-# What decides whether a patient gets reminders, and where (scheduling/reminders.py).
+# What decides whether a patient gets reminders, and where (scheduling/reminders.py re-plans
+# them on patients.signals.reminder_details_changed).
 REMINDER_FIELDS = frozenset({"consent_sms", "consent_email", "phone_mobile", "email"})
 
 
 def _reminders_replan(patient: Patient) -> None:
-    # Not a one-way dependency yet: scheduling imports patients at module level (its forms,
-    # views and services), and patients reaches back into scheduling here (and in access.py
-    # and selectors.py) by importing inside a function, which only dodges the import cycle.
-    # docs/design.md wants scheduling -> patients only: this call is to become a registry or a
-    # signal that scheduling fills in its AppConfig.ready().
-    from scheduling.reminders import reminders_replan_for_patient
-
-    reminders_replan_for_patient(patient.pk)
+    reminder_details_changed.send(sender=Patient, patient=patient)
 
 
 @transaction.atomic

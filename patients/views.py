@@ -35,7 +35,6 @@ from patients.selectors import (
     PatientQuery,
     name_order,
     patient_duplicates,
-    patient_export_appointments,
     patient_search,
     patient_search_masked,
     patients_for_export,
@@ -304,8 +303,7 @@ def patient_export(request: HttpRequest, pk: UUID) -> HttpResponse:
     data = form.cleaned_data
     export = exports.export_begin(user=request.user, purpose=data["purpose"])
     patient = _get_patient_for(request, pk, only=["id", *exports.patient_export_fields(data["include_notes"])])
-    appointments, reminders = patient_export_appointments(patient, include_notes=data["include_notes"])
-    content = exports.patient_data(patient, appointments, reminders, include_notes=data["include_notes"])
+    content = exports.patient_data(patient, include_notes=data["include_notes"])
     if data["file_format"] == "csv":
         body, content_type = exports.patient_data_csv(content, export=export), "text/csv; charset=utf-8"
     else:
@@ -317,7 +315,7 @@ def patient_export(request: HttpRequest, pk: UUID) -> HttpResponse:
         count=1,
         fields=list(content["patient"]),  # the record's fields; appointments: their count
         patient=patient,
-        appointments=len(appointments),
+        **{name: len(rows) for name, rows in content.items() if name != "patient"},
         include_notes=data["include_notes"],
     )
     filename = export.filename(f"patient-{str(patient.pk)[:8]}", data["file_format"])

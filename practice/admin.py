@@ -23,7 +23,6 @@ from practice import lockout
 from practice.models import WEEKDAY_NAMES, Clinic, Practitioner, Specialty
 from practice.roles import SECRETARY
 from practice.services import lockout_lift, user_second_factor_reset, user_sessions_end
-from scheduling.admin import AbsenceInline, WorkingHoursInline
 
 
 @admin.register(Clinic)
@@ -70,7 +69,8 @@ class PractitionerAdmin(admin.ModelAdmin):
     # Which secretaries work for this practitioner (their reads of its appointments' patients
     # are explained: audit/explain.py). Nobody ticked: every secretary does.
     filter_horizontal = ["assistants"]
-    inlines = [WorkingHoursInline, AbsenceInline]
+    # scheduling/admin.py adds the working hours and absences (practice does not import it).
+    inlines: list = []
 
     def formfield_for_manytomany(self, db_field, request, **kwargs):
         if db_field.name == "assistants":

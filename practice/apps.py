@@ -21,7 +21,10 @@ class PracticeConfig(AppConfig):
     verbose_name = _("Practice")
 
     def ready(self):
+        from audit.context import role_source_register
         from practice import bidi
+        from practice.roles import role_of
 
+        role_source_register(role_of)  # the audit core names each reader's role with it
         bidi.install()  # every form's text fields drop bidi control characters (practice/bidi.py)
         post_migrate.connect(_sync_roles, dispatch_uid="practice.sync_roles")

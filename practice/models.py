@@ -239,7 +239,7 @@ class Clinic(models.Model):
     )
     # Opening hours, wall-clock time in the practice's time zone (settings.TIME_ZONE), one
     # interval a day; a day without both times is closed. Reads of patient data outside them
-    # are an anomaly signal (audit/anomalies.py).
+    # are an anomaly signal (investigations/anomalies.py).
     monday_opens = models.TimeField(_("Monday: opens"), null=True, blank=True, default=datetime.time(8))
     monday_closes = models.TimeField(_("Monday: closes"), null=True, blank=True, default=datetime.time(19))
     tuesday_opens = models.TimeField(_("Tuesday: opens"), null=True, blank=True, default=datetime.time(8))

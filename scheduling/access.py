@@ -14,7 +14,7 @@ exist by trying ids).
 from __future__ import annotations
 
 from django.core.exceptions import PermissionDenied
-from django.db.models import QuerySet
+from django.db.models import Exists, OuterRef, QuerySet
 from django.http import Http404, HttpRequest
 
 from practice.models import Practitioner
@@ -46,6 +46,12 @@ def own_practitioner(user) -> Practitioner | None:
         return user.practitioner
     except Practitioner.DoesNotExist:
         return None
+
+
+def treats(practitioner: Practitioner) -> Exists:
+    """The patients this practitioner has or had an appointment with, as a condition on Patient
+    rows: what makes a record theirs (registered with patients.access in scheduling/apps.py)."""
+    return Exists(Appointment.objects.filter(patient=OuterRef("pk"), practitioner=practitioner))
 
 
 def require_front_desk(request: HttpRequest) -> None:

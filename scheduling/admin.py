@@ -17,6 +17,8 @@ from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
+from practice.admin import PractitionerAdmin
+from practice.models import Practitioner
 from scheduling.availability import active_appointments_between
 from scheduling.models import ACTIVE_STATUSES, Absence, Appointment, AppointmentType, Reminder, WorkingHours
 
@@ -281,3 +283,13 @@ class AppointmentAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+class PractitionerAgendaAdmin(PractitionerAdmin):
+    """The practitioner's page (practice/admin.py) with their working hours and absences."""
+
+    inlines = [*PractitionerAdmin.inlines, WorkingHoursInline, AbsenceInline]
+
+
+admin.site.unregister(Practitioner)
+admin.site.register(Practitioner, PractitionerAgendaAdmin)

@@ -22,11 +22,13 @@ import datetime
 import logging
 from functools import partial
 
+from celery import current_app
 from django.conf import settings
 from django.db import transaction
 from django.utils import formats, timezone, translation
 from django.utils.translation import gettext as _
 
+from patients.models import Patient
 from practice import broker
 from scheduling.models import (
     ACTIVE_STATUSES,
@@ -61,8 +63,6 @@ def _wanted_kinds(appointment: Appointment) -> list[tuple[str, int]]:
 def _consented_channels(patient_id) -> list[str]:
     """Channels the patient agreed to and has an address for. Plain columns only: the blind
     index of a phone or e-mail is set exactly when the value is not empty."""
-    from patients.models import Patient
-
     row = (
         Patient.objects.filter(pk=patient_id, is_archived=False)
         .values_list("consent_email", "consent_sms", "bidx_email", "bidx_phone_mobile")
@@ -197,6 +197,9 @@ def reminders_replan_for_patient(patient_id) -> int:
     return len(upcoming)
 
 
+REMINDER_SEND_TASK = "scheduling.tasks.reminder_send"
+
+
 def reminders_enqueue(reminder_ids: list[int]) -> int:
     """Queue reminder_send for each id; how many were queued.
 
@@ -204,8 +207,8 @@ def reminders_enqueue(reminder_ids: list[int]) -> int:
     committed): publishing is bounded in time (practice.broker), and the sweep sends what
     was not queued. The warning names ids only, never patient data.
     """
-    from scheduling.tasks import reminder_send
-
+    # By name: the task module imports this one (tasks are published by name in Celery).
+    reminder_send = current_app.tasks[REMINDER_SEND_TASK]
     queued: list[int] = []
 
     def publish() -> None:
@@ -275,3 +278,8 @@ def reminder_text(*, reminder: Reminder, appointment: Appointment, clinic, langu
             lines.append(_("If you cannot come, please let us know."))
         lines += ["", clinic.name]
         return subject, "\n".join(lines) + "\n"
+
+
+def reminders_replan_on_change(sender, *, patient, **kwargs) -> None:
+    """Receiver of patients.signals.reminder_details_changed (connected in scheduling/apps.py)."""
+    reminders_replan_for_patient(patient.pk)

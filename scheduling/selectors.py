@@ -11,9 +11,10 @@ from django.conf import settings
 from django.db.models import QuerySet
 from django.utils import timezone
 
+from patients.models import Patient
 from practice.models import Practitioner
 from scheduling import availability
-from scheduling.models import MAX_APPOINTMENT_LENGTH, Appointment, AppointmentStatus
+from scheduling.models import MAX_APPOINTMENT_LENGTH, Appointment, AppointmentStatus, Reminder, ReminderStatus
 
 # What a grid cell or a list line shows. The patient's two name fields are the only
 # encrypted columns loaded (and so the only ones that can be decrypted).
@@ -163,6 +164,39 @@ REMINDER_FIELDS = ("id", "channel", "kind", "planned_for", "due_at", "status", "
 
 def appointment_reminders(appointment: Appointment) -> list:
     """Every reminder of the appointment, planned, sent, failed or cancelled, in due order."""
-    from scheduling.models import Reminder
-
     return list(Reminder.objects.filter(appointment=appointment).only(*REMINDER_FIELDS).order_by("due_at", "id"))
+
+
+def patient_export_appointments(patient: Patient, *, include_notes: bool) -> tuple[list, dict]:
+    """A patient's appointments (cancelled ones too) and the reminders sent for them, for
+    their right-of-access export. Two queries; decrypts the reason and cancellation reason
+    (and the internal note when asked) as the export reads them."""
+    fields = [
+        "id",
+        "patient_id",
+        "start",
+        "end",
+        "status",
+        "reason",
+        "arrived_at",
+        "done_at",
+        "cancelled_at",
+        "cancellation_reason",
+        "practitioner__id",
+        "practitioner__display_name",
+        "appointment_type__id",
+        "appointment_type__name",
+    ]
+    if include_notes:
+        fields.append("internal_note")
+    appointments = list(
+        Appointment.objects.filter(patient=patient)
+        .select_related("practitioner", "appointment_type")
+        .only(*fields)
+        .order_by("start")
+    )
+    reminders: dict = {}
+    sent = Reminder.objects.filter(appointment__patient=patient, status=ReminderStatus.SENT)
+    for reminder in sent.only("id", "appointment_id", "channel", "kind", "status", "sent_at").order_by("sent_at"):
+        reminders.setdefault(reminder.appointment_id, []).append(reminder)
+    return appointments, reminders

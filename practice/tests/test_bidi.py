@@ -16,12 +16,12 @@ CONTROLS = "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u
 
 
 def _form_classes():
-    import audit.forms
+    import investigations.forms
     import patients.forms
     import practice.forms
     import scheduling.forms
 
-    for module in (patients.forms, scheduling.forms, practice.forms, audit.forms, auth_forms):
+    for module in (patients.forms, scheduling.forms, practice.forms, investigations.forms, auth_forms):
         for _name, cls in inspect.getmembers(module, inspect.isclass):
             if issubclass(cls, forms.BaseForm) and cls.__module__ == module.__name__:
                 yield cls

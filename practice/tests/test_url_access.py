@@ -144,15 +144,15 @@ TABLE: dict[str, Row] = {
     "scheduling:cancel": _logged_in(405),
     "scheduling:status": _logged_in(405),
     # The audit trail: practice admins only
-    "audit:patient_access": Row(LOGIN, 403, 403, 403, 200, 403),
-    "audit:patient_access_print": Row(LOGIN, 403, 403, 403, 200, 403),
-    "audit:breach_scope": Row(LOGIN, 403, 403, 403, 200, 403),  # the empty form
-    "audit:breach_scope_csv": _logged_in(405),  # POST only, with a stated purpose
-    "audit:anomalies": Row(LOGIN, 403, 403, 403, 200, 403),
-    "audit:anomalies_scan": _logged_in(405),  # POST only
-    "audit:anomaly": Row(LOGIN, 403, 403, 403, 200, 403),  # `pk`: an anomaly of the world
-    "audit:anomaly_review": _logged_in(405),  # POST only, with a note
-    "audit:read_chart": Row(LOGIN, 403, 403, 403, 200, 403),
+    "investigations:patient_access": Row(LOGIN, 403, 403, 403, 200, 403),
+    "investigations:patient_access_print": Row(LOGIN, 403, 403, 403, 200, 403),
+    "investigations:breach_scope": Row(LOGIN, 403, 403, 403, 200, 403),  # the empty form
+    "investigations:breach_scope_csv": _logged_in(405),  # POST only, with a stated purpose
+    "investigations:anomalies": Row(LOGIN, 403, 403, 403, 200, 403),
+    "investigations:anomalies_scan": _logged_in(405),  # POST only
+    "investigations:anomaly": Row(LOGIN, 403, 403, 403, 200, 403),  # `pk`: an anomaly of the world
+    "investigations:anomaly_review": _logged_in(405),  # POST only, with a note
+    "investigations:read_chart": Row(LOGIN, 403, 403, 403, 200, 403),
 }
 
 # Admin views that are not a model's, for a practice admin (other roles: the admin rule).

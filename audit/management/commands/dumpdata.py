@@ -11,7 +11,7 @@ from django.core.management.base import OutputWrapper
 from django.core.management.commands import dumpdata
 
 from audit import context
-from audit.commands import AuditedCommandMixin
+from audit.management.audited import AuditedCommandMixin
 
 _OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open, ".lzma": lzma.open}
 

@@ -25,10 +25,10 @@ from django.db import transaction
 from tqdm import tqdm
 
 from audit import blind
-from audit.commands import AuditedCommand
 from audit.context import require
 from audit.fields import Ciphertext, encrypted_fields, rotate_token
 from audit.keys import canary_write, field_key_fingerprint
+from audit.management.audited import AuditedCommand
 from audit.models import AuditEvent, EventType, RotationProgress
 from audit.services import audit_event_write
 

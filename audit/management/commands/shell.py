@@ -2,7 +2,7 @@
 
 from django.core.management.commands import shell
 
-from audit.commands import AuditedCommandMixin
+from audit.management.audited import AuditedCommandMixin
 
 
 class Command(AuditedCommandMixin, shell.Command):
