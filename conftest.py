@@ -202,7 +202,7 @@ def audit_trail_writable(db):
             if owner != user:
                 cursor.execute(f"SET LOCAL ROLE {connection.ops.quote_name(owner)}")
             cursor.execute("ALTER TABLE audit_auditevent DISABLE TRIGGER audit_trail_append_only")
-    yield
+    return
 
 
 @contextlib.contextmanager

@@ -220,7 +220,7 @@ _OWN_ACTION_SQL = (
     # The same list as the partial index audit_actor_writes (its condition must be implied).
     "AND w.event_type IN (10, 11, 12, 13, 14) AND w.patient_id {patients}"
 )
-assert {10, 11, 12, 13, 14} == {int(t) for t in OWN_ACTION_EVENTS}  # noqa: S101 (a constant kept in step)
+assert {10, 11, 12, 13, 14} == {int(t) for t in OWN_ACTION_EVENTS}
 
 
 def _own_action(reader: Reader, now: datetime.datetime):
@@ -246,7 +246,7 @@ explainer_register(Explanation.REASON, _stated_reason, order=50)
 # --------------------------------------------------------------------------- refusals
 
 
-class ExplanationRequired(Exception):  # noqa: N818 (reads as what the page asks for)
+class ExplanationRequired(Exception):
     """A decryption refused: nothing explains this patient and the allowance is used up. The
     audit middleware withholds the page and shows the step-up page (a reason, the second factor).
 

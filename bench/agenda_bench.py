@@ -28,8 +28,8 @@ from time import perf_counter, process_time
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import _common  # noqa: E402  (bench/ is put on the path just above)
-from _common import load_average, ms, pct  # noqa: E402
+import _common
+from _common import load_average, ms, pct
 
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/cabinet_agenda_bench"
 SECRETARY_USERNAME = "bench.secretary"

@@ -33,8 +33,8 @@ from time import perf_counter
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import _common  # noqa: E402  (bench/ is put on the path just above)
-from _common import load_average, ms, pct  # noqa: E402
+import _common
+from _common import load_average, ms, pct
 
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/cabinet_audit_bench"
 PATIENTS = 200_000

@@ -32,8 +32,8 @@ from time import perf_counter, process_time
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import _common  # noqa: E402  (bench/ is put on the path just above)
-from _common import load_average  # noqa: E402
+import _common
+from _common import load_average
 
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/cabinet_chain_bench"
 READS_PER_PAGE = 50
@@ -210,7 +210,7 @@ def run_writers(kind: str, chained: bool, writers: int, seconds: float, hold_ms:
                         time.sleep(hold_ms / 1000)
                 n += 1
             counts[i] = n
-        except BaseException as exc:  # noqa: BLE001 (reported below)
+        except BaseException as exc:
             errors.append(exc)
         finally:
             connections.close_all()

@@ -50,8 +50,8 @@ from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import _common  # noqa: E402  (bench/ is put on the path just above)
-from _common import load_average, ms, pct  # noqa: E402
+import _common
+from _common import load_average, ms, pct
 
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/cabinet_explain_bench"
 GENERATOR_VERSION = 1  # bump when the seeded data changes shape: the next run rebuilds the database

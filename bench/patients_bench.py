@@ -294,7 +294,7 @@ class People:
             "Diabète de type 2, suivi trimestriel.",
             "Ne pas appeler au travail.",
         )
-        self.today = datetime.date.today()
+        self.today = datetime.datetime.now(datetime.UTC).date()
 
     def last_name(self, rng: random.Random) -> str:
         if rng.random() < 0.12:

@@ -32,8 +32,8 @@ from time import perf_counter, process_time
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import _common  # noqa: E402  (bench/ is put on the path just above)
-from _common import load_average  # noqa: E402
+import _common
+from _common import load_average
 
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/cabinet_reminders_bench"
 PRACTITIONERS = 100

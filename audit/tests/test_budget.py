@@ -88,7 +88,8 @@ def test_it_refuses_the_first_patient_past_the_hourly_budget_and_blocks_the_acco
     )
     [event] = AuditEvent.objects.filter(event_type=EventType.BUDGET_BLOCK)
     assert event.actor_user_id == secretary.pk
-    assert event.extra["window"] == "hour" and event.extra["budget"] == HOUR_BUDGET
+    assert event.extra["window"] == "hour"
+    assert event.extra["budget"] == HOUR_BUDGET
     assert _read_patients(secretary) == {p.pk for p in patients[:HOUR_BUDGET]}
 
     # The block holds across requests and sessions, even for a patient read before it.
@@ -232,7 +233,9 @@ def test_parallel_requests_cannot_send_more_than_one_budget(tight, secretary):
         refusal = budget_settle(second)
     finally:
         context._current.reset(token)
-    assert refusal is not None and refusal.window == "hour" and refusal.patients_read == 8
+    assert refusal is not None
+    assert refusal.window == "hour"
+    assert refusal.patients_read == 8
     assert ReadBlock.objects.get().patients_read == 8
 
 
@@ -279,7 +282,8 @@ def test_a_practice_admin_lifts_a_block_with_a_reason(tight, secretary, practice
     url = reverse("admin:audit_readblock_change", args=[block.pk])
     assert admin.get(reverse("admin:audit_readblock_changelist")).status_code == 200
     page = admin.get(url)
-    assert page.status_code == 200 and 'name="lift_reason"' in page.content.decode()
+    assert page.status_code == 200
+    assert 'name="lift_reason"' in page.content.decode()
 
     refused = admin.post(url, {"lift_reason": "   "})
     assert refused.status_code == 200  # the form again, with its error
@@ -290,10 +294,13 @@ def test_a_practice_admin_lifts_a_block_with_a_reason(tight, secretary, practice
     reason = "Called Sophie: she prepared the vaccination campaign mailing."
     assert admin.post(url, {"lift_reason": reason}).status_code == 302
     block.refresh_from_db()
-    assert block.lifted_at is not None and block.lifted_by == "alice.admin" and block.lift_reason == reason
+    assert block.lifted_at is not None
+    assert block.lifted_by == "alice.admin"
+    assert block.lift_reason == reason
     [event] = AuditEvent.objects.filter(event_type=EventType.BUDGET_LIFTED)
     assert event.actor_user_id == practice_admin.pk
-    assert event.extra["user_id"] == secretary.pk and event.extra["reason"] == reason
+    assert event.extra["user_id"] == secretary.pk
+    assert event.extra["reason"] == reason
 
     # The count starts again from the lift: the secretary carries on, up to a new budget.
     assert client.get(patients[-1].get_absolute_url()).status_code == 200
@@ -413,7 +420,7 @@ def test_parallel_readers_of_one_account_are_counted_once_each(secretary):
                 with opened(ctx):
                     chosen = patients[(start + n) % 12 : (start + n) % 12 + 3]
                     assert all(p.last_name for p in Patient.objects.filter(pk__in=[p.pk for p in chosen]))
-        except Exception as exc:  # noqa: BLE001 (reported below)
+        except Exception as exc:
             errors.append(exc)
         finally:
             connections.close_all()
@@ -426,7 +433,8 @@ def test_parallel_readers_of_one_account_are_counted_once_each(secretary):
 
     assert errors == []
     tallied = list(ReadTally.objects.filter(user_id=secretary.pk).values_list("patient_id", flat=True))
-    assert sorted(tallied) == sorted(_read_patients(secretary)) and len(tallied) == len(set(tallied))
+    assert sorted(tallied) == sorted(_read_patients(secretary))
+    assert len(tallied) == len(set(tallied))
     assert not ReadBlock.objects.exists()
     out = io.StringIO()
     call_command("audit_verify", stdout=out)
@@ -446,5 +454,6 @@ def test_a_re_read_keeps_the_patient_counted_for_another_day(secretary):
     for patient in (yesterday, lately):
         assert client.get(patient.get_absolute_url()).status_code == 200
     moved = ReadTally.objects.get(patient_id=yesterday.pk)
-    assert moved.first_read_at == old and moved.last_read_at > now
+    assert moved.first_read_at == old
+    assert moved.last_read_at > now
     assert ReadTally.objects.get(patient_id=lately.pk).last_read_at == recent

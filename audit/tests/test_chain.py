@@ -355,7 +355,7 @@ def test_concurrent_writers_never_fork_the_chain():
                         assert Patient.objects.get(pk=patient.pk).first_names
                 else:
                     audit_event_write(event_type=EventType.LOGIN_FAILED, extra={"writer": n, "i": i})
-        except Exception as exc:  # noqa: BLE001 (reported to the test below)
+        except Exception as exc:
             errors.append(exc)
         finally:
             connections.close_all()

@@ -119,7 +119,8 @@ def test_an_emergency_access_explains_the_practitioners_reads(practitioner, clin
     client.post(reverse("patients:break_glass", args=[patient.pk]), {"reason": reason})
     assert client.get(patient.get_absolute_url()).status_code == 200
     [read] = _reads(practitioner, patient)
-    assert read.explanation == "grant" and read.explained_by == str(patient.break_glass_grants.get().pk)
+    assert read.explanation == "grant"
+    assert read.explained_by == str(patient.break_glass_grants.get().pk)
 
 
 def test_a_call_that_ends_in_a_booking_explains_the_read_afterwards(secretary, clinic):
@@ -141,7 +142,8 @@ def test_a_call_that_ends_in_a_booking_explains_the_read_afterwards(secretary, c
     assert client.post(reverse("scheduling:book"), slot).status_code == 302
     explained = AuditEvent.objects.get(event_type=EventType.READ_EXPLAINED, patient_id=patient.pk)
     booked = AuditEvent.objects.get(event_type=EventType.CREATE, model_label="scheduling.Appointment")
-    assert explained.extra["reads"] == [read.pk] and explained.extra["explained_by"] == booked.pk
+    assert explained.extra["reads"] == [read.pk]
+    assert explained.extra["explained_by"] == booked.pk
     assert explained.actor_user_id == secretary.pk
     # Given back: the allowance no longer counts the patient.
     assert AllowanceUse.objects.get(user_id=secretary.pk, patient_id=patient.pk).given_back_at is not None
@@ -172,35 +174,45 @@ def test_past_the_allowance_a_reason_and_the_second_factor_open_the_record(secre
 
     page = client.get(third.get_absolute_url())
     body = page.content.decode()
-    assert page.status_code == 403 and "Why do you need this record?" in body
-    assert "EXPL002" not in body.upper() and "Zoé" not in body
+    assert page.status_code == 403
+    assert "Why do you need this record?" in body
+    assert "EXPL002" not in body.upper()
+    assert "Zoé" not in body
     assert page["Cache-Control"].startswith("no-store") or "no-store" in page["Cache-Control"]
     asked = AuditEvent.objects.get(event_type=EventType.REASON_ASKED)
-    assert asked.patient_id == third.pk and asked.actor_user_id == secretary.pk
+    assert asked.patient_id == third.pk
+    assert asked.actor_user_id == secretary.pk
     # What was decrypted for the withheld page is in the trail, marked as not served.
     assert all(r.extra.get("withheld") == "step-up" for r in _reads(secretary, third))
 
     url = reverse("patients:reason", args=[third.pk])
     empty = client.post(url, {"reason": "   ", "code": totp_next_code(secretary)})
-    assert empty.status_code == 400 and "Write why you need this record." in empty.content.decode()
+    assert empty.status_code == 400
+    assert "Write why you need this record." in empty.content.decode()
     short = client.post(url, {"reason": "besoin", "code": totp_next_code(secretary)})
-    assert short.status_code == 400 and "Write at least 20 characters" in short.content.decode()
+    assert short.status_code == 400
+    assert "Write at least 20 characters" in short.content.decode()
     wrong = client.post(url, {"reason": "La patiente appelle pour sa facture", "code": "000000"})
-    assert wrong.status_code == 400 and "This code is not valid" in wrong.content.decode()
+    assert wrong.status_code == 400
+    assert "This code is not valid" in wrong.content.decode()
     assert AuditEvent.objects.filter(event_type=EventType.OTP_FAILED, actor_user_id=secretary.pk).count() == 1
     assert not ReadReason.objects.exists()
 
     reason = "La patiente appelle pour sa facture de mars"
     done = client.post(url, {"reason": reason, "code": totp_next_code(secretary), "next": third.get_absolute_url()})
-    assert done.status_code == 302 and done["Location"] == third.get_absolute_url()
+    assert done.status_code == 302
+    assert done["Location"] == third.get_absolute_url()
     stated = ReadReason.objects.get()
     assert (stated.user_id, stated.patient_id, stated.reason) == (secretary.pk, third.pk, reason)
-    assert stated.valid_until > timezone.now() and timezone.localtime(stated.valid_until).time() == datetime.time(0)
+    assert stated.valid_until > timezone.now()
+    assert timezone.localtime(stated.valid_until).time() == datetime.time(0)
     event = AuditEvent.objects.get(event_type=EventType.REASON_STATED)
-    assert event.extra["reason"] == reason and event.patient_id == third.pk
+    assert event.extra["reason"] == reason
+    assert event.patient_id == third.pk
 
     opened_now = client.get(third.get_absolute_url())
-    assert opened_now.status_code == 200 and "EXPL002" in opened_now.content.decode().upper()
+    assert opened_now.status_code == 200
+    assert "EXPL002" in opened_now.content.decode().upper()
     served = _reads(secretary, third).exclude(extra__has_key="withheld")
     assert {(r.explanation, r.explained_by) for r in served} == {("reason", str(stated.pk))}
 
@@ -248,9 +260,11 @@ def test_past_the_reason_limit_the_account_is_blocked_and_the_admins_mailed_once
     # 2 from the allowance, 2 step-ups (the reason limit), then the block.
     assert statuses == [200, 200, 403, 403, 429, 429]
     block = ReadBlock.objects.get(user_id=secretary.pk)
-    assert block.window == "reasons" and block.lifted_at is None
+    assert block.window == "reasons"
+    assert block.lifted_at is None
     assert AuditEvent.objects.filter(event_type=EventType.BUDGET_BLOCK).count() == 1
-    assert len(mailoutbox) == 1 and "Read budget exceeded" in mailoutbox[0].subject
+    assert len(mailoutbox) == 1
+    assert "Read budget exceeded" in mailoutbox[0].subject
     # Blocked: not even a patient already paid for decrypts now.
     assert client.get(people[0].get_absolute_url()).status_code == 429
 
@@ -273,7 +287,8 @@ def test_a_masked_search_pays_from_its_own_allowance(secretary, settings):
         make_patient(last_name="Dupont", first_names=first, email="", nir="")
     client = client_for(secretary)
     response = client.post(reverse("patients:list"), {"last_name": "dupont"})
-    assert response.status_code == 403 and "search lines" in response.content.decode()
+    assert response.status_code == 403
+    assert "search lines" in response.content.decode()
     assert AllowanceUse.objects.filter(kind="masked").count() == 2
     assert not AllowanceUse.objects.filter(kind="unexplained").exists()
 

@@ -79,7 +79,7 @@ def raw_tokens(model, columns: list[str] | None = None) -> dict[uuid.UUID, tuple
     """The encrypted columns (or ``columns``) exactly as stored, by primary key."""
     qn = connection.ops.quote_name
     columns = columns or [f.column for f in encrypted_fields(model)]
-    sql = f"SELECT {qn('id')}, {', '.join(qn(c) for c in columns)} FROM {qn(model._meta.db_table)}"  # noqa: S608
+    sql = f"SELECT {qn('id')}, {', '.join(qn(c) for c in columns)} FROM {qn(model._meta.db_table)}"
     with connection.cursor() as cursor:
         cursor.execute(sql)
         return {uuid.UUID(str(row[0])): tuple(row[1:]) for row in cursor.fetchall()}

@@ -51,7 +51,7 @@ def raw_delete(*ids: int) -> None:
     PostgreSQL, as the trail's owner, with the append-only trigger switched off)."""
     with trail_tampering() as cursor:
         cursor.execute(
-            f"DELETE FROM audit_auditevent WHERE id IN ({', '.join(['%s'] * len(ids))})",  # noqa: S608
+            f"DELETE FROM audit_auditevent WHERE id IN ({', '.join(['%s'] * len(ids))})",
             list(ids),
         )
         assert cursor.rowcount == len(ids)

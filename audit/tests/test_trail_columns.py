@@ -27,7 +27,8 @@ def test_the_context_columns_are_the_chains_own():
 def test_the_postgresql_insert_of_reads_stores_every_chained_column():
     inserted = re.match(r'INSERT INTO "audit_auditevent" \(([^)]*)\)', services._INSERT_READS).group(1)
     names = [name.strip() for name in inserted.split(",")]
-    assert set(names) == {*chain.COLUMNS, "mac"} and len(names) == len(chain.COLUMNS) + 1
+    assert set(names) == {*chain.COLUMNS, "mac"}
+    assert len(names) == len(chain.COLUMNS) + 1
     # One value per column, the address cast where the address goes.
     values = re.search(r" SELECT (.*) FROM unnest", services._INSERT_READS).group(1).split(", ")
     assert len(values) == len(names)

@@ -16,7 +16,8 @@ def test_it_lists_who_opened_a_record_for_a_practice_admin(secretary, practice_a
     assert "Secretary" in body  # the role label
     assert "192.0.2.10" in body
     assert f"/patients/{patient.pk}/" in body
-    assert "last name" in body and "social security number (NIR)" in body
+    assert "last name" in body
+    assert "social security number (NIR)" in body
     read = AuditEvent.objects.get(event_type=EventType.READ, actor_user_id=secretary.pk)
     assert read.user_agent == "FrontDesk/1"
     assert read.actor_role == "Secretary"

@@ -93,7 +93,8 @@ def test_it_sends_nothing_when_nothing_happened_since_and_mails_the_next_event_a
     later = lockout("dr.martin")
     assert alerts.security_alerts_send(settle=NOW) == 1
     [mail] = mailoutbox
-    assert "dr.martin" in mail.body and "sophie" not in mail.body
+    assert "dr.martin" in mail.body
+    assert "sophie" not in mail.body
     assert f"/admin/audit/auditevent/{later.pk}/change/" in mail.body
 
 
@@ -153,8 +154,10 @@ def test_it_lists_the_first_two_hundred_and_counts_the_rest(admins, mailoutbox):
     assert alerts.security_alerts_send(settle=NOW) == 206
 
     [mail] = mailoutbox
-    assert "Locked out × 205" in mail.subject and "Read budget exceeded × 1" in mail.subject
-    assert "user199" in mail.body and "user200" not in mail.body
+    assert "Locked out × 205" in mail.subject
+    assert "Read budget exceeded × 1" in mail.subject
+    assert "user199" in mail.body
+    assert "user200" not in mail.body
     assert "… and 6 more, in the audit trail." in mail.body
     assert alerts.security_alerts_send(settle=NOW) == 0
 
@@ -187,7 +190,7 @@ def test_a_failed_mail_leaves_the_events_for_the_next_run(admins, mailoutbox, se
     settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
     settings.EMAIL_HOST, settings.EMAIL_PORT, settings.EMAIL_TIMEOUT = "127.0.0.1", 1, 1
     lockout()
-    with pytest.raises(OSError):
+    with pytest.raises(ConnectionRefusedError):
         alerts.security_alerts_send(settle=NOW)
     assert AlertCursor.objects.get().last_event_id == 0
 
@@ -208,7 +211,8 @@ def test_it_waits_for_events_that_may_still_be_committing(admins, mailoutbox, au
     assert AlertCursor.objects.get().last_event_id == old.pk
     AuditEvent.objects.filter(pk=young.pk).update(occurred_at=old.occurred_at - datetime.timedelta(seconds=10))
     assert alerts.security_alerts_send() == 2
-    assert "young" in mailoutbox[1].body and "after" in mailoutbox[1].body
+    assert "young" in mailoutbox[1].body
+    assert "after" in mailoutbox[1].body
 
 
 def test_it_enqueues_the_mail_when_the_event_commits(admins, mailoutbox, eager, django_capture_on_commit_callbacks):
@@ -299,7 +303,8 @@ def test_a_block_pulls_a_pending_lockout_batch_forward(enqueued, mailoutbox, dja
     assert alerts.security_alerts_send(settle=NOW) == 3
     assert alerts.security_alerts_send(settle=NOW) == 0
     [mail] = mailoutbox
-    assert "Locked out × 2" in mail.subject and "Read budget exceeded × 1" in mail.subject
+    assert "Locked out × 2" in mail.subject
+    assert "Read budget exceeded × 1" in mail.subject
 
     # The block mailed, lockouts batch again.
     _window_ends()

@@ -143,9 +143,11 @@ def test_it_flags_a_script_walking_patient_pages_and_mails_the_admins_once(
     assert result["alerts"] >= 1
 
     walks = found(kind=AnomalyKind.WALKING, session=session)
-    assert walks and max(a.severity for a in walks) == Severity.HIGH
+    assert walks
+    assert max(a.severity for a in walks) == Severity.HIGH
     walk = max(walks, key=lambda a: a.patient_count)
-    assert walk.username == secretary.username and walk.details["writes"] == 0
+    assert walk.username == secretary.username
+    assert walk.details["writes"] == 0
     assert walk.details["gap_variation"] <= 0.5
     # The events behind it: this session's reads, of exactly the patients it walked.
     behind = {e.patient_id for w in walks for e in anomaly_events(w)}
@@ -153,15 +155,19 @@ def test_it_flags_a_script_walking_patient_pages_and_mails_the_admins_once(
     assert {e.session for w in walks for e in anomaly_events(w)} == {session}
 
     [mail] = mailoutbox
-    assert "Anomaly detected" in mail.subject and mail.to == ["alice@clinic.example"]
+    assert "Anomaly detected" in mail.subject
+    assert mail.to == ["alice@clinic.example"]
     high = next(w for w in walks if w.severity == Severity.HIGH)
     assert reverse("investigations:anomaly", args=[high.pk]) in mail.body
-    assert secretary.username in mail.body and "Walk0" not in mail.body  # no patient data
+    assert secretary.username in mail.body
+    assert "Walk0" not in mail.body
     alert = AuditEvent.objects.get(event_type=EventType.ANOMALY)
-    assert alert.pk == high.alert_event_id and alert.actor_username == "system:anomalies_scan"
+    assert alert.pk == high.alert_event_id
+    assert alert.actor_username == "system:anomalies_scan"
 
     page = client_for(mailed_admin).get(reverse("investigations:anomaly", args=[high.pk])).content.decode()
-    assert "Variation of the gaps (0: machine-regular)" in page and "Writes in the hour" in page
+    assert "Variation of the gaps (0: machine-regular)" in page
+    assert "Writes in the hour" in page
 
     # The next runs find the same: no new row, no second mail.
     rows = Anomaly.objects.count()
@@ -195,7 +201,8 @@ def test_it_flags_a_session_guessing_ids_and_records_each_404_without_the_query(
 
     anomalies_scan(start=timezone.now() - datetime.timedelta(hours=1), end=timezone.now())
     storms = found(kind=AnomalyKind.FAILURES, session=session)
-    assert storms and sum(a.event_count for a in storms) == 50
+    assert storms
+    assert sum(a.event_count for a in storms) == 50
     assert max(a.severity for a in storms) >= Severity.MEDIUM
     storm = max(storms, key=lambda a: a.event_count)
     page = client_for(practice_admin).get(reverse("investigations:anomaly", args=[storm.pk])).content.decode()
@@ -325,7 +332,8 @@ def test_a_practitioner_reading_a_patient_without_appointment_is_flagged(practit
     scan_day(MONDAY, 8, 19)
 
     [anomaly] = found(kind=AnomalyKind.NO_APPOINTMENT)
-    assert anomaly.username == practitioner.username and anomaly.patient_count == 1
+    assert anomaly.username == practitioner.username
+    assert anomaly.patient_count == 1
     assert anomaly.evidence["patient_ids"] == [str(stranger.pk)]
     assert [e.patient_id for e in anomaly_events(anomaly)] == [stranger.pk]
     assert not found(kind=AnomalyKind.NO_APPOINTMENT, user_id=secretary.pk)  # the front desk reads everyone
@@ -341,7 +349,8 @@ def test_many_patients_through_the_list_pages_are_flagged(secretary):
     scan_day(MONDAY, 8, 19)
 
     [anomaly] = found(kind=AnomalyKind.LIST_PAGES)
-    assert anomaly.patient_count == 260 and anomaly.severity == Severity.MEDIUM
+    assert anomaly.patient_count == 260
+    assert anomaly.severity == Severity.MEDIUM
 
 
 def test_volume_is_judged_against_the_users_own_busiest_hours(secretary):
@@ -358,8 +367,10 @@ def test_volume_is_judged_against_the_users_own_busiest_hours(secretary):
 
     [anomaly] = found(kind=AnomalyKind.VOLUME)
     assert anomaly.window_start == at(MONDAY, 10)
-    assert anomaly.details["baseline_p95"] == 40 and anomaly.details["baseline_hours"] == 42
-    assert anomaly.patient_count == 130 and anomaly.severity == Severity.MEDIUM  # 3.25 times
+    assert anomaly.details["baseline_p95"] == 40
+    assert anomaly.details["baseline_hours"] == 42
+    assert anomaly.patient_count == 130
+    assert anomaly.severity == Severity.MEDIUM
 
 
 def test_the_scan_is_idempotent_and_a_shorter_rerun_shrinks_nothing(secretary):
@@ -373,10 +384,12 @@ def test_the_scan_is_idempotent_and_a_shorter_rerun_shrinks_nothing(secretary):
     anomalies_scan(start=at(MONDAY, 22, 25), end=at(MONDAY, 23))
     anomalies_scan(start=at(MONDAY, 22), end=at(MONDAY, 23))
     [grown] = found()
-    assert grown.pk == first.pk and grown.patient_count == 3
+    assert grown.pk == first.pk
+    assert grown.patient_count == 3
     anomalies_scan(start=at(MONDAY, 22), end=at(MONDAY, 22, 30))
     [same] = found()
-    assert same.patient_count == 3 and Anomaly.objects.count() == 1
+    assert same.patient_count == 3
+    assert Anomaly.objects.count() == 1
 
 
 def test_the_periodic_run_continues_from_its_cursor(secretary):
@@ -385,7 +398,8 @@ def test_the_periodic_run_continues_from_its_cursor(secretary):
     assert first.start == now - datetime.timedelta(hours=1)
     later = now + datetime.timedelta(minutes=5)
     second = anomalies.anomalies_scan_due(now=later)
-    assert second.start == now - anomalies.SETTLE and second.end == later
+    assert second.start == now - anomalies.SETTLE
+    assert second.end == later
     assert AnomalyCursor.objects.get().scanned_until == later
 
 
@@ -421,7 +435,8 @@ def test_a_practice_admin_filters_and_reviews_an_anomaly(practice_admin, secreta
     client = client_for(practice_admin)
 
     listed = client.get(reverse("investigations:anomalies"), {"kind": "out_of_hours", "reviewed": "no"})
-    assert listed.status_code == 200 and reverse("investigations:anomaly", args=[anomaly.pk]) in listed.content.decode()
+    assert listed.status_code == 200
+    assert reverse("investigations:anomaly", args=[anomaly.pk]) in listed.content.decode()
     assert (
         reverse("investigations:anomaly", args=[anomaly.pk])
         not in client.get(reverse("investigations:anomalies"), {"kind": "walking"}).content.decode()
@@ -434,9 +449,11 @@ def test_a_practice_admin_filters_and_reviews_an_anomaly(practice_admin, secreta
     )
     assert response.status_code == 302
     anomaly.refresh_from_db()
-    assert anomaly.reviewed_by == practice_admin.username and anomaly.review_note == "Late call to the lab"
+    assert anomaly.reviewed_by == practice_admin.username
+    assert anomaly.review_note == "Late call to the lab"
     event = AuditEvent.objects.get(event_type=EventType.CHANGE, model_label="audit.Anomaly")
-    assert event.actor_username == practice_admin.username and event.object_pk == str(anomaly.pk)
+    assert event.actor_username == practice_admin.username
+    assert event.object_pk == str(anomaly.pk)
     assert (
         reverse("investigations:anomaly", args=[anomaly.pk])
         not in client.get(reverse("investigations:anomalies"), {"reviewed": "no"}).content.decode()
@@ -453,7 +470,8 @@ def test_a_practice_admin_runs_the_scan_from_the_list(practice_admin, secretary)
     assert response.status_code == 200
     assert "Scan done" in response.content.decode()
     [anomaly] = found(kind=AnomalyKind.LIST_PAGES)
-    assert anomaly.user_id == secretary.pk and anomaly.patient_count == 120
+    assert anomaly.user_id == secretary.pk
+    assert anomaly.patient_count == 120
     assert AnomalyCursor.objects.get().scanned_until is not None
 
 
@@ -471,17 +489,21 @@ def test_the_chart_shows_distinct_patients_per_user_and_hour(practice_admin, sec
 
     assert response.status_code == 200
     body = response.content.decode()
-    assert "<svg" in body and "<polyline" in body
+    assert "<svg" in body
+    assert "<polyline" in body
     chart = response.context["chart"]
     rows = {s["username"]: s["counts"] for s in chart["series"]}
     assert [tick["label"] for tick in chart["x_ticks"]] == [f"{h:02d}" for h in range(24)]
-    assert rows[secretary.username][9] == 5 and rows[secretary.username][14] == 12
+    assert rows[secretary.username][9] == 5
+    assert rows[secretary.username][14] == 12
     assert sum(rows[secretary.username]) == 17
-    assert rows[practitioner.username][9] == 3 and sum(rows[practitioner.username]) == 3
+    assert rows[practitioner.username][9] == 3
+    assert sum(rows[practitioner.username]) == 3
     assert f'<th scope="row">{secretary.username}</th>' in body
     assert f"{secretary.username}, 14:00: 12" in body  # the point's tooltip
     distribution = {u["username"]: u for u in response.context["distribution"]}
-    assert distribution[secretary.username]["max"] == 30 and distribution[secretary.username]["days"] == 2
+    assert distribution[secretary.username]["max"] == 30
+    assert distribution[secretary.username]["days"] == 2
     assert distribution[secretary.username]["median"] == 23.5
     assert distribution[practitioner.username]["max"] == 3
     assert f'type="date" name="day" value="{MONDAY.isoformat()}"' in body  # the day picker shows the day

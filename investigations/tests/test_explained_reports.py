@@ -75,7 +75,8 @@ def test_each_read_says_what_explained_it_in_words(secretary, practice_admin, cl
     response, body = _report(practice_admin, patient)
     words = f"appointment of {when_text(appointment.start)} with Dr Claire Martin (Consultation)"
     assert words in body
-    assert "Opened the record" in body and "Patient record opened" in body
+    assert "Opened the record" in body
+    assert "Patient record opened" in body
     # The report decrypted the patient's name for its header, nothing else (no reason, no note).
     admin_reads = AuditEvent.objects.filter(event_type=EventType.READ, actor_user_id=practice_admin.pk)
     assert [(r.patient_id, r.model_label, r.fields) for r in admin_reads] == [
@@ -175,9 +176,12 @@ def test_list_appearances_are_apart_and_summarised_per_person_and_hour(secretary
     opened = [e for e in response.context["page"] if e.event_type == EventType.READ and e.actor_user_id == secretary.pk]
     assert [e.purpose for e in opened] == ["patients:detail"]
     [line] = [r for r in response.context["lists"] if r["actor_username"] == secretary.username]
-    assert line["reads"] == 5 and line["purpose"] == "patients:list" and not line["held"]
+    assert line["reads"] == 5
+    assert line["purpose"] == "patients:list"
+    assert not line["held"]
     assert line["why_words"].startswith(f"appointment of {when_text(appointment.start)}")
-    assert "Appeared in a list or agenda" in body and "Patient list or search" in body
+    assert "Appeared in a list or agenda" in body
+    assert "Patient list or search" in body
 
 
 def test_the_report_pages_and_keeps_its_filters(secretary, practitioner, practice_admin):
@@ -195,7 +199,8 @@ def test_the_report_pages_and_keeps_its_filters(secretary, practitioner, practic
             ctx.flush()
     response, body = _report(practice_admin, patient, who=secretary.username)
     page = response.context["page"]
-    assert page.paginator.count == 60 and len(page.object_list) == 50
+    assert page.paginator.count == 60
+    assert len(page.object_list) == 50
     assert {e.actor_username for e in page.object_list} == {secretary.username}
     assert f"who={secretary.username}&amp;page=2" in body
     response, _body = _report(practice_admin, patient, who=secretary.username, page=2)
@@ -224,7 +229,8 @@ def withheld_search(secretary, settings):
 def test_a_withheld_page_is_shown_as_decrypted_not_served(secretary, practice_admin, withheld_search):
     response, body = _report(practice_admin, withheld_search[0])
     [line] = response.context["lists"]
-    assert line["held"] and line["why_words"] == "masked search line"
+    assert line["held"]
+    assert line["why_words"] == "masked search line"
     assert "decrypted, not served" in body
 
 
@@ -251,15 +257,19 @@ def test_the_breach_scope_counts_what_left_explained_or_not(secretary, practice_
     }
     body = client_for(practice_admin).get(reverse("investigations:breach_scope"), query).content.decode()
     assert "3 patients exposed" in body
-    assert "2 patients explained" in body and "1 patient unexplained" in body
-    assert "Decrypted and withheld" in body and str(withheld_search[0].pk) in body
-    assert "Dupont" not in body and "DUPONT" not in body
+    assert "2 patients explained" in body
+    assert "1 patient unexplained" in body
+    assert "Decrypted and withheld" in body
+    assert str(withheld_search[0].pk) in body
+    assert "Dupont" not in body
+    assert "DUPONT" not in body
 
     out = io.StringIO()
     day = now.date().isoformat()
     call_command("audit_breach_scope", "--from", day, "--to", day, "--user", secretary.username, stdout=out)
     text = out.getvalue()
-    assert "3 patients exposed" in text and "unexplained: 1 patients" in text
+    assert "3 patients exposed" in text
+    assert "unexplained: 1 patients" in text
     assert "Decrypted and withheld (not served, not in the list): 2 patients" in text
 
 
@@ -275,7 +285,8 @@ def test_a_page_refused_after_its_reads_were_written_is_withheld_too(secretary):
     with opened(AuditContext(purpose="x", request=request, request_id=ctx.request_id)):
         audit_event_write(event_type=EventType.WITHHELD, extra={"withheld": "read-limit"})
     scope = breach_scope(actor_user_id=secretary.pk, **_window())
-    assert scope.patient_ids == [] and scope.withheld_ids == [patient.pk]
+    assert scope.patient_ids == []
+    assert scope.withheld_ids == [patient.pk]
 
 
 def test_the_breach_scope_stays_one_query(secretary, clinic, withheld_search, django_assert_num_queries):
@@ -284,7 +295,8 @@ def test_the_breach_scope_stays_one_query(secretary, clinic, withheld_search, dj
         client.get(patient.get_absolute_url())
     with django_assert_num_queries(1):
         scope = breach_scope(**_window())
-    assert scope.unexplained_count == 2 and scope.withheld_count == 2
+    assert scope.unexplained_count == 2
+    assert scope.withheld_count == 2
 
 
 # --------------------------------------------------------------------------- anomaly page, reads chart
@@ -307,7 +319,8 @@ def test_the_anomaly_page_and_the_chart_count_unexplained_patients_per_account(s
     response = admin.get(reverse("investigations:read_chart"))
     assert response.status_code == 200
     [series] = [s for s in response.context["chart"]["series"] if s["username"] == secretary.username]
-    assert sum(series["unexplained"]) == 2 and max(series["counts"]) == 3
+    assert sum(series["unexplained"]) == 2
+    assert max(series["counts"]) == 3
     assert "Unexplained: distinct patients per user and hour" in response.content.decode()
 
 

@@ -132,17 +132,20 @@ def test_the_incident_replayed_is_stopped_after_one_budget(
         f"{first_refusal + 1} on; {len(decrypted)} patients decrypted; {len(scraped)} links scraped; "
         f"statuses {statuses}"
     )
-    assert first_refusal is not None and statuses[200] == first_refusal
+    assert first_refusal is not None
+    assert statuses[200] == first_refusal
     assert statuses[429] == tried - first_refusal > (PAGES - first_refusal) // REFUSED_SAMPLE
     assert 0 < len(decrypted) <= hour_budget
     assert scraped  # the lists worked until the budget ran out
 
     # The trail knows who did it; one block, one event, one mail.
     block = ReadBlock.objects.get(user_id=secretary.pk)
-    assert block.lifted_at is None and block.budget == hour_budget
+    assert block.lifted_at is None
+    assert block.budget == hour_budget
     assert AuditEvent.objects.filter(event_type=EventType.BUDGET_BLOCK, session=session).count() == 1
     [mail] = mailoutbox
-    assert "Read budget exceeded" in mail.subject and secretary.username in mail.body
+    assert "Read budget exceeded" in mail.subject
+    assert secretary.username in mail.body
 
     # Everything this session decrypted is in its reads: nothing decrypted elsewhere.
     assert set(AuditEvent.objects.filter(event_type=EventType.READ).values_list("session", flat=True)) == {session}

@@ -70,12 +70,15 @@ def test_it_reports_reads_and_changes_of_that_patient_only(secretary, practice_a
     body = response.content.decode()
     assert response.status_code == 200
     assert "no-store" in response["Cache-Control"]
-    assert secretary.username in body and "Secretary" in body
+    assert secretary.username in body
+    assert "Secretary" in body
     assert "192.0.2.44" in body
     assert "192.0.2.99" not in body  # the other patient's read
-    assert "Decrypted read" in body and "Changed" in body
+    assert "Decrypted read" in body
+    assert "Changed" in body
     assert "Patient record opened" in body  # the purpose, in words
-    assert "last name" in body and "mobile phone" in body
+    assert "last name" in body
+    assert "mobile phone" in body
     assert reverse("investigations:patient_access_print", args=[patient.pk]) in body
 
 
@@ -104,10 +107,13 @@ def test_it_prints_the_report_with_the_practice_and_the_patient(secretary, pract
     body = response.content.decode()
     assert response.status_code == 200
     assert "no-store" in response["Cache-Control"]
-    assert "Cabinet des Lilas" in body and "01 23 45 67 89" in body
+    assert "Cabinet des Lilas" in body
+    assert "01 23 45 67 89" in body
     assert "LEFÈVRE Anne-Marie" in body
     assert "css/print.css" in body
-    assert secretary.username in body and "192.0.2.44" in body and "last name" in body
+    assert secretary.username in body
+    assert "192.0.2.44" in body
+    assert "last name" in body
     # Naming the patient in the header is a read, audited like any other.
     read = AuditEvent.objects.get(event_type=EventType.READ, actor_user_id=practice_admin.pk)
     assert read.patient_id == patient.pk
@@ -142,7 +148,8 @@ def test_it_scopes_one_actor_and_a_window_exactly(secretary, practitioner, four)
         ("patients.Patient", "last_name"): (2, 2),
         ("patients.Patient", "nir"): (1, 1),
     }
-    assert scope.patient_count == 2 and scope.total_reads == 3
+    assert scope.patient_count == 2
+    assert scope.total_reads == 3
 
 
 def test_it_scopes_an_ip_a_session_and_everyone(secretary, practitioner, four):
@@ -222,7 +229,8 @@ def test_it_shows_the_scope_by_patient_id_without_decrypting(secretary, practice
     assert str(four[1].pk) not in body
     assert "1 patient exposed" in body
     assert "last name" in body  # a field total
-    assert "Patient0" not in body and "PATIENT0" not in body
+    assert "Patient0" not in body
+    assert "PATIENT0" not in body
     assert AuditEvent.objects.filter(event_type=EventType.READ).count() == reads_before  # nothing decrypted
     assert "Download the notification list (CSV)" in body
 
@@ -261,7 +269,8 @@ def test_the_notification_list_is_audited_and_watermarked(secretary, practice_ad
     assert "no-store" in response["Cache-Control"]
     rows = list(csv.reader(io.StringIO(response.content.decode())))
     watermark, header, *patients = rows
-    assert practice_admin.username in watermark[0] and PURPOSE in watermark[0]
+    assert practice_admin.username in watermark[0]
+    assert PURPOSE in watermark[0]
     assert timezone.localtime().strftime("%Y-%m-%d") in watermark[0]
     assert header[:4] == ["patient id", "last name", "first names", "birth date"]
     assert {r[0] for r in patients} == {str(p.pk) for p in four[:3]}
@@ -281,7 +290,8 @@ def test_the_notification_list_is_audited_and_watermarked(secretary, practice_ad
     reads = AuditEvent.objects.filter(event_type=EventType.READ, actor_user_id=practice_admin.pk)
     assert {r.patient_id for r in reads} == {p.pk for p in four[:3]}
     assert {r.purpose for r in reads} == {PURPOSE}
-    assert "phone_mobile" in reads.first().fields and "nir" not in reads.first().fields
+    assert "phone_mobile" in reads.first().fields
+    assert "nir" not in reads.first().fields
     export = AuditEvent.objects.get(event_type=EventType.EXPORT)
     assert export.actor_user_id == practice_admin.pk
     assert export.purpose == PURPOSE
@@ -329,7 +339,8 @@ def test_the_command_prints_fields_and_patients(secretary, four, capsys):
     text = out.getvalue()
     assert "2 patients exposed, 2 reads" in text
     assert "patients.Patient.nir (social security number (NIR)): 2, 2" in text
-    assert str(four[0].pk) in text and str(four[1].pk) in text
+    assert str(four[0].pk) in text
+    assert str(four[1].pk) in text
     assert str(four[2].pk) not in text
     assert not AuditEvent.objects.filter(event_type=EventType.EXPORT).exists()
 
@@ -352,14 +363,16 @@ def test_the_command_writes_the_notification_list_audited(secretary, four, tmp_p
         stdout=io.StringIO(),
     )
     rows = list(csv.reader(target.open(encoding="utf-8")))
-    assert "system:command:audit_breach_scope" in rows[0][0] and PURPOSE in rows[0][0]
+    assert "system:command:audit_breach_scope" in rows[0][0]
+    assert PURPOSE in rows[0][0]
     assert {r[0] for r in rows[2:]} == {str(p.pk) for p in four[:2]}
     assert target.stat().st_mode & 0o077 == 0
     reads = AuditEvent.objects.filter(event_type=EventType.READ, actor_username="system:command:audit_breach_scope")
     assert {r.patient_id for r in reads} == {p.pk for p in four[:2]}
     assert {r.purpose for r in reads} == {PURPOSE}
     export = AuditEvent.objects.get(event_type=EventType.EXPORT)
-    assert export.extra["count"] == 2 and export.extra["scope"]["ip"] == "203.0.113.9"
+    assert export.extra["count"] == 2
+    assert export.extra["scope"]["ip"] == "203.0.113.9"
 
 
 def test_the_command_wants_a_purpose_for_the_list(tmp_path, db):
@@ -381,7 +394,8 @@ def test_it_keeps_the_reports_from_everyone_but_practice_admins(name, secretary,
     from django.test import Client
 
     response = Client().get(url)
-    assert response.status_code == 302 and response["Location"].startswith("/accounts/login/")
+    assert response.status_code == 302
+    assert response["Location"].startswith("/accounts/login/")
     assert not AuditEvent.objects.filter(event_type=EventType.READ).exclude(actor_username="system:tests:fixture")
 
 

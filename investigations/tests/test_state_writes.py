@@ -74,7 +74,7 @@ def test_it_lifts_a_block_with_a_reason_and_one_event(secretary, practice_admin,
 
 def test_it_refuses_a_lift_without_a_reason_or_by_the_blocked_account(secretary):
     block = _block(secretary)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="reason is required"):
         services.read_block_lift(block=block, actor=Actor.for_user(secretary), reason="   ")
     with pytest.raises(PermissionError):
         services.read_block_lift(block=block, actor=Actor.for_user(secretary), reason="It was me, honestly.")

@@ -33,7 +33,8 @@ def test_a_change_in_admin_is_saved_and_audited_with_the_fields_changed(practice
     assert response.status_code == 302, response.context["adminform"].form.errors if response.context else ""
     with system_context("tests"):
         saved = Patient.objects.get(pk=patient.pk)
-        assert saved.last_name == "Lefebvre" and saved.consent_sms
+        assert saved.last_name == "Lefebvre"
+        assert saved.consent_sms
     [change] = AuditEvent.objects.filter(event_type=EventType.CHANGE, patient_id=patient.pk)
     assert sorted(change.fields) == ["consent_sms", "last_name"]
     assert change.actor_user_id == practice_admin.pk

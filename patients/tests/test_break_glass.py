@@ -178,7 +178,8 @@ def test_it_opens_that_record_only_and_audits_the_reason(
     assert f"Emergency access until {until}, reason: {REASON}" in body
     assert "Edit" not in body
     reads = _reads_by(practitioner)
-    assert reads and {r.patient_id for r in reads} == {patient.pk}
+    assert reads
+    assert {r.patient_id for r in reads} == {patient.pk}
 
     # That record only, for that practitioner only, and still no editing.
     assert doctor_client.get(_detail_url(other_patient.pk)).status_code == 404
@@ -285,7 +286,8 @@ def test_it_lists_grants_for_review_without_decrypting_anyone(admin_client, gran
     assert grant.username in body
     assert str(patient.pk) in body
     assert REASON in body
-    assert "Lefèvre" not in body and "LEFÈVRE" not in body
+    assert "Lefèvre" not in body
+    assert "LEFÈVRE" not in body
     assert not AuditEvent.objects.filter(event_type=EventType.READ).exists()
 
     change = admin_client.get(f"{CHANGELIST}{grant.pk}/change/")

@@ -113,14 +113,16 @@ def test_it_refuses_an_export_without_a_purpose_or_patients_and_decrypts_nothing
     assert response.status_code == 400
     assert message in response.content.decode()
     assert "Content-Disposition" not in response
-    assert not reads() and not _exports()
+    assert not reads()
+    assert not _exports()
 
 
 def test_it_caps_the_number_of_patients_per_export(secretary, people):
     ids = [str(uuid.uuid4()) for _ in range(EXPORT_LIST_LIMIT)] + [str(people[0].pk)]
     response = client_for(secretary).post(reverse("patients:export_list"), {"patient": ids, "purpose": PURPOSE})
     assert response.status_code == 400
-    assert not reads() and not _exports()
+    assert not reads()
+    assert not _exports()
 
 
 def test_it_lets_practice_admins_export_a_list(practice_admin, people):
@@ -135,12 +137,14 @@ def test_it_keeps_list_exports_from_practitioners_and_outsiders(request, persona
     make_appointment(people[0], request.getfixturevalue("practitioner"))
     data = {"patient": [str(people[0].pk)], "purpose": PURPOSE}
     assert client_for(user).post(reverse("patients:export_list"), data).status_code == 403
-    assert not reads() and not _exports()
+    assert not reads()
+    assert not _exports()
 
 
 def test_it_sends_anonymous_users_to_login_and_refuses_a_get(secretary, people):
     response = Client().post(reverse("patients:export_list"), {"patient": [str(people[0].pk)], "purpose": PURPOSE})
-    assert response.status_code == 302 and response["Location"].startswith("/accounts/login/")
+    assert response.status_code == 302
+    assert response["Location"].startswith("/accounts/login/")
     assert client_for(secretary).get(reverse("patients:export_list")).status_code == 405
     assert not reads()
 
@@ -188,7 +192,8 @@ def test_it_shows_the_export_form_without_decrypting(secretary, patient):
     assert response.status_code == 200
     assert "Purpose of this export" in response.content.decode()
     assert "no-store" in response["Cache-Control"]
-    assert not reads() and not _exports()
+    assert not reads()
+    assert not _exports()
 
 
 def test_it_exports_a_patient_s_own_data_as_json(secretary, patient, seen):
@@ -263,7 +268,8 @@ def test_it_asks_again_for_a_missing_purpose(secretary, patient):
     response = client_for(secretary).post(_export_url(patient), {"purpose": "", "file_format": "json"})
     assert response.status_code == 200
     assert "State the purpose of this export." in response.content.decode()
-    assert not reads() and not _exports()
+    assert not reads()
+    assert not _exports()
 
 
 def test_it_keeps_the_export_from_practitioners_even_for_their_own_patients(practitioner, patient, seen):
@@ -271,7 +277,8 @@ def test_it_keeps_the_export_from_practitioners_even_for_their_own_patients(prac
     assert client.get(_export_url(patient)).status_code == 403
     assert client.post(_export_url(patient), {"purpose": ACCESS_PURPOSE}).status_code == 403
     assert client.get(reverse("patients:export", args=[uuid.uuid4()])).status_code == 403
-    assert not reads() and not _exports()
+    assert not reads()
+    assert not _exports()
 
 
 def test_it_answers_404_for_an_unknown_patient(secretary):
@@ -296,7 +303,8 @@ def test_it_counts_a_list_export_against_the_read_budget(secretary, people, sett
     assert response.status_code == 429
     assert "Content-Disposition" not in response
     body = response.content.decode()
-    assert "Lefèvre" not in body and "Girard" not in body
+    assert "Lefèvre" not in body
+    assert "Girard" not in body
     assert not _exports()  # no file left: no export to record
     assert len({r.patient_id for r in reads()}) == 1  # what was decrypted before the refusal
 

@@ -61,5 +61,6 @@ def test_a_lockout_is_still_logged(secretary, caplog):
     assert [w.split(" by ")[0] for w in warnings[:5]] == ["AXES: New login failure"] + [
         "AXES: Repeated login failure"
     ] * 4
-    assert warnings[5].startswith("AXES: Locking out ") and len(warnings) == 6
+    assert warnings[5].startswith("AXES: Locking out ")
+    assert len(warnings) == 6
     assert not any("wrong guess" in w or secretary.username in w for w in warnings)

@@ -152,10 +152,12 @@ def test_a_practice_admin_sees_who_is_locked_and_why(admin_client, secretary):
     assert 'field-locked">this account from this address<' in secretary_row
     # Each sprayed username failed once: five together lock neither them nor the address.
     sprayed = [r for r in rows if "guess" in r]
-    assert len(sprayed) == 5 and all('field-locked">no<' in r for r in sprayed)
+    assert len(sprayed) == 5
+    assert all('field-locked">no<' in r for r in sprayed)
     assert admin_client.get(LOCKED_URL, {"locked": "no"}).text.count(">guess") == 5
     locked = admin_client.get(LOCKED_URL, {"locked": "yes"}).text
-    assert ">guess" not in locked and secretary.username in locked
+    assert ">guess" not in locked
+    assert secretary.username in locked
 
 
 def test_a_practice_admin_lifts_a_lockout(admin_client, practice_admin, secretary):
@@ -188,7 +190,9 @@ def test_attempts_cannot_be_added_or_changed_in_admin(admin_client, secretary):
     attempt = AccessAttempt.objects.get()
     assert admin_client.get(f"{LOCKED_URL}add/").status_code == 403
     view = admin_client.get(f"{LOCKED_URL}{attempt.pk}/change/")
-    assert view.status_code == 200 and "<form" in view.text and 'name="_save"' not in view.text
+    assert view.status_code == 200
+    assert "<form" in view.text
+    assert 'name="_save"' not in view.text
     response = admin_client.post(f"{LOCKED_URL}{attempt.pk}/change/", {"failures_since_start": 0})
     assert response.status_code == 403
     assert AccessAttempt.objects.get().failures_since_start == 5
@@ -206,7 +210,8 @@ def test_only_practice_admins_reach_the_lockouts(request, persona, practice_admi
     attempt = AccessAttempt.objects.get()
     client = client_for(request.getfixturevalue(persona))
     response = client.get(LOCKED_URL)
-    assert response.status_code == 302 and response.url.startswith("/admin/login/")
+    assert response.status_code == 302
+    assert response.url.startswith("/admin/login/")
     assert client.get(response.url).status_code == 403
     client.post(LOCKED_URL, {"action": "lockout_lift_action", "_selected_action": [attempt.pk], "index": 0})
     client.post(f"{LOCKED_URL}{attempt.pk}/delete/", {"post": "yes"})

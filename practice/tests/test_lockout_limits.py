@@ -60,7 +60,8 @@ def test_an_address_failing_past_ten_is_told_to_wait_a_growing_delay(practitione
         client = Client()
         response = log_in(practitioner.username, PASSWORD, client=client)
         assert response.status_code == 429
-        assert WAITING in response.text and "Your password was not checked." in response.text
+        assert WAITING in response.text
+        assert "Your password was not checked." in response.text
         assert "_auth_user_id" not in client.session
         waits.append(int(response["Retry-After"]))
         elapse(datetime.timedelta(seconds=waits[-1]))
@@ -80,7 +81,8 @@ def test_fifty_failures_lock_the_address_for_every_account(practitioner, setting
     assert answers == [200] * 49 + [429]
     response = log_in(practitioner.username, PASSWORD)
     assert response.status_code == 429
-    assert ADDRESS_LOCKED in response.text and "Try again in 15 minutes" in response.text
+    assert ADDRESS_LOCKED in response.text
+    assert "Try again in 15 minutes" in response.text
     assert response["Retry-After"] == "900"
     # Any other address logs in.
     assert log_in(practitioner.username, PASSWORD, ip=OFFICE).status_code == 302
@@ -112,7 +114,8 @@ def test_an_account_tried_from_many_addresses_is_locked_everywhere(secretary, pr
     assert answers == [200] * 19 + [429]
     response = log_in(secretary.username, PASSWORD, ip=OFFICE)
     assert response.status_code == 429
-    assert ACCOUNT_LOCKED in response.text and "Try again in 15 minutes" in response.text
+    assert ACCOUNT_LOCKED in response.text
+    assert "Try again in 15 minutes" in response.text
     # The addresses are not locked, nor the colleagues.
     assert log_in(practitioner.username, PASSWORD, ip=attacker_address(0)).status_code == 302
     assert log_in(practitioner.username, PASSWORD, ip=OFFICE).status_code == 302
@@ -149,7 +152,8 @@ def test_an_account_lockout_reads_the_same_for_an_unknown_username(secretary):
     known = [log_in(secretary.username, "wrong", ip=attacker_address(n)) for n in range(20)][-1]
     unknown = [log_in("nobody.here", "wrong", ip=attacker_address(n)) for n in range(20)][-1]
     assert known.status_code == unknown.status_code == 429
-    assert page(known) == page(unknown) and known["Retry-After"] == unknown["Retry-After"]
+    assert page(known) == page(unknown)
+    assert known["Retry-After"] == unknown["Retry-After"]
     # And the right password of the locked account changes nothing in the answer.
     assert page(log_in(secretary.username, PASSWORD, ip=OFFICE)) == page(unknown)
 
@@ -183,7 +187,8 @@ def test_the_pages_that_refuse_are_in_french(secretary, settings):
     assert "La connexion depuis votre réseau est suspendue" in answer("guess11", ATTACKER)
     for n in range(3):
         text = answer(secretary.username, attacker_address(100 + n))
-    assert "La connexion avec cet identifiant est suspendue" in text and "Réessayez dans 15 minutes" in text
+    assert "La connexion avec cet identifiant est suspendue" in text
+    assert "Réessayez dans 15 minutes" in text
 
 
 # Races ----------------------------------------------------------------------------------------
@@ -215,7 +220,8 @@ def test_a_burst_from_one_address_checks_no_more_passwords_than_its_limit(roles,
     settings.LOGIN_ADDRESS_FAILURE_LIMIT = settings.LOGIN_ADDRESS_FREE_FAILURES = 10
     statuses = _burst([(f"guess{n}", ATTACKER) for n in range(30)])
     # Ten checked (the tenth locks the address, answered with the lockout page), the rest refused.
-    assert statuses.count(200) == 9 and statuses.count(429) == 21
+    assert statuses.count(200) == 9
+    assert statuses.count(429) == 21
     assert AuditEvent.objects.filter(event_type=EventType.LOGIN_FAILED).count() == 30
 
 
@@ -223,7 +229,8 @@ def test_a_burst_from_one_address_checks_no_more_passwords_than_its_limit(roles,
 def test_a_burst_against_one_account_checks_no_more_passwords_than_its_limit(roles, settings):
     settings.LOGIN_ACCOUNT_FAILURE_LIMIT = 20
     statuses = _burst([("sophie.secretary", attacker_address(n)) for n in range(40)])
-    assert statuses.count(200) == 19 and statuses.count(429) == 21
+    assert statuses.count(200) == 19
+    assert statuses.count(429) == 21
 
 
 # Admin ----------------------------------------------------------------------------------------
@@ -239,7 +246,8 @@ def test_a_practice_admin_sees_and_lifts_an_address_lock(practice_admin, practit
     assert [log_in(f"guess{n}", "wrong").status_code for n in range(3)] == [200, 200, 429]
     admin = client_for(practice_admin)
     rows = _rows(admin.get(LOCKED_URL, {"locked": "yes"}).text)
-    assert len(rows) == 3 and all('field-locked">IP address, for every account<' in r for r in rows)
+    assert len(rows) == 3
+    assert all('field-locked">IP address, for every account<' in r for r in rows)
     from axes.models import AccessAttempt
 
     attempt = AccessAttempt.objects.get(username="guess0")
@@ -257,7 +265,8 @@ def test_a_practice_admin_sees_and_lifts_an_account_lock(practice_admin, secreta
     assert answers == [200, 200, 429]
     admin = client_for(practice_admin)
     rows = _rows(admin.get(LOCKED_URL, {"locked": "yes"}).text)
-    assert len(rows) == 3 and all('field-locked">account, from every address<' in r for r in rows)
+    assert len(rows) == 3
+    assert all('field-locked">account, from every address<' in r for r in rows)
     from axes.models import AccessAttempt
 
     attempt = AccessAttempt.objects.filter(username=secretary.username).first()

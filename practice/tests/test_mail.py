@@ -79,7 +79,8 @@ def test_it_classifies_failures_without_naming_the_recipient(brevo, status, erro
     brevo.answer = (status, {"code": "invalid_parameter", "message": f"{ADDRESS} {BODY}"})
     with pytest.raises(error) as raised:
         _message().send()
-    assert ADDRESS not in str(raised.value) and "rendez-vous" not in str(raised.value)
+    assert ADDRESS not in str(raised.value)
+    assert "rendez-vous" not in str(raised.value)
     assert f"HTTP {status}" in str(raised.value)
 
 
@@ -122,5 +123,6 @@ def test_the_locmem_sms_backend_keeps_one_message_per_key(settings):
     sms.outbox.clear()
     key = str(uuid.uuid4())
     ids = {sms.send(to="+33612345678", body="Rappel", idempotency_key=key) for _ in range(3)}
-    assert len(ids) == 1 and len(sms.outbox) == 1
+    assert len(ids) == 1
+    assert len(sms.outbox) == 1
     sms.outbox.clear()

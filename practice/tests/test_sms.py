@@ -58,7 +58,7 @@ class _BrevoHandler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def log_message(self, format, *args):  # noqa: A002 (the base class's signature)
+    def log_message(self, format, *args):
         pass
 
 
@@ -124,7 +124,8 @@ def test_it_reports_a_refusal_without_the_number_or_the_text(brevo, caplog, stat
 
     assert not raised.value.transient
     assert str(raised.value) == f"Brevo refused the message: HTTP {status} ({code})."
-    assert raised.value.__cause__ is None and raised.value.__suppress_context__
+    assert raised.value.__cause__ is None
+    assert raised.value.__suppress_context__
     assert_no_patient_data(str(raised.value), caplog.text)
 
 
@@ -223,7 +224,8 @@ def test_it_writes_one_private_file_per_message(settings, tmp_path):
     second = sms.send(to="+33698765432", body="Autre message", sender="Cabinet")
 
     files = sorted((tmp_path / "sms").iterdir())
-    assert len(files) == 2 and first != second
+    assert len(files) == 2
+    assert first != second
     [mine] = [f for f in files if first in f.name]
     assert mine.read_text(encoding="utf-8") == f"From: Cabinet\nTo: {NUMBER}\n\n{BODY}\n"
     assert stat.S_IMODE(mine.stat().st_mode) == 0o600

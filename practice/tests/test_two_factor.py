@@ -241,7 +241,7 @@ def test_it_stores_recovery_codes_hashed(secretary):
     codes = twofactor.recovery_codes_generate(secretary)
     plain = set(codes) | {code.replace("-", "") for code in codes}
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT * FROM {RecoveryCode._meta.db_table}")  # noqa: S608 (our table name)
+        cursor.execute(f"SELECT * FROM {RecoveryCode._meta.db_table}")
         rows = cursor.fetchall()
     assert len(rows) == 10
     stored = " ".join(str(value) for row in rows for value in row).lower()

@@ -35,9 +35,11 @@ def test_the_list_shows_who_has_a_second_factor(admin_client, secretary, outside
     TOTPDevice.objects.create(user=outsider, name="authenticator", confirmed=False)  # enrolment not finished
     assert admin_client.get(USERS_URL).status_code == 200
     without = admin_client.get(USERS_URL, {"second_factor": "no"}).text
-    assert outsider.username in without and secretary.username not in without
+    assert outsider.username in without
+    assert secretary.username not in without
     with_one = admin_client.get(USERS_URL, {"second_factor": "yes"}).text
-    assert secretary.username in with_one and outsider.username not in with_one
+    assert secretary.username in with_one
+    assert outsider.username not in with_one
 
 
 def test_it_logs_a_user_out_everywhere(admin_client, practice_admin, secretary):
@@ -46,7 +48,8 @@ def test_it_logs_a_user_out_everywhere(admin_client, practice_admin, secretary):
     assert act(admin_client, "sessions_end_action", secretary).status_code == 302
     for client in (desk, laptop):
         response = client.get("/patients/")
-        assert response.status_code == 302 and response.url.startswith("/accounts/login/")
+        assert response.status_code == 302
+        assert response.url.startswith("/accounts/login/")
     assert not UserSession.objects.filter(user_id=secretary.pk).exists()
     assert admin_client.get(USERS_URL).status_code == 200  # the admin's own session goes on
     event = AuditEvent.objects.get(event_type=EventType.SESSIONS_ENDED)
@@ -80,7 +83,8 @@ def test_it_resets_a_second_factor(admin_client, practice_admin, secretary):
     response = client.post("/accounts/login/", {"username": secretary.username, "password": PASSWORD})
     assert response.status_code == 302
     response = client.get("/patients/")
-    assert response.status_code == 302 and response.url.startswith("/accounts/two-factor/setup/")
+    assert response.status_code == 302
+    assert response.url.startswith("/accounts/two-factor/setup/")
 
 
 def test_a_practice_admin_cannot_make_anyone_superuser(admin_client, practice_admin, secretary):
@@ -104,7 +108,8 @@ def test_a_practice_admin_cannot_make_anyone_superuser(admin_client, practice_ad
         response = admin_client.post(change, data)
         assert response.status_code == 302, response.text[:2000]  # saved, without those two fields
         user.refresh_from_db()
-        assert not user.is_superuser and not user.user_permissions.exists()
+        assert not user.is_superuser
+        assert not user.user_permissions.exists()
     assert list(practice_admin.groups.values_list("name", flat=True)) == [PRACTICE_ADMIN]
     assert not User.objects.filter(is_superuser=True).exists()
 
@@ -112,7 +117,8 @@ def test_a_practice_admin_cannot_make_anyone_superuser(admin_client, practice_ad
 def test_a_superuser_still_can(superuser, secretary):
     client = client_for(superuser)
     response = client.get(f"{USERS_URL}{secretary.pk}/change/")
-    assert 'name="is_superuser"' in response.text and 'name="user_permissions"' in response.text
+    assert 'name="is_superuser"' in response.text
+    assert 'name="user_permissions"' in response.text
 
 
 def test_a_practice_admin_cannot_touch_a_superuser(admin_client, superuser):
@@ -141,7 +147,8 @@ def test_a_practice_admin_still_manages_staff(admin_client, secretary):
     }
     assert admin_client.post(change, data).status_code == 302
     secretary.refresh_from_db()
-    assert secretary.is_staff and list(secretary.groups.all()) == [admin_group]
+    assert secretary.is_staff
+    assert list(secretary.groups.all()) == [admin_group]
 
 
 def test_role_and_password_changes_are_in_the_trail(admin_client, practice_admin, secretary):
@@ -172,7 +179,8 @@ def test_only_practice_admins_use_the_user_admin(request, persona, other_practit
     target = client_for(other_practitioner)
     client = client_for(request.getfixturevalue(persona))
     response = client.get(USERS_URL)
-    assert response.status_code == 302 and response.url.startswith("/admin/login/")
+    assert response.status_code == 302
+    assert response.url.startswith("/admin/login/")
     act(client, "sessions_end_action", other_practitioner)
     act(client, "second_factor_reset_action", other_practitioner)
     assert target.get("/accounts/").status_code == 200

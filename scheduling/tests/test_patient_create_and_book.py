@@ -39,7 +39,8 @@ def test_it_creates_the_patient_and_books_together(doctor, consultation):
     appointment = _create_and_book(doctor, consultation, 9)
 
     patient = Patient.objects.get()
-    assert appointment.patient_id == patient.pk and appointment.practitioner_id == doctor.pk
+    assert appointment.patient_id == patient.pk
+    assert appointment.practitioner_id == doctor.pk
     assert appointment.start == at(DAY, 9)
     creates = AuditEvent.objects.filter(event_type=EventType.CREATE, patient_id=patient.pk)
     assert sorted(creates.values_list("model_label", flat=True)) == ["patients.Patient", "scheduling.Appointment"]
@@ -52,7 +53,8 @@ def test_a_refused_booking_creates_no_patient(doctor, consultation):
     with pytest.raises(services.SlotTaken):
         _create_and_book(doctor, consultation, 9, last_name="Refusé")
 
-    assert Patient.objects.count() == 1 and Appointment.objects.count() == 1
+    assert Patient.objects.count() == 1
+    assert Appointment.objects.count() == 1
     assert AuditEvent.objects.filter(event_type=EventType.CREATE).count() == before
 
 
@@ -60,4 +62,5 @@ def test_a_refused_patient_books_nothing(doctor, consultation):
     with pytest.raises(ValidationError) as refused:
         _create_and_book(doctor, consultation, 9, sex="Q")
     assert not isinstance(refused.value, services.BookingError)
-    assert not Patient.objects.exists() and not Appointment.objects.exists()
+    assert not Patient.objects.exists()
+    assert not Appointment.objects.exists()

@@ -168,7 +168,8 @@ def test_the_sweep_sends_one_email_and_one_sms_with_what_the_patient_needs(booke
     _time_passes()
     assert tasks.reminders_sweep() == 2
 
-    assert len(mailoutbox) == 1 and len(sms.outbox) == 1
+    assert len(mailoutbox) == 1
+    assert len(sms.outbox) == 1
     text = sms.outbox[0]
     assert text.to == "+33612345678"
     assert text.body == (
@@ -189,7 +190,8 @@ def test_the_sweep_sends_one_email_and_one_sms_with_what_the_patient_needs(booke
     assert {r.status for r in sent.values()} == {ReminderStatus.SENT}
     assert sent["sms"].provider_id == text.provider_id
     assert sent["email"].provider_id == email.extra_headers["Message-ID"]
-    assert sent["sms"].sent_at is not None and sent["sms"].attempts == 1
+    assert sent["sms"].sent_at is not None
+    assert sent["sms"].attempts == 1
 
 
 def test_a_second_sweep_and_a_duplicate_task_send_nothing(booked, mailoutbox):
@@ -198,7 +200,8 @@ def test_a_second_sweep_and_a_duplicate_task_send_nothing(booked, mailoutbox):
     assert tasks.reminders_sweep() == 0
     for reminder in Reminder.objects.filter(appointment=booked):
         assert tasks.reminder_send(reminder.pk) == "already_sent"
-    assert len(mailoutbox) == 1 and len(sms.outbox) == 1
+    assert len(mailoutbox) == 1
+    assert len(sms.outbox) == 1
 
 
 def test_it_writes_in_french_for_a_french_patient(doctor, consultation, clinic, mailoutbox):
@@ -253,7 +256,8 @@ def test_a_moved_appointment_gets_a_fresh_reminder_and_no_stale_one(booked, doct
     }
     _time_passes()
     tasks.reminders_sweep()
-    assert len(sms.outbox) == 1 and "at 11:00" in sms.outbox[0].body
+    assert len(sms.outbox) == 1
+    assert "at 11:00" in sms.outbox[0].body
 
 
 def test_a_move_after_the_reminder_went_out_sends_a_fresh_one_and_moving_back_too(booked, mailoutbox):
@@ -392,10 +396,12 @@ def test_a_broker_down_at_booking_does_not_fail_the_booking(
     soon = timezone.now() + datetime.timedelta(hours=5)
     with django_capture_on_commit_callbacks(execute=True):
         appointment = book(doctor, consenting, consultation, soon, force=True)
-    assert appointment.pk and sms.outbox == []
+    assert appointment.pk
+    assert sms.outbox == []
     assert {r.enqueued_at for r in Reminder.objects.filter(appointment=appointment)} == {None}
     assert "the sweep will send them" in caplog.text
-    assert "+336" not in caplog.text and "lefevre" not in caplog.text.lower()
+    assert "+336" not in caplog.text
+    assert "lefevre" not in caplog.text.lower()
 
     monkeypatch.undo()  # the broker is back
     assert tasks.reminders_sweep() == 2
@@ -433,10 +439,13 @@ def test_it_shows_the_reminders_on_the_appointment_page(request, who, booked, mo
     tasks.reminders_sweep()
     page = client_for(request.getfixturevalue(who)).get(booked.get_absolute_url()).content.decode()
     assert "Reminders" in page
-    assert "E-mail" in page and "Sent" in page
-    assert "SMS" in page and "Failed: refused by the SMS provider" in page
+    assert "E-mail" in page
+    assert "Sent" in page
+    assert "SMS" in page
+    assert "Failed: refused by the SMS provider" in page
     # Plain columns only: no address or number on the page for this section.
-    assert "+33612345678" not in page and "anne-marie.lefevre@example.fr" not in page
+    assert "+33612345678" not in page
+    assert "anne-marie.lefevre@example.fr" not in page
 
 
 def test_the_page_says_when_no_reminder_is_planned(secretary, appointment):
@@ -470,7 +479,8 @@ def test_consent_given_after_booking_plans_the_reminders_then_withdrawing_cancel
     assert _rows(later) == {("sms", "first", "cancelled"), ("email", "first", "pending")}
     _time_passes()
     tasks.reminders_sweep()
-    assert sms.outbox == [] and len(mail.outbox) == 1
+    assert sms.outbox == []
+    assert len(mail.outbox) == 1
 
 
 def test_a_mobile_number_added_after_booking_plans_the_sms(doctor, consultation, clinic):

@@ -136,7 +136,7 @@ class _BrevoHandler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def log_message(self, format, *args):  # noqa: A002 (the base class's signature)
+    def log_message(self, format, *args):
         pass
 
 
@@ -176,7 +176,7 @@ class Workers:
         with open(self.log, "ab") as log:
             log.write(b"=== worker start\n")
             log.flush()
-            self.process = subprocess.Popen(  # noqa: S603 (our own interpreter and code)
+            self.process = subprocess.Popen(
                 [sys.executable, "-c", WORKER, self.queue, self.node],
                 env=self.env,
                 stdout=log,
@@ -334,14 +334,16 @@ def test_nothing_is_sent_while_the_trail_refuses_the_read_then_it_is_sent_with_i
     doctor, kind = agenda
     patient = make_patient(consent_sms=True, consent_email=True)
     book(doctor, patient, kind, _day_after_tomorrow_at_ten())  # eager: reminder_send runs at commit
-    assert mail.outbox == [] and sms.outbox == []
+    assert mail.outbox == []
+    assert sms.outbox == []
     assert _reminder_reads(patient) == 0
     assert set(Reminder.objects.values_list("status", flat=True)) == {ReminderStatus.PENDING}
 
     trail_refuses_reminders()
     for reminder in Reminder.objects.all():
         assert reminder_send.apply(args=[reminder.pk]).get() == ReminderStatus.SENT
-    assert len(mail.outbox) == 1 and len(sms.outbox) == 1
+    assert len(mail.outbox) == 1
+    assert len(sms.outbox) == 1
     assert _reminder_reads(patient) == 2  # one row per message, each naming its one field
     fields = sorted(
         f for (fs,) in AuditEvent.objects.filter(actor_username="system:reminders").values_list("fields") for f in fs
@@ -398,7 +400,8 @@ def test_an_email_interrupted_by_a_killed_worker_is_delivered_exactly_once_after
     taken_up_in = time.monotonic() - killed_at
 
     keys = {r["key"] for r in server.requests}
-    assert len(server.requests) == 2 and len(keys) == 1, server.requests  # the same key twice
+    assert len(server.requests) == 2, server.requests
+    assert len(keys) == 1, server.requests  # the same key twice
     assert server.deliveries == [("email", keys.pop())]  # one e-mail reached the patient
     assert all(r["audited"] for r in server.requests)  # each time, the read was in the trail first
     assert Reminder.objects.get().error == ""
@@ -472,8 +475,10 @@ def test_a_worker_killed_inside_its_claim_leaves_no_row_no_message_and_the_resta
             cursor.execute("SELECT pg_advisory_unlock_all()")
         holder.close()
     reminder = Reminder.objects.get()
-    assert reminder.status == ReminderStatus.PENDING and reminder.enqueued_at is not None
-    assert _reminder_reads(patient) == 0 and server.requests == []
+    assert reminder.status == ReminderStatus.PENDING
+    assert reminder.enqueued_at is not None
+    assert _reminder_reads(patient) == 0
+    assert server.requests == []
 
     group.start()
     _wait_until(
@@ -481,7 +486,8 @@ def test_a_worker_killed_inside_its_claim_leaves_no_row_no_message_and_the_resta
         f"the reminder to be sent after the restart\n{_worker_log(tmp_path)}",
         READY_TIMEOUT,
     )
-    assert len(server.deliveries) == 1 and server.requests[0]["audited"] == 1
+    assert len(server.deliveries) == 1
+    assert server.requests[0]["audited"] == 1
     assert _reminder_reads(patient) == 1
 
 
@@ -500,7 +506,7 @@ def paused_redis(tmp_path):
     """A Redis of this test's own, then paused with SIGSTOP: it accepts connections (the
     kernel does) and never answers, like a Redis swapping or a half-open connection."""
     port = _free_port()
-    server = subprocess.Popen(  # noqa: S603
+    server = subprocess.Popen(
         [
             "redis-server",
             "--bind",
@@ -578,9 +584,11 @@ def _book_and_sweep_with_paused_redis(app, agenda, secretary, redis) -> None:
     assert answers, "the booking did not answer within 20 s with Redis paused"
     assert took < 3, f"the booking took {took:.1f} s with Redis paused"
     appointment = Appointment.objects.get()
-    assert answers[0].status_code == 302 and answers[0]["Location"] == appointment.get_absolute_url()
+    assert answers[0].status_code == 302
+    assert answers[0]["Location"] == appointment.get_absolute_url()
     reminder = Reminder.objects.get()
-    assert reminder.status == ReminderStatus.PENDING and reminder.enqueued_at is None
+    assert reminder.status == ReminderStatus.PENDING
+    assert reminder.enqueued_at is None
     assert mail.outbox == []
 
     redis.send_signal(signal.SIGCONT)

@@ -93,7 +93,8 @@ def test_it_books_then_the_sweep_sends_one_email_and_one_sms_in_the_worker(celer
     app, queue = celery_app
     doctor, kind, patient = agenda
     appointment = book(doctor, patient, kind, at(DAY, 9), reason="Douleur au genou droit", internal_note="Anxieuse")
-    assert mail.outbox == [] and sms.outbox == []  # not due yet: nothing queued at booking
+    assert mail.outbox == []
+    assert sms.outbox == []
     Reminder.objects.update(due_at=timezone.now() - datetime.timedelta(minutes=1))  # the day comes
 
     with start_worker(app, perform_ping_check=False, queues=[queue], shutdown_timeout=20):
@@ -107,7 +108,8 @@ def test_it_books_then_the_sweep_sends_one_email_and_one_sms_in_the_worker(celer
         ("reminders_sweep", "SUCCESS"),
     ]
     assert [r for n, _s, r in finished.runs if n == "reminders_sweep"] == [2, 0]
-    assert len(mail.outbox) == 1 and len(sms.outbox) == 1
+    assert len(mail.outbox) == 1
+    assert len(sms.outbox) == 1
     assert sms.outbox[0].body == (
         "Reminder: appointment at Cabinet des Lilas on Monday 4 March 2030 at 09:00. "
         "3 place de la Mairie, Lyon. To cancel, call 04 72 00 00 00."
@@ -115,7 +117,9 @@ def test_it_books_then_the_sweep_sends_one_email_and_one_sms_in_the_worker(celer
     email = mail.outbox[0]
     assert email.subject == "Your appointment at Cabinet des Lilas on Monday 4 March 2030 at 09:00"
     for text in (sms.outbox[0].body, email.subject, email.body):
-        assert "genou" not in text and "Anxieuse" not in text and "Médecine" not in text
+        assert "genou" not in text
+        assert "Anxieuse" not in text
+        assert "Médecine" not in text
     rows = Reminder.objects.filter(appointment=appointment)
     assert {(r.channel, r.status) for r in rows} == {("email", "sent"), ("sms", "sent")}
     assert {r.provider_id for r in rows} == {sms.outbox[0].provider_id, email.extra_headers["Message-ID"]}
@@ -124,7 +128,8 @@ def test_it_books_then_the_sweep_sends_one_email_and_one_sms_in_the_worker(celer
     assert sorted(tuple(e.fields) for e in events) == [("email",), ("phone_mobile",)]
     assert {e.patient_id for e in events} == {patient.pk}
     assert all(e.extra.get("task_id") for e in events)
-    assert not reads(actor_username="system:reminders_sweep") and not reads(actor_username="system:reminder_send")
+    assert not reads(actor_username="system:reminders_sweep")
+    assert not reads(actor_username="system:reminder_send")
 
 
 def test_a_booking_made_while_the_broker_is_down_is_reminded_once_when_it_is_back(
@@ -150,5 +155,6 @@ def test_a_booking_made_while_the_broker_is_down_is_reminded_once_when_it_is_bac
         _sweep_in_worker(finished, sweeps=1, sends=2)
         _sweep_in_worker(finished, sweeps=2, sends=2)
 
-    assert len(mail.outbox) == 1 and len(sms.outbox) == 1
+    assert len(mail.outbox) == 1
+    assert len(sms.outbox) == 1
     assert {r.status for r in rows.all()} == {ReminderStatus.SENT}

@@ -79,7 +79,8 @@ def test_it_creates_the_demo_accounts_in_their_groups(demo_password):
         assert role_of(user) == role
         assert user.check_password(DEMO_PASSWORD)
     admin = User.objects.get(username="admin")
-    assert admin.is_staff and not admin.is_superuser
+    assert admin.is_staff
+    assert not admin.is_superuser
     assert not User.objects.filter(is_superuser=True).exists()
 
 
@@ -311,8 +312,11 @@ def test_it_offers_appointment_types_sensibly(demo_password):
     seed(patients=0)
     offered = {t.name: {p.user.username for p in t.practitioners.all()} for t in AppointmentType.objects.all()}
     durations = dict(AppointmentType.objects.values_list("name", "duration_minutes"))
-    assert durations["Consultation"] == 20 and durations["Première consultation"] == 30
-    assert durations["Suivi"] == 15 and durations["Vaccination"] == 10 and durations["Pédiatrie bilan"] == 40
+    assert durations["Consultation"] == 20
+    assert durations["Première consultation"] == 30
+    assert durations["Suivi"] == 15
+    assert durations["Vaccination"] == 10
+    assert durations["Pédiatrie bilan"] == 40
     assert offered["Pédiatrie bilan"] == {"doctor2"}
     assert offered["Consultation"] == {"doctor", "doctor2", "doctor3"}
     assert "doctor3" not in offered["Vaccination"]
@@ -340,8 +344,10 @@ def test_it_fills_the_fortnight(demo_password, now):
         total, worked = total + booked[(practitioner_id, day)], worked + length
     assert 0.65 <= total / worked <= 0.9
     statuses = collections.Counter(a.status for a in appointments)
-    assert statuses[AppointmentStatus.DONE] and statuses[AppointmentStatus.BOOKED]
-    assert statuses[AppointmentStatus.CANCELLED] and statuses[AppointmentStatus.NO_SHOW]
+    assert statuses[AppointmentStatus.DONE]
+    assert statuses[AppointmentStatus.BOOKED]
+    assert statuses[AppointmentStatus.CANCELLED]
+    assert statuses[AppointmentStatus.NO_SHOW]
     # Each practitioner has patients of their own, and sees some of their colleagues'.
     for username in ("doctor", "doctor2", "doctor3"):
         user = User.objects.get(username=username)
@@ -352,10 +358,12 @@ def test_it_has_a_holiday_in_the_fortnight(demo_password, a_now):
     seed(patients=50, seed=3)
     start, end = _window(today())
     holiday = Absence.objects.get(start__lt=end, end__gt=start)
-    assert holiday.practitioner.user.username == "doctor3" and holiday.kind == "holiday"
+    assert holiday.practitioner.user.username == "doctor3"
+    assert holiday.kind == "holiday"
     local_start, local_end = holiday.start.astimezone(PARIS), holiday.end.astimezone(PARIS)
     assert (local_start.hour, local_start.minute, local_end.hour, local_end.minute) == (0, 0, 0, 0)
-    assert local_start.weekday() == 0 and local_start.date() > today()
+    assert local_start.weekday() == 0
+    assert local_start.date() > today()
     assert not holiday.practitioner.appointments.filter(start__lt=holiday.end, end__gt=holiday.start).exists()
 
 
@@ -400,16 +408,19 @@ def test_statuses_follow_the_clock(demo_password, now):
         assert all(t <= moment for t in stamps)
         assert a.created_at <= moment
         if a.status == AppointmentStatus.CANCELLED:
-            assert a.cancelled_at and a.cancelled_by
+            assert a.cancelled_at
+            assert a.cancelled_by
         elif a.end <= moment:
             assert a.status in (AppointmentStatus.DONE, AppointmentStatus.NO_SHOW)
         elif a.start <= moment:
             assert a.status == AppointmentStatus.IN_CONSULTATION
             assert a.arrived_at <= a.consultation_started_at
         elif a.status == AppointmentStatus.ARRIVED:
-            assert a.start - moment <= datetime.timedelta(minutes=30) and a.arrived_at
+            assert a.start - moment <= datetime.timedelta(minutes=30)
+            assert a.arrived_at
         else:
-            assert a.status == AppointmentStatus.BOOKED and not stamps
+            assert a.status == AppointmentStatus.BOOKED
+            assert not stamps
         if a.status == AppointmentStatus.DONE:
             assert a.arrived_at < a.consultation_started_at < a.done_at
 
@@ -434,7 +445,8 @@ def test_it_seals_reasons_and_cancellation_reasons(demo_password):
         cancelled = [a.cancellation_reason for a in appointments if a.status == "cancelled"]
     assert 0.3 < 1 - reasons[""] / len(appointments) < 0.8
     assert reasons["Renouvellement d'ordonnance"] or reasons["Fièvre"] or reasons["Certificat de sport"]
-    assert cancelled and all(cancelled)
+    assert cancelled
+    assert all(cancelled)
 
 
 def test_re_running_adds_nothing(demo_password, a_now):
@@ -458,7 +470,8 @@ def test_a_run_days_later_fills_only_the_new_days(demo_password, monkeypatch):
     for key, count in per_day.items():
         assert again[key] == count  # days filled before are left alone
     new_days = {day for _practitioner, day in again} - {day for _practitioner, day in per_day}
-    assert new_days and min(new_days) > first.date() + datetime.timedelta(days=FORTNIGHT_DAYS)
+    assert new_days
+    assert min(new_days) > first.date() + datetime.timedelta(days=FORTNIGHT_DAYS)
     active = sorted((a.practitioner_id, a.start, a.end) for a in Appointment.objects.filter(status__in=ACTIVE_STATUSES))
     for (p1, _s1, e1), (p2, s2, _e2) in zip(active, active[1:], strict=False):
         assert p1 != p2 or e1 <= s2

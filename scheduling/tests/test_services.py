@@ -176,7 +176,9 @@ def test_it_follows_the_status_flow(doctor, consultation, patient):
             services.appointment_set_status(appointment=appointment, status=status, actor=None)
     appointment.refresh_from_db()
     assert appointment.status == "done"
-    assert appointment.arrived_at and appointment.consultation_started_at and appointment.done_at
+    assert appointment.arrived_at
+    assert appointment.consultation_started_at
+    assert appointment.done_at
     changes = AuditEvent.objects.filter(event_type=EventType.CHANGE, object_pk=str(appointment.pk))
     assert [e.extra["status_to"] for e in changes.order_by("id")] == ["arrived", "in_consultation", "done"]
 

@@ -49,10 +49,12 @@ def _slot(practitioner, kind, **extra) -> dict:
 
 def test_the_forms_refuse_a_type_the_practitioner_does_not_offer(db, doctor, other_doctor, offered_by_one):
     booking = BookingForm(_slot(other_doctor, offered_by_one, date=DAY.isoformat(), time="09:00"))
-    assert not booking.is_valid() and booking.errors["appointment_type"] == [NOT_OFFERED]
+    assert not booking.is_valid()
+    assert booking.errors["appointment_type"] == [NOT_OFFERED]
     assert BookingForm(_slot(doctor, offered_by_one, date=DAY.isoformat(), time="09:00")).is_valid()
     slots = FreeSlotsForm(_slot(other_doctor, offered_by_one))
-    assert not slots.is_valid() and slots.errors["appointment_type"] == [NOT_OFFERED]
+    assert not slots.is_valid()
+    assert slots.errors["appointment_type"] == [NOT_OFFERED]
     assert FreeSlotsForm(_slot(doctor, offered_by_one)).is_valid()
     # Changing type: only the types of the appointment's practitioner are offered.
     choices = ChangeTypeForm(practitioner_id=other_doctor.pk).fields["appointment_type"].queryset
@@ -65,7 +67,8 @@ def test_the_services_refuse_a_type_the_practitioner_does_not_offer(doctor, othe
         services.appointment_book(
             practitioner=other_doctor, patient=patient, appointment_type=offered_by_one, start=at(DAY, 9), actor=None
         )
-    assert refused.value.code == "type_not_offered" and refused.value.messages == [NOT_OFFERED]
+    assert refused.value.code == "type_not_offered"
+    assert refused.value.messages == [NOT_OFFERED]
 
     sutured = book(doctor, patient, offered_by_one, at(DAY, 9))
     with system_context("tests"), pytest.raises(services.BookingError) as refused:

@@ -185,15 +185,18 @@ def test_it_shows_every_practitioner_side_by_side_with_appointments(secretary, a
     response = client_for(secretary).get(reverse("scheduling:day", args=[DAY]))
     body = response.content.decode()
     assert response.status_code == 200
-    assert "Dr Claire Martin" in body and "Dr Paul Bernard" in body
-    assert "LEFÈVRE Anne-Marie" in body and "GARNIER Hugo" in body
+    assert "Dr Claire Martin" in body
+    assert "Dr Paul Bernard" in body
+    assert "LEFÈVRE Anne-Marie" in body
+    assert "GARNIER Hugo" in body
     assert body.count('class="open ') == 4  # two working ranges each
     assert "Training: Congrès" in body
     assert f'href="{appointment.get_absolute_url()}"' in body
     assert f"type-{appointment.appointment_type_id}" in body
     # 9:00 on a 7:00 grid of 5-minute rows is line 25; 20 minutes later, line 29.
     assert re.search(r'class="appt [^"]*rs-25 re-29', body)
-    assert "Douleur" not in body and "Préfère le matin" not in body
+    assert "Douleur" not in body
+    assert "Préfère le matin" not in body
 
 
 def test_it_renders_without_inline_script_or_style(secretary, appointment):
@@ -298,7 +301,9 @@ def test_it_moves_a_patient_along_my_day(practitioner, doctor, consultation, pat
         assert response["Location"] == "/my-day/"
         appointment.refresh_from_db()
         assert appointment.status == status
-    assert appointment.arrived_at and appointment.consultation_started_at and appointment.done_at
+    assert appointment.arrived_at
+    assert appointment.consultation_started_at
+    assert appointment.done_at
 
 
 def test_it_shows_the_waiting_room_by_role(secretary, practitioner, doctor, other_doctor, consultation, patient):
@@ -307,9 +312,11 @@ def test_it_shows_the_waiting_room_by_role(secretary, practitioner, doctor, othe
     _arrive(mine, 25)
     _arrive(theirs, 5)
     body = client_for(secretary).get(reverse("scheduling:waiting_room")).content.decode()
-    assert "LEFÈVRE Anne-Marie" in body and "MOREL Anne-Marie" in body
+    assert "LEFÈVRE Anne-Marie" in body
+    assert "MOREL Anne-Marie" in body
     assert body.index("LEFÈVRE") < body.index("MOREL")  # longest wait first
-    assert "26 min" in body and "Dr Paul Bernard" in body
+    assert "26 min" in body
+    assert "Dr Paul Bernard" in body
     body = client_for(practitioner).get(reverse("scheduling:waiting_room")).content.decode()
     assert "LEFÈVRE Anne-Marie" in body
     assert "MOREL" not in body
@@ -336,7 +343,8 @@ def test_it_lists_the_next_ten_free_slots_as_booking_links(secretary, doctor, co
     assert response.status_code == 200
     links = re.findall(r'href="(/appointments/new/\?[^"]+)"', body)
     assert len(links) == 10
-    assert f"practitioner={doctor.pk}" in links[0] and f"type={consultation.pk}" in links[0]
+    assert f"practitioner={doctor.pk}" in links[0]
+    assert f"type={consultation.pk}" in links[0]
     assert "start=" in links[0]
 
 
@@ -368,7 +376,8 @@ def test_it_prefills_the_booking_form_from_a_free_slot(secretary, doctor, consul
     )
     body = response.content.decode()
     assert response.status_code == 200
-    assert 'value="2030-03-04"' in body and 'value="14:40"' in body
+    assert 'value="2030-03-04"' in body
+    assert 'value="14:40"' in body
     assert f'<option value="{doctor.pk}" selected>' in body
 
 
@@ -400,10 +409,13 @@ def test_a_last_name_alone_finds_masked_lines_to_book_from(secretary, doctor, co
     body = response.content.decode()
     assert response.status_code == 200
     assert f'value="{patient.pk}"' in body
-    assert "LEFÈVRE A." in body and "born in 1984" in body
-    assert "Anne-Marie" not in body and "1984-03-09" not in body
+    assert "LEFÈVRE A." in body
+    assert "born in 1984" in body
+    assert "Anne-Marie" not in body
+    assert "1984-03-09" not in body
     read = AuditEvent.objects.get(event_type=EventType.READ, actor_user_id=secretary.pk)
-    assert read.explanation == "masked" and read.fields == ["birth_date", "first_names", "last_name"]
+    assert read.explanation == "masked"
+    assert read.fields == ["birth_date", "first_names", "last_name"]
 
 
 def patient_birth_date(patient) -> str:
@@ -492,7 +504,8 @@ def test_it_rerenders_bad_booking_input_with_errors_and_keeps_what_was_typed(
     assert response.status_code == 200
     assert message in " ".join(response.context["form"].errors[field])
     body = response.content.decode()
-    assert 'value="Durand"' in body and "Appeler la veille" in body
+    assert 'value="Durand"' in body
+    assert "Appeler la veille" in body
     assert not Patient.objects.exists()
     assert not Appointment.objects.exists()
 
@@ -593,9 +606,12 @@ def test_it_shows_the_appointment_and_audits_what_it_decrypted(secretary, appoin
     response = client_for(secretary).get(url)
     body = response.content.decode()
     assert response.status_code == 200
-    assert "LEFÈVRE Anne-Marie" in body and patient.get_absolute_url() in body
-    assert "Douleur au genou droit" in body and "Préfère le matin" in body
-    assert "Dr Claire Martin" in body and "Consultation" in body
+    assert "LEFÈVRE Anne-Marie" in body
+    assert patient.get_absolute_url() in body
+    assert "Douleur au genou droit" in body
+    assert "Préfère le matin" in body
+    assert "Dr Claire Martin" in body
+    assert "Consultation" in body
     found = {(e.model_label, e.object_pk): set(e.fields) for e in _reads(url)}
     assert found == {
         ("patients.Patient", str(patient.pk)): {"last_name", "first_names"},
@@ -605,7 +621,8 @@ def test_it_shows_the_appointment_and_audits_what_it_decrypted(secretary, appoin
 
 def test_it_shows_a_practitioner_their_appointment_without_front_desk_actions(practitioner, appointment):
     body = client_for(practitioner).get(appointment.get_absolute_url()).content.decode()
-    assert 'value="arrived"' in body and 'value="no_show"' in body
+    assert 'value="arrived"' in body
+    assert 'value="no_show"' in body
     assert 'value="booked"' not in body
     assert reverse("scheduling:move", args=[appointment.pk]) not in body
     assert reverse("scheduling:cancel", args=[appointment.pk]) not in body

@@ -35,7 +35,8 @@ def _moment(value: str, *, end: bool) -> datetime.datetime:
         return timezone.make_aware(datetime.datetime.combine(day, datetime.time()))
     for fmt in _FORMATS:
         try:
-            return timezone.make_aware(datetime.datetime.strptime(value, fmt))
+            # A wall-clock time of the practice (the current time zone), made aware here.
+            return timezone.make_aware(datetime.datetime.strptime(value, fmt))  # noqa: DTZ007
         except ValueError:
             continue
     raise CommandError(f"Not a date or date and time (YYYY-MM-DD or YYYY-MM-DD HH:MM): {value!r}")
