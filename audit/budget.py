@@ -51,18 +51,13 @@ from django.conf import settings
 from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.utils import timezone
 
-from audit.models import EventType, ReadBlock, ReadTally
+from audit.models import TALLY_DAY, EventType, ReadBlock, ReadTally
+from audit.services import audit_event_write
 
 logger = logging.getLogger("audit")
 
 HOUR = datetime.timedelta(hours=1)
 DAY = datetime.timedelta(hours=24)
-# A re-read moves a tally's last read only when it is older than this, so re-opening the
-# same patients all day does not rewrite their rows (and index entries) on every page. The
-# day window is widened by as much, so a patient stays counted at least 24 hours after its
-# last read: the budget never counts less than the rule says.
-TALLY_STEP = datetime.timedelta(minutes=15)
-TALLY_DAY = DAY + TALLY_STEP
 UNCAPPED = 2**31 - 1
 
 
@@ -388,8 +383,6 @@ def read_block_open(*, budget: ReadBudget, refusal: ReadBudgetExceeded):
 
     None if a block is already open (a parallel request opened it: one block, one alert).
     """
-    from audit.services import audit_event_write
-
     try:
         with transaction.atomic():
             block = ReadBlock.objects.create(

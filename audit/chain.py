@@ -39,7 +39,10 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.db import connection as default_connection
+from django.utils import timezone
 from django.utils.translation import gettext as _
+
+from audit.models import AuditEvent
 
 # The PostgreSQL advisory lock every chain writer takes ("audit" in ASCII, a constant that no
 # other part of the app uses).
@@ -313,8 +316,6 @@ def rows_stream(*, after_id: int = 0, chunk: int = 5000) -> Iterator[dict]:
     UUIDs and text; only the two JSON columns are parsed here); SQLite through the ORM, whose
     converters turn its stored text into the same Python values.
     """
-    from audit.models import AuditEvent
-
     names = (*COLUMNS, "mac")
     if default_connection.vendor == "postgresql":
         select = ", ".join(f'"{name}"' for name in names)
@@ -497,8 +498,6 @@ class Head:
 
 def head_current() -> tuple[int, str]:
     """The trail's head now: the last row's id and MAC ((0, "") for an empty trail)."""
-    from audit.models import AuditEvent
-
     return AuditEvent.objects.order_by("-id").values_list("id", "mac").first() or (0, "")
 
 
@@ -509,8 +508,6 @@ def head_export() -> tuple[int, str]:
     Worth something only where the database's users cannot rewrite it: ship that logger to
     another machine (docs/operations.md). Writes nothing to the database.
     """
-    from django.utils import timezone
-
     head_id, mac = head_current()
     heads_logger.info("audit head: max_id=%d mac=%s at=%s", head_id, mac or "-", timezone.now().isoformat())
     return head_id, mac
@@ -530,8 +527,6 @@ def heads_check(heads: Iterable[Head]) -> tuple[int, list[str]]:
     one: after a cut, the next export is taken from the cut trail. Returns how many distinct
     heads were compared and the problems in words (at most ``_HEADS_NAMED``, then a count).
     """
-    from audit.models import AuditEvent
-
     by_id: dict[int, Head] = {}
     problems: list[str] = []
     for head in heads:

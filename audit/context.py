@@ -11,59 +11,27 @@ buffer is written in one bulk insert when the context closes (or early when it g
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import getpass
 import logging
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
-from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
 
-if TYPE_CHECKING:
-    from audit.budget import ReadBudget
-    from audit.explain import Admission
+from audit.budget import ReadBudget, budget_settle, counts_from_row
+from audit.current import SESSION_KEY as SESSION_KEY
+from audit.current import Actor as Actor
+from audit.current import NoAuditContext as NoAuditContext
+from audit.current import activate, deactivate
+from audit.current import current as current
+from audit.current import require as require
+from audit.current import role_source_register as role_source_register
+from audit.explain import Admission, Reader
+from audit.services import audit_reads_write
 
 logger = logging.getLogger(__name__)
-
-_current: contextvars.ContextVar[AuditContext | None] = contextvars.ContextVar("audit_context", default=None)
-
-
-class NoAuditContext(RuntimeError):
-    """Raised when something tries to decrypt patient data outside an audit context."""
-
-
-@dataclass(frozen=True)
-class Actor:
-    user_id: int | None
-    username: str
-    role: str
-
-    @classmethod
-    def system(cls, job: str) -> Actor:
-        return cls(user_id=None, username=f"system:{job}", role="system")
-
-    @classmethod
-    def for_user(cls, user) -> Actor:
-        if user is None or not user.is_authenticated:
-            return cls(user_id=None, username="anonymous", role="anonymous")
-        if _role_source is None:
-            # Fail closed: a read attributed to no role would escape the role's read limits.
-            raise ImproperlyConfigured("No role source is registered (audit.context.role_source_register).")
-        return cls(user_id=user.pk, username=user.get_username(), role=_role_source(user))
-
-
-# What names a user's role: the practice app registers practice.roles.role_of in its
-# AppConfig.ready(). The core knows no roles of its own (it only keeps the name on each row).
-_role_source: Callable[[Any], str] | None = None
-
-
-def role_source_register(source: Callable[[Any], str]) -> None:
-    global _role_source
-    _role_source = source
 
 
 @dataclass
@@ -74,10 +42,6 @@ class _Read:
     fields: set[str]
     explanation: str = ""
     explained_by: str = ""
-
-
-# The session's audit id (audit.signals sets it at login; see AuditEvent.session).
-SESSION_KEY = "audit_session"
 
 
 @dataclass
@@ -122,8 +86,6 @@ class AuditContext:
     def _admission(self, user_id: int) -> Admission:
         admission = self.admission
         if admission is None or admission.reader.user_id != user_id:  # first read, or a login mid-request
-            from audit.explain import Admission, Reader
-
             actor = self.current_actor()
             admission = self.admission = Admission(reader=Reader(user_id=user_id, role=actor.role))
         return admission
@@ -141,15 +103,11 @@ class AuditContext:
             return
         sql, params, now = budget.counts_query()
         row = self._admission(user_id).prepare(patient_ids, counts=(sql, params))
-        from audit.budget import counts_from_row
-
         budget.loaded(counts_from_row(row), now)
 
     def _budget(self, user_id: int) -> ReadBudget:
         budget = self.budget
         if budget is None or budget.user_id != user_id:  # first decryption, or a login mid-request
-            from audit.budget import ReadBudget
-
             budget = self.budget = ReadBudget.for_actor(self.current_actor())
         return budget
 
@@ -199,8 +157,6 @@ class AuditContext:
         """Write every buffered read in one insert. Raises if the trail cannot be written."""
         if not self._reads:
             return 0
-        from audit.services import audit_reads_write
-
         reads = list(self._reads.values())
         if self.admission is not None:
             for read in reads:
@@ -220,20 +176,6 @@ class AuditContext:
         self._reads.clear()
 
 
-def current() -> AuditContext | None:
-    return _current.get()
-
-
-def require() -> AuditContext:
-    ctx = _current.get()
-    if ctx is None:
-        raise NoAuditContext(
-            "Patient data can only be decrypted inside an audit context "
-            "(a request, a Celery task, a management command or `audit.context.system_context`)."
-        )
-    return ctx
-
-
 @contextlib.contextmanager
 def opened(ctx: AuditContext) -> Iterator[AuditContext]:
     """Make `ctx` current; write its buffer when the block ends, even on error.
@@ -241,18 +183,16 @@ def opened(ctx: AuditContext) -> Iterator[AuditContext]:
     A read budget refusal inside the block (a context acting for a user, outside a request)
     propagates to the caller once the block is recorded (``audit.budget.budget_settle``).
     """
-    token = _current.set(ctx)
+    token = activate(ctx)
     try:
         yield ctx
     finally:
         try:
             ctx.flush()
             if ctx.budget is not None:
-                from audit.budget import budget_settle
-
                 budget_settle(ctx)
         finally:
-            _current.reset(token)
+            deactivate(token)
 
 
 def system_context(job: str, *, purpose: str | None = None, flush_threshold: int | None = None, **extra):

@@ -24,6 +24,7 @@ import datetime
 import uuid
 from collections.abc import Callable, Iterable
 
+from django.apps import apps
 from django.utils import timezone
 from django.utils.formats import date_format
 from django.utils.translation import gettext as _
@@ -93,8 +94,6 @@ def describe(pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str]:
 
 
 def _record_words(model_label: str) -> str:
-    from django.apps import apps
-
     try:
         return str(apps.get_model(model_label)._meta.verbose_name)
     except (LookupError, ValueError):

@@ -48,7 +48,9 @@ from django.db import connection, transaction
 from django.db.models import Max
 from django.utils import timezone
 
+from audit import current as active
 from audit.models import AllowanceKind, AllowanceUse, EventType, Explanation, ReadBlock, ReadReason
+from audit.services import audit_event_write
 
 logger = logging.getLogger("audit")
 
@@ -394,8 +396,6 @@ class Admission:
         if not asked.admitted:
             on_block("reasons", asked.used, asked.limit)
         if asked.new:
-            from audit.services import audit_event_write
-
             audit_event_write(
                 event_type=EventType.REASON_ASKED,
                 patient_id=patient,
@@ -436,9 +436,7 @@ def masked_lines():
     """Decryptions inside this block serve masked lines only (a search by last name alone: the
     first names' initial and the birth year): an unexplained patient is paid from the masked
     allowance instead of the full one."""
-    from audit import context
-
-    ctx = context.current()
+    ctx = active.current()
     if ctx is None:
         yield
         return
@@ -472,8 +470,6 @@ def reason_state(*, actor, patient_id, reason: str) -> ReadReason:
     """Record the reason a user gave for opening one patient: it explains that patient for that
     user until the end of the day. The reason and its REASON_STATED event commit together.
     ``actor`` is an ``audit.context.Actor`` of a user. The caller has checked the second factor."""
-    from audit.services import audit_event_write
-
     reason = reason.strip()
     if len(reason) < settings.READ_REASON_MIN_LENGTH:
         raise ValueError("The reason is too short.")

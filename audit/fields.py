@@ -30,6 +30,7 @@ import functools
 import hashlib
 import hmac
 import logging
+import uuid
 
 import encrypted_model_fields.fields as upstream
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
@@ -39,7 +40,9 @@ from django.db import DatabaseError, models, transaction
 from django.db.models.query import ModelIterable
 from django.db.models.query_utils import DeferredAttribute
 
-from audit import context
+from audit import current as active
+from audit.models import EventType
+from audit.services import audit_event_write
 
 logger = logging.getLogger("audit.crypto")
 
@@ -235,7 +238,7 @@ class EncryptedMixin(upstream.EncryptedMixin):
 
     def decrypt_for(self, instance, sealed: Sealed):
         """The one place a stored value becomes plaintext: audited or refused."""
-        ctx = context.require()
+        ctx = active.require()
         pk = instance.pk
         patient_id = instance.audit_patient_id()
         ctx.admit(patient_id)  # the read budget (audit.budget): refused before anything is decrypted
@@ -255,8 +258,6 @@ class EncryptedMixin(upstream.EncryptedMixin):
 
     def _record_refusal(self, instance) -> None:
         """Put the refusal in the trail (never the value). The error itself still propagates."""
-        from audit.models import EventType
-        from audit.services import audit_event_write
 
         try:
             with transaction.atomic():
@@ -318,7 +319,7 @@ class EncryptedQuerySet(models.QuerySet):
         super()._fetch_all()
         if not fresh or self._iterable_class is not ModelIterable or not self._result_cache:
             return
-        ctx = context.current()
+        ctx = active.current()
         if ctx is None or not _sealed_loaded(self._result_cache[0]):
             return
         ctx.prepare(row.audit_patient_id() for row in self._result_cache)
@@ -355,3 +356,32 @@ class EncryptedQuerySet(models.QuerySet):
     def values_list(self, *fields, flat=False, named=False):
         self._refuse_encrypted(fields)
         return super().values_list(*fields, flat=flat, named=named)
+
+
+class EncryptedModel(models.Model):
+    """Base for models with encrypted fields.
+
+    UUID primary keys: known before insert (ciphertexts are bound to them) and not guessable.
+    Subclasses say which patient a row belongs to with ``audit_patient_id()`` so that every
+    decrypted read names the patient. ``__str__`` never decrypts: Django writes ``str(obj)``
+    into admin logs, messages and error reports, none of which may hold plaintext.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+
+    objects = EncryptedQuerySet.as_manager()
+
+    class Meta:
+        abstract = True
+
+    def __str__(self) -> str:
+        return f"{self._meta.verbose_name} {str(self.pk)[:8]}"
+
+    def refresh_from_db(self, using=None, fields=None, from_queryset=None):
+        # Django copies each refreshed value with getattr(), which would decrypt (and audit)
+        # every field; copy the sealed tokens instead: nothing is read until it is used.
+        with copying_sealed():
+            super().refresh_from_db(using=using, fields=fields, from_queryset=from_queryset)
+
+    def audit_patient_id(self):
+        raise ImproperlyConfigured(f"{type(self).__name__} must say which patient its rows belong to.")

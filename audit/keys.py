@@ -11,6 +11,7 @@ from django.db import DatabaseError, connection
 
 from audit import blind
 from audit.fields import crypter
+from audit.models import KeyCanary
 
 CANARY_TEXT = b"cabinet key canary v1"
 
@@ -26,8 +27,6 @@ def canary_write(*, field_key: bool = True, blind_index_key: bool = True) -> Non
     A field-key rotation re-seals the canary; a blind-index rebuild records the new index
     key's fingerprint. Neither vouches for the other's key.
     """
-    from audit.models import KeyCanary
-
     canary = KeyCanary.objects.filter(pk=1).first()
     if canary is None:
         canary, field_key, blind_index_key = KeyCanary(pk=1), True, True
@@ -40,8 +39,6 @@ def canary_write(*, field_key: bool = True, blind_index_key: bool = True) -> Non
 
 def canary_problem() -> str | None:
     """Why the configured keys cannot be trusted with this database, or None."""
-    from audit.models import KeyCanary
-
     try:
         if KeyCanary._meta.db_table not in connection.introspection.table_names():
             return None  # not migrated yet: nothing stored to protect

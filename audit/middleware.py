@@ -11,7 +11,7 @@ from django.http import HttpResponse
 from django.template.loader import render_to_string
 from django.urls import reverse
 
-from audit import context
+from audit import context, current
 from audit.budget import ReadBudgetExceeded, budget_settle
 from audit.explain import ExplanationRequired
 from audit.models import EventType
@@ -99,7 +99,7 @@ class AuditContextMiddleware:
             request_id=request.request_id,
             path=request.path,  # never the query string: it may hold search terms
         )
-        token = context._current.set(ctx)
+        token = current.activate(ctx)
         try:
             if expired:
                 logout(request)
@@ -124,7 +124,7 @@ class AuditContextMiddleware:
             if response.status_code == 404:
                 self._not_found_record(request)
         finally:
-            context._current.reset(token)
+            current.deactivate(token)
         response["X-Request-ID"] = request.request_id
         return response
 

@@ -1,39 +1,15 @@
+import datetime
 import uuid
 
-from django.core.exceptions import ImproperlyConfigured
 from django.db import models
 from django.utils.translation import gettext_lazy as _
 
-from audit.fields import EncryptedQuerySet, copying_sealed
-
-
-class EncryptedModel(models.Model):
-    """Base for models with encrypted fields.
-
-    UUID primary keys: known before insert (ciphertexts are bound to them) and not guessable.
-    Subclasses say which patient a row belongs to with ``audit_patient_id()`` so that every
-    decrypted read names the patient. ``__str__`` never decrypts: Django writes ``str(obj)``
-    into admin logs, messages and error reports, none of which may hold plaintext.
-    """
-
-    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-
-    objects = EncryptedQuerySet.as_manager()
-
-    class Meta:
-        abstract = True
-
-    def __str__(self) -> str:
-        return f"{self._meta.verbose_name} {str(self.pk)[:8]}"
-
-    def refresh_from_db(self, using=None, fields=None, from_queryset=None):
-        # Django copies each refreshed value with getattr(), which would decrypt (and audit)
-        # every field; copy the sealed tokens instead: nothing is read until it is used.
-        with copying_sealed():
-            super().refresh_from_db(using=using, fields=fields, from_queryset=from_queryset)
-
-    def audit_patient_id(self):
-        raise ImproperlyConfigured(f"{type(self).__name__} must say which patient its rows belong to.")
+# A re-read moves a read tally's last read (ReadTally) only when it is older than this, so
+# re-opening the same patients all day does not rewrite their rows (and index entries) on every
+# page. The budget's day window (audit/budget.py) is widened by as much, so a patient stays
+# counted at least 24 hours after its last read: the budget never counts less than the rule says.
+TALLY_STEP = datetime.timedelta(minutes=15)
+TALLY_DAY = datetime.timedelta(hours=24) + TALLY_STEP
 
 
 class Explanation(models.TextChoices):

@@ -12,15 +12,17 @@ import json
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from audit import budget, context
-from audit.budget import TALLY_DAY, TALLY_STEP
+from audit import current as active
 from audit.chain import CONTEXT_COLUMNS, chain_rows, chain_write_alone
 from audit.models import (
+    TALLY_DAY,
+    TALLY_STEP,
     AllowanceKind,
     AllowanceUse,
     AuditEvent,
@@ -29,6 +31,9 @@ from audit.models import (
     ReadBlock,
     ReadTally,
 )
+
+if TYPE_CHECKING:
+    from audit.context import AuditContext
 
 # What other apps run after an event of a given type is written: the investigations app
 # registers its alert mails here (investigations/apps.py). The core imports none of them.
@@ -44,9 +49,9 @@ def event_hook_register(event_types: Iterable[EventType], hook: Callable[[], Non
             hooks.append(hook)
 
 
-def _context_columns(ctx: context.AuditContext | None) -> dict:
+def _context_columns(ctx: AuditContext | None) -> dict:
     if ctx is None:
-        actor = context.Actor.system("unknown")
+        actor = active.Actor.system("unknown")
         return {
             "actor_user_id": None,
             "actor_username": actor.username,
@@ -76,7 +81,7 @@ class ReadsWritten:
     before: tuple[int, int] | None = None
 
 
-def audit_reads_write(*, context: context.AuditContext, reads: Iterable) -> ReadsWritten:
+def audit_reads_write(*, context: AuditContext, reads: Iterable) -> ReadsWritten:
     """Write buffered reads in one INSERT, chained (audit/chain.py), and count them in the
     reader's ``ReadTally`` (the read budget's counter) in the same statement; when some
     patient was new to the account and its budget gave its windows, count the account's
@@ -265,14 +270,14 @@ def audit_event_write(
     object_pk="",
     fields: Iterable[str] = (),
     extra: dict | None = None,
-    actor: context.Actor | None = None,
+    actor: active.Actor | None = None,
 ) -> AuditEvent:
     """Record a write or a security event now, in the caller's transaction.
 
     Then runs the hooks registered for its type (``event_hook_register``): security events
     are mailed to the practice admins that way (investigations/alerts.py).
     """
-    ctx = context.current()
+    ctx = active.current()
     columns = _context_columns(ctx)
     if actor is not None:
         columns.update(actor_user_id=actor.user_id, actor_username=actor.username, actor_role=actor.role)
@@ -342,7 +347,7 @@ def reads_explained_afterwards(event: AuditEvent) -> AuditEvent | None:
 # The trail's own records, changed by a practice admin ----------------------------------------
 
 
-def read_block_lift(*, block: ReadBlock, actor: context.Actor, reason: str) -> ReadBlock:
+def read_block_lift(*, block: ReadBlock, actor: active.Actor, reason: str) -> ReadBlock:
     """Lift a read budget block (audit.budget): the account decrypts again. A written reason
     is required; audited (BUDGET_LIFTED, with the reason).
 
@@ -359,7 +364,7 @@ def read_block_lift(*, block: ReadBlock, actor: context.Actor, reason: str) -> R
         if locked.lifted_at is not None:
             return locked
         # The budget's clock: the account's counts start again from the lift.
-        locked.lifted_at = budget._now()
+        locked.lifted_at = timezone.now()
         locked.lifted_by = actor.username[:150]
         locked.lift_reason = reason
         locked.save(update_fields=["lifted_at", "lifted_by", "lift_reason"])

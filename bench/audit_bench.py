@@ -501,7 +501,7 @@ def tally_build(end: datetime.datetime) -> tuple[float, int]:
     audit.0009 builds it this way from an existing trail). Seconds taken and rows."""
     from django.db import connection
 
-    from audit.budget import TALLY_DAY
+    from audit.models import TALLY_DAY
 
     started = perf_counter()
     with connection.cursor() as cursor:

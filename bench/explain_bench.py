@@ -665,7 +665,7 @@ def request_loads(actor, anchor: datetime.datetime, runs: int, warmup: int) -> d
     (as a page may load them twice). In an audit context the first load adds one explanation
     query for all its patients and the second none (already explained); the same two loads
     outside any context are the baseline, measured alternately."""
-    from audit import context
+    from audit import current
     from audit.context import AuditContext
     from patients.models import Patient
     from scheduling.models import Appointment
@@ -687,11 +687,11 @@ def request_loads(actor, anchor: datetime.datetime, runs: int, warmup: int) -> d
 
     def audited():
         ctx = AuditContext(purpose="bench:explain", actor=actor)
-        token = context._current.set(ctx)  # nothing is decrypted: nothing to flush
+        token = current.activate(ctx)  # nothing is decrypted: nothing to flush
         try:
             loaded = loads()
         finally:
-            context._current.reset(token)
+            current.deactivate(token)
         return loaded, ctx
 
     out = {"plain": [], "plain_cpu": [], "audited": [], "audited_cpu": []}

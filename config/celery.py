@@ -19,7 +19,9 @@ class AuditedTask(Task):
     audit_job: str | None = None
 
     def __call__(self, *args, **kwargs):
-        from audit.context import system_context
+        # The Celery app is made while settings load, before Django's apps are ready: what needs
+        # the models is imported when a task runs.
+        from audit.context import system_context  # noqa: PLC0415
 
         job = self.audit_job or self.name.rsplit(".", 1)[-1]
         with system_context(job, task_id=getattr(self.request, "id", None) or ""):
@@ -34,6 +36,6 @@ app.autodiscover_tasks()
 @worker_init.connect
 def _check_keys(**kwargs):
     """A worker with the wrong keys must not start (gunicorn does the same in wsgi.py)."""
-    from audit.keys import verify_keys_or_exit
+    from audit.keys import verify_keys_or_exit  # noqa: PLC0415 (needs the models, see above)
 
     verify_keys_or_exit()

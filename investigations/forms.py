@@ -1,6 +1,7 @@
 from django import forms
 from django.utils.translation import gettext_lazy as _
 
+from audit.models import AnomalyKind, Severity
 from investigations.reports import actor_filter
 
 # Values arrive as <input type="datetime-local">, read in the practice's time zone.
@@ -83,8 +84,6 @@ class AnomalyFilterForm(forms.Form):
     )
 
     def __init__(self, *args, **kwargs):
-        from audit.models import AnomalyKind, Severity
-
         super().__init__(*args, **kwargs)
         self.fields["severity"].choices = [("", _("Any")), *Severity.choices]
         self.fields["kind"].choices = [("", _("Any")), *AnomalyKind.choices]

@@ -29,7 +29,9 @@ import re
 import uuid
 from dataclasses import dataclass, field
 
+from django.apps import apps
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.db.models import (
     BooleanField,
     Case,
@@ -195,8 +197,6 @@ def purpose_label(purpose: str) -> str:
 
 def record_label(model_label: str) -> str:
     """A record type of the trail ("patients.Patient") as its model's verbose name."""
-    from django.apps import apps
-
     if not model_label:
         return ""
     try:
@@ -338,8 +338,6 @@ def actor_filter(username: str) -> dict:
     """The breach_scope argument for a username: an existing account is searched by its id
     (indexed, and the id survives a rename); any other name as the trail recorded it
     (deleted accounts, system jobs such as ``system:reminders``)."""
-    from django.contrib.auth import get_user_model
-
     user_id = get_user_model().objects.filter(username=username).values_list("pk", flat=True).first()
     return {"actor_username": username} if user_id is None else {"actor_user_id": user_id}
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import datetime
 
+from django.utils.translation import gettext as _
+
+from audit.describe import describer_register, uuid_refs
 from audit.explain import Reader, explainer_register
 from audit.models import Explanation
 from patients.models import BreakGlassGrant
@@ -27,10 +30,6 @@ def register() -> None:
 
 def _describe_grant(refs: list[str]) -> dict[str, str]:
     """{reference: "emergency access: <reason>"}: the reason is plain by design (reviewers read it)."""
-    from django.utils.translation import gettext as _
-
-    from audit.describe import uuid_refs
-
     ids = uuid_refs(refs)
     words = {}
     for pk, reason in BreakGlassGrant.objects.filter(pk__in=list(ids)).values_list("id", "reason"):
@@ -41,8 +40,6 @@ def _describe_grant(refs: list[str]) -> dict[str, str]:
 
 def describers_register() -> None:
     """The words the reports use for this explanation (audit/describe.py)."""
-    from audit.describe import describer_register
-
     describer_register(Explanation.GRANT, _describe_grant)
 
 

@@ -2,11 +2,18 @@ import uuid
 
 from django.conf import settings
 from django.db import models
+from django.urls import reverse
 from django.utils.translation import gettext_lazy as _
 
 from audit import blind
-from audit.fields import EncryptedCharField, EncryptedDateField, EncryptedEmailField, EncryptedTextField, Sealed
-from audit.models import EncryptedModel
+from audit.fields import (
+    EncryptedCharField,
+    EncryptedDateField,
+    EncryptedEmailField,
+    EncryptedModel,
+    EncryptedTextField,
+    Sealed,
+)
 
 
 class Sex(models.TextChoices):
@@ -87,8 +94,6 @@ class Patient(EncryptedModel):
         super().save(*args, **kwargs)
 
     def get_absolute_url(self) -> str:
-        from django.urls import reverse
-
         return reverse("patients:detail", args=[self.pk])
 
     def audit_patient_id(self):

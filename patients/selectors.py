@@ -7,8 +7,11 @@ import datetime
 from dataclasses import dataclass
 
 from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.urls import reverse
+from django.utils import timezone
 
 from audit import blind
+from audit.explain import masked_lines
 from patients.models import Patient, full_name_index
 
 # What a search result shows: enough to pick the right person, nothing more.
@@ -92,8 +95,6 @@ class MaskedLine:
         return None  # masked: the year only
 
     def get_absolute_url(self) -> str:
-        from django.urls import reverse
-
         return reverse("patients:detail", args=[self.pk])
 
 
@@ -180,8 +181,6 @@ def patient_search_masked(query: PatientQuery, *, limit: int = MASKED_LIMIT) -> 
     """A search by last name alone: at most ``limit`` masked lines. Each unexplained patient is
     paid from the masked allowance (audit.explain), not the full one; only the last name, the
     first names and the birth date are decrypted, and only their masked form leaves."""
-    from audit.explain import masked_lines
-
     candidates = _candidates(query)
     if candidates is None:
         return Found()
@@ -212,8 +211,6 @@ def patients_today(*, day: datetime.date, limit: int = 100) -> QuerySet[Patient]
     """The list page's default: the patients with an appointment today that is not cancelled
     (each is explained by it), name columns only. Through the reverse relation of appointments:
     scheduling stands above patients, so no import of it here."""
-    from django.utils import timezone
-
     tz = timezone.get_current_timezone()
     start = timezone.make_aware(datetime.datetime.combine(day, datetime.time.min), tz)
     end = timezone.make_aware(datetime.datetime.combine(day + datetime.timedelta(days=1), datetime.time.min), tz)

@@ -18,6 +18,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.core.mail.backends.base import BaseEmailBackend
+from django.utils.module_loading import import_string
 
 from practice import brevo
 
@@ -32,8 +33,6 @@ class EmailRejected(Exception):
 
 def supports_idempotency() -> bool:
     """Does the configured e-mail backend send a message once per idempotency key?"""
-    from django.utils.module_loading import import_string
-
     return getattr(import_string(settings.EMAIL_BACKEND), "supports_idempotency", False)
 
 

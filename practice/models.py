@@ -1,13 +1,17 @@
 import datetime
+import hashlib
 import hmac
 import json
 from zoneinfo import ZoneInfo
 
 from django.conf import settings
+from django.contrib.auth import SESSION_KEY
+from django.contrib.sessions.backends.base import UpdateError
+from django.contrib.sessions.backends.db import SessionStore as DbSessionStore
 from django.contrib.sessions.base_session import AbstractBaseSession
 from django.core.exceptions import ValidationError
 from django.core.validators import RegexValidator
-from django.db import IntegrityError, models, transaction
+from django.db import DatabaseError, IntegrityError, models, router, transaction
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
 from django.utils.translation import gettext_lazy as _
@@ -60,6 +64,29 @@ class Practitioner(models.Model):
         return self.display_name
 
 
+def _normalize(code: str) -> str:
+    return "".join(code.lower().split()).replace("-", "")
+
+
+def recovery_code_digest(code: str, salt: str) -> str:
+    """How a recovery code is stored (practice.twofactor makes them): salted, hashed."""
+    return f"{salt}${hashlib.sha256((salt + _normalize(code)).encode()).hexdigest()}"
+
+
+def recovery_code_use(device: "RecoveryCodeDevice", code: str) -> bool:
+    """Spend one unused code matching ``code``; compare every digest in constant time."""
+    match = None
+    for stored in device.codes.select_for_update().filter(used_at__isnull=True):
+        salt = stored.digest.split("$", 1)[0]
+        if hmac.compare_digest(stored.digest, recovery_code_digest(code, salt)) and match is None:
+            match = stored
+    if match is None:
+        return False
+    match.used_at = timezone.now()
+    match.save(update_fields=["used_at"])
+    return True
+
+
 class RecoveryCodeDevice(ThrottlingMixin, Device):
     """One-time recovery codes for a lost authenticator: a django-otp device of its own.
 
@@ -72,8 +99,6 @@ class RecoveryCodeDevice(ThrottlingMixin, Device):
         verbose_name_plural = _("recovery codes")
 
     def verify_token(self, token) -> bool:
-        from practice.twofactor import recovery_code_use
-
         allowed, _detail = self.verify_is_allowed()
         if not allowed:
             return False
@@ -116,8 +141,6 @@ class UserSession(AbstractBaseSession):
 
     @classmethod
     def get_session_store_class(cls):
-        from practice.sessions import SessionStore
-
         return SessionStore
 
 
@@ -330,3 +353,32 @@ class LoginThrottle(models.Model):
 
     def __str__(self) -> str:
         return f"{self.scope} {self.value}"
+
+
+# The session engine's store (SESSION_ENGINE = "practice.sessions" exposes it), beside its model
+# as Django's documentation does it: each names the other.
+class SessionStore(DbSessionStore):
+    @classmethod
+    def get_model_class(cls):
+        return UserSession
+
+    def create_model_instance(self, data):
+        instance = super().create_model_instance(data)
+        user_id = data.get(SESSION_KEY)
+        instance.user_id = int(user_id) if user_id is not None and str(user_id).isdigit() else None
+        return instance
+
+    def save(self, must_create=False):
+        """As Django's, but an update outside a transaction is one UPDATE, without the
+        BEGIN/COMMIT Django wraps around it: a single statement is atomic on its own, and
+        SESSION_SAVE_EVERY_REQUEST makes every page pay those two round trips otherwise."""
+        if must_create or self.session_key is None:
+            return super().save(must_create=must_create)
+        obj = self.create_model_instance(self._get_session())
+        using = router.db_for_write(self.model, instance=obj)
+        if transaction.get_connection(using).in_atomic_block:
+            return super().save(must_create=False)
+        try:
+            obj.save(force_update=True, using=using)
+        except DatabaseError as exc:
+            raise UpdateError from exc

@@ -14,8 +14,6 @@ Rules enforced here and in practice.middleware.SecondFactorMiddleware:
 """
 
 import datetime
-import hashlib
-import hmac
 import secrets
 
 import django_otp
@@ -28,7 +26,7 @@ from django_otp.plugins.otp_totp.models import TOTPDevice
 from audit.context import SESSION_KEY as AUDIT_SESSION_KEY
 from audit.models import AuditEvent, EventType
 from audit.services import audit_event_write
-from practice.models import RecoveryCode, RecoveryCodeDevice
+from practice.models import RecoveryCode, RecoveryCodeDevice, recovery_code_digest
 from practice.roles import PRACTICE_ADMIN, has_role
 
 RECOVERY_CODE_COUNT = 10
@@ -60,14 +58,6 @@ def totp_pending(user) -> TOTPDevice:
     return device
 
 
-def _normalize(code: str) -> str:
-    return "".join(code.lower().split()).replace("-", "")
-
-
-def _digest(code: str, salt: str) -> str:
-    return f"{salt}${hashlib.sha256((salt + _normalize(code)).encode()).hexdigest()}"
-
-
 def _pretty(code: str) -> str:
     return f"{code[:5]}-{code[5:]}"
 
@@ -78,26 +68,12 @@ def recovery_codes_generate(user) -> list[str]:
     device, _ = RecoveryCodeDevice.objects.get_or_create(user=user, defaults={"name": "recovery codes"})
     device.codes.all().delete()
     codes = ["".join(secrets.choice(_ALPHABET) for _ in range(_CODE_LENGTH)) for _ in range(RECOVERY_CODE_COUNT)]
-    rows = [RecoveryCode(device=device, digest=_digest(code, secrets.token_hex(8))) for code in codes]
+    rows = [RecoveryCode(device=device, digest=recovery_code_digest(code, secrets.token_hex(8))) for code in codes]
     RecoveryCode.objects.bulk_create(rows)
     if not device.confirmed:
         device.confirmed = True
         device.save(update_fields=["confirmed"])
     return [_pretty(c) for c in codes]
-
-
-def recovery_code_use(device: RecoveryCodeDevice, code: str) -> bool:
-    """Spend one unused code matching ``code``; compare every digest in constant time."""
-    match = None
-    for stored in device.codes.select_for_update().filter(used_at__isnull=True):
-        salt = stored.digest.split("$", 1)[0]
-        if hmac.compare_digest(stored.digest, _digest(code, salt)) and match is None:
-            match = stored
-    if match is None:
-        return False
-    match.used_at = timezone.now()
-    match.save(update_fields=["used_at"])
-    return True
 
 
 def recovery_codes_left(user) -> int:

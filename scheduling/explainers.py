@@ -16,7 +16,9 @@ from __future__ import annotations
 import datetime
 
 from django.conf import settings
+from django.utils.translation import gettext as _
 
+from audit.describe import describer_register, uuid_refs, when_text
 from audit.explain import Reader, explainer_register, sql_time
 from audit.models import Explanation
 from practice.models import Practitioner
@@ -74,8 +76,6 @@ def register() -> None:
 
 def _appointment_words(refs: list[str]) -> dict[str, tuple]:
     """{reference: (start, practitioner, type)} from plaintext columns only (nothing decrypted)."""
-    from audit.describe import uuid_refs
-
     ids = uuid_refs(refs)
     rows = Appointment.objects.filter(pk__in=list(ids)).values_list(
         "id", "start", "practitioner__display_name", "appointment_type__name"
@@ -84,10 +84,6 @@ def _appointment_words(refs: list[str]) -> dict[str, tuple]:
 
 
 def _describe_appointment(refs: list[str]) -> dict[str, str]:
-    from django.utils.translation import gettext as _
-
-    from audit.describe import when_text
-
     return {
         ref: _("appointment of %(when)s with %(practitioner)s (%(type)s)")
         % {"when": when_text(start), "practitioner": who, "type": kind}
@@ -96,10 +92,6 @@ def _describe_appointment(refs: list[str]) -> dict[str, str]:
 
 
 def _describe_care(refs: list[str]) -> dict[str, str]:
-    from django.utils.translation import gettext as _
-
-    from audit.describe import when_text
-
     return {
         ref: _("care relationship: seen on %(when)s by %(practitioner)s")
         % {"when": when_text(start, with_time=False), "practitioner": who}
@@ -109,8 +101,6 @@ def _describe_care(refs: list[str]) -> dict[str, str]:
 
 def describers_register() -> None:
     """The words the reports use for these explanations (audit/describe.py)."""
-    from audit.describe import describer_register
-
     describer_register(Explanation.APPOINTMENT, _describe_appointment)
     describer_register(Explanation.CARE, _describe_care)
 

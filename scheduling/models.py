@@ -10,10 +10,10 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
+from django.urls import reverse
 from django.utils.translation import gettext_lazy as _
 
-from audit.fields import EncryptedTextField
-from audit.models import EncryptedModel
+from audit.fields import EncryptedModel, EncryptedTextField
 from practice.models import colour_validator
 
 # Said by the forms and the services when a practitioner is given a type they do not offer.
@@ -288,8 +288,6 @@ class Appointment(EncryptedModel):
         ]
 
     def get_absolute_url(self) -> str:
-        from django.urls import reverse
-
         return reverse("scheduling:appointment", args=[self.pk])
 
     def audit_patient_id(self):

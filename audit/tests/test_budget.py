@@ -15,7 +15,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from audit import budget as budget_module
-from audit import context
+from audit import current
 from audit.budget import ReadBudgetExceeded, budget_settle, read_tally_purge
 from audit.chain import SQL_TAG
 from audit.context import Actor, AuditContext, opened, system_context
@@ -215,24 +215,24 @@ def test_parallel_requests_cannot_send_more_than_one_budget(tight, secretary):
     patients = _patients(8)
     first = AuditContext(purpose="tests", actor=Actor.for_user(secretary))
     second = AuditContext(purpose="tests", actor=Actor.for_user(secretary))
-    token = context._current.set(first)
+    token = current.activate(first)
     try:
         [p.last_name for p in Patient.objects.filter(pk__in=[p.pk for p in patients[:4]])]
-        inner = context._current.set(second)
+        inner = current.activate(second)
         try:
             [p.last_name for p in Patient.objects.filter(pk__in=[p.pk for p in patients[4:]])]
         finally:
-            context._current.reset(inner)
+            current.deactivate(inner)
         first.flush()
         assert budget_settle(first) is None  # the second one's reads are not written yet
     finally:
-        context._current.reset(token)
-    token = context._current.set(second)
+        current.deactivate(token)
+    token = current.activate(second)
     try:
         second.flush()
         refusal = budget_settle(second)
     finally:
-        context._current.reset(token)
+        current.deactivate(token)
     assert refusal is not None
     assert refusal.window == "hour"
     assert refusal.patients_read == 8

@@ -4,6 +4,7 @@ import datetime
 import math
 
 from django import template
+from django.apps import apps
 from django.core.exceptions import FieldDoesNotExist
 
 from practice.roles import role_label
@@ -28,8 +29,6 @@ def role(value: str) -> str:
 @register.filter
 def field_labels(names, model_label: str) -> str:
     """Field names recorded in the trail, as the model's (translated) verbose names."""
-    from django.apps import apps
-
     try:
         model = apps.get_model(model_label)
     except (LookupError, ValueError):

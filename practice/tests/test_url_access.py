@@ -94,7 +94,7 @@ def _logged_in(expected, **overrides) -> Row:
     return Row(LOGIN, *[expected] * 5, **overrides)
 
 
-# URL objects: `pk` of patients: and audit: URLs is the patient Dr Martin (`practitioner`) has an
+# URL objects: `pk` of patients: and investigations: URLs is the patient Dr Martin (`practitioner`) has an
 # appointment with; of scheduling: URLs, that appointment, or Dr Martin's practitioner id.
 # POST-only views answer a GET with 405 once the login and the second factor are done.
 TABLE: dict[str, Row] = {
@@ -244,7 +244,7 @@ class World:
     unseen_patient: Patient  # no appointment with anyone
     admin_rows: dict  # model -> primary key of a real row, for admin object pages
     users: dict
-    anomaly: int = 0  # an anomaly signal's id (audit:anomaly pages)
+    anomaly: int = 0  # an anomaly signal's id (investigations:anomaly pages)
 
 
 @pytest.fixture
@@ -359,13 +359,13 @@ def _kwargs(pattern: Pattern, world: World, objects: Objects) -> list[dict]:
     """The keyword arguments that fill this pattern (several for admin:app_list)."""
     kwargs = {}
     for name, converter in pattern.converters.items():
-        if isinstance(converter, UUIDConverter) and pattern.key.startswith(("patients:", "audit:")):
+        if isinstance(converter, UUIDConverter) and pattern.key.startswith(("patients:", "investigations:")):
             kwargs[name] = objects.patient
         elif isinstance(converter, UUIDConverter) and pattern.key.startswith("scheduling:"):
             kwargs[name] = objects.appointment
         elif isinstance(converter, IntConverter) and pattern.key.startswith("scheduling:"):
             kwargs[name] = objects.practitioner
-        elif isinstance(converter, IntConverter) and pattern.key.startswith("audit:"):
+        elif isinstance(converter, IntConverter) and pattern.key.startswith("investigations:"):
             kwargs[name] = world.anomaly
         elif isinstance(converter, AgendaDateConverter):
             kwargs[name] = DAY

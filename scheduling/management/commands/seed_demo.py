@@ -207,8 +207,9 @@ def _faker():
     Imported here rather than at the top: Faker is not in the production requirements, and
     `demo_code` imports this module (for the accounts) without needing it."""
     try:
-        from faker import Faker
-        from faker.providers.ssn.fr_FR import Provider as FrenchSsnProvider
+        # Faker is a demo extra (requirements-demo.txt), not a production dependency.
+        from faker import Faker  # noqa: PLC0415
+        from faker.providers.ssn.fr_FR import Provider as FrenchSsnProvider  # noqa: PLC0415
     except ImportError as error:
         raise CommandError(
             "seed_demo needs Faker, a demo requirement that production does not install: "
