@@ -43,6 +43,7 @@ from django.db.models import (
     Min,
     OuterRef,
     Q,
+    QuerySet,
     TextField,
     Value,
     When,
@@ -342,6 +343,62 @@ def actor_filter(username: str) -> dict:
     return {"actor_username": username} if user_id is None else {"actor_user_id": user_id}
 
 
+def _exposures(*, start, end, actor_user_id, actor_username, ip, session) -> QuerySet[AuditEvent]:
+    """The trail's exposure events in [start, end) that match every filter given."""
+    events = AuditEvent.objects.filter(
+        event_type__in=EXPOSURE_EVENTS, occurred_at__gte=start, occurred_at__lt=end, patient_id__isnull=False
+    )
+    if actor_user_id is not None:
+        events = events.filter(actor_user_id=actor_user_id)
+    if actor_username:
+        events = events.filter(actor_username=actor_username)
+    if ip:
+        events = events.filter(ip=ip)
+    if session:
+        # The session index is partial (non-empty sessions): say so, for the planner.
+        events = events.filter(Q(session=session) & ~Q(session=""))
+    return events
+
+
+def _exposures_by_patient(groups) -> tuple[dict[uuid.UUID, PatientExposure], dict[uuid.UUID, PatientExposure]]:
+    """The grouped rows summed per patient: (served, withheld), each patient's reads, unexplained
+    reads, first and last read, and reads per (record type, field)."""
+    keys_of: dict[tuple[str, str], tuple[tuple[str, str], ...]] = {}
+    served: dict[uuid.UUID, PatientExposure] = {}
+    held_back: dict[uuid.UUID, PatientExposure] = {}
+    for patient_id, model_label, fields_text, held, unexplained, n, first, last in groups:
+        keys = keys_of.get((model_label, fields_text))
+        if keys is None:
+            names = json.loads(fields_text) if fields_text else []
+            keys = keys_of[(model_label, fields_text)] = tuple((model_label, name) for name in names)
+        by_patient = held_back if held else served
+        exposure = by_patient.get(patient_id)
+        if exposure is None:
+            exposure = by_patient[patient_id] = PatientExposure(patient_id=patient_id, first=first, last=last)
+        else:
+            exposure.first = min(exposure.first, first)
+            exposure.last = max(exposure.last, last)
+        exposure.reads += n
+        if unexplained and not held:
+            exposure.unexplained_reads += n
+        for key in keys:
+            exposure.fields[key] = exposure.fields.get(key, 0) + n
+    return served, held_back
+
+
+def _field_totals(served: dict[uuid.UUID, PatientExposure]) -> dict[tuple[str, str], FieldTotal]:
+    """Per (record type, field): how many patients it left for, in how many reads."""
+    totals: dict[tuple[str, str], FieldTotal] = {}
+    for exposure in served.values():
+        for key, reads in exposure.fields.items():
+            total = totals.get(key)
+            if total is None:
+                total = totals[key] = FieldTotal(model_label=key[0], name=key[1])
+            total.patients += 1
+            total.reads += reads
+    return totals
+
+
 def breach_scope(
     *,
     start: datetime.datetime,
@@ -361,18 +418,9 @@ def breach_scope(
     subqueries use the (event type, time) index (WITHHELD events, rare) and the (patient,
     time) index (READ_EXPLAINED, only for reads paid from an allowance). Nothing is decrypted.
     """
-    events = AuditEvent.objects.filter(
-        event_type__in=EXPOSURE_EVENTS, occurred_at__gte=start, occurred_at__lt=end, patient_id__isnull=False
+    events = _exposures(
+        start=start, end=end, actor_user_id=actor_user_id, actor_username=actor_username, ip=ip, session=session
     )
-    if actor_user_id is not None:
-        events = events.filter(actor_user_id=actor_user_id)
-    if actor_username:
-        events = events.filter(actor_username=actor_username)
-    if ip:
-        events = events.filter(ip=ip)
-    if session:
-        # The session index is partial (non-empty sessions): say so, for the planner.
-        events = events.filter(Q(session=session) & ~Q(session=""))
     # The field list is grouped on as text: a few distinct lists, each parsed once below,
     # instead of one JSON decode per group.
     groups = (
@@ -385,35 +433,8 @@ def breach_scope(
         .values_list("patient_id", "model_label", "fields_text", "held", "unexplained")
         .annotate(n=Count("id"), first=Min("occurred_at"), last=Max("occurred_at"))
     )
-    keys_of: dict[tuple[str, str], tuple[tuple[str, str], ...]] = {}
-    served: dict[uuid.UUID, PatientExposure] = {}
-    held_back: dict[uuid.UUID, PatientExposure] = {}
-    for patient_id, model_label, fields_text, held, unexplained, n, first, last in groups:
-        keys = keys_of.get((model_label, fields_text))
-        if keys is None:
-            names = json.loads(fields_text) if fields_text else []
-            keys = keys_of[(model_label, fields_text)] = tuple((model_label, name) for name in names)
-        by_patient = held_back if held else served
-        exposure = by_patient.get(patient_id)
-        if exposure is None:
-            exposure = by_patient[patient_id] = PatientExposure(patient_id=patient_id, first=first, last=last)
-        else:
-            exposure.first = min(exposure.first, first)
-            exposure.last = max(exposure.last, last)
-        exposure.reads += n
-        if unexplained and not held:
-            exposure.unexplained_reads += n
-        counts = exposure.fields
-        for key in keys:
-            counts[key] = counts.get(key, 0) + n
-    totals: dict[tuple[str, str], FieldTotal] = {}
-    for exposure in served.values():
-        for key, reads in exposure.fields.items():
-            total = totals.get(key)
-            if total is None:
-                total = totals[key] = FieldTotal(model_label=key[0], name=key[1])
-            total.patients += 1
-            total.reads += reads
+    served, held_back = _exposures_by_patient(groups)
+    totals = _field_totals(served)
     # Decrypted and withheld: patients whose data did not leave in this scope at all.
     withheld = [exposure for pk, exposure in held_back.items() if pk not in served]
 

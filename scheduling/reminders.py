@@ -107,6 +107,53 @@ def _cancel(reminders: list[Reminder], reason: str) -> None:
         )
 
 
+def _latest_done(appointment: Appointment) -> dict[tuple[str, str], Reminder]:
+    """Per channel and kind, the latest reminder no longer in flight (sent, failed, cancelled)."""
+    latest = {}
+    for row in (
+        Reminder.objects.filter(appointment=appointment)
+        .exclude(status__in=IN_FLIGHT)
+        .only("id", "channel", "kind", "planned_for", "status")
+        .order_by("id")
+    ):
+        latest[(row.channel, row.kind)] = row
+    return latest
+
+
+def _keep_current(current: dict, due: dict, channels: list[str], now: datetime.datetime) -> list[Reminder]:
+    """The pending reminders still wanted, with their due time brought up to date; the others
+    are cancelled."""
+    kept, dropped = [], []
+    for (channel, kind), reminder in current.items():
+        at = due.get(kind)
+        if channel not in channels or at is None:
+            dropped.append(reminder)
+            continue
+        if reminder.due_at != at and reminder.due_at > now:
+            Reminder.objects.filter(pk=reminder.pk, status=ReminderStatus.PENDING).update(due_at=at, updated_at=now)
+            reminder.due_at = at
+        kept.append(reminder)
+    _cancel(dropped, "no_longer_wanted")
+    return kept
+
+
+def _missing(appointment: Appointment, current: dict, due: dict, channels: list[str], latest: dict) -> list[Reminder]:
+    """The reminders wanted and not planned yet (unsaved), except those already sent or given up
+    for this very start."""
+    created = []
+    for channel in channels:
+        for kind, at in due.items():
+            if (channel, kind) in current:
+                continue
+            last = latest.get((channel, kind))
+            if last and last.status in DONE_FOR_GOOD and last.planned_for == appointment.start:
+                continue
+            created.append(
+                Reminder(appointment=appointment, channel=channel, kind=kind, planned_for=appointment.start, due_at=at)
+            )
+    return created
+
+
 @transaction.atomic
 def reminders_plan(*, appointment: Appointment) -> list[Reminder]:
     """Bring the appointment's reminders in line with it; returns the pending ones.
@@ -139,36 +186,9 @@ def reminders_plan(*, appointment: Appointment) -> list[Reminder]:
     channels = _consented_channels(appointment.patient_id)
     # Already sent for this very start (e.g. the type changed after the reminder went out):
     # the latest row of each channel and kind decides, so a move there and back plans anew.
-    latest = {}
-    for row in (
-        Reminder.objects.filter(appointment=appointment)
-        .exclude(status__in=IN_FLIGHT)
-        .only("id", "channel", "kind", "planned_for", "status")
-        .order_by("id")
-    ):
-        latest[(row.channel, row.kind)] = row
-
-    kept, created, dropped = [], [], []
-    for (channel, kind), reminder in current.items():
-        at = due.get(kind)
-        if channel not in channels or at is None:
-            dropped.append(reminder)
-        else:
-            if reminder.due_at != at and reminder.due_at > now:
-                Reminder.objects.filter(pk=reminder.pk, status=ReminderStatus.PENDING).update(due_at=at, updated_at=now)
-                reminder.due_at = at
-            kept.append(reminder)
-    _cancel(dropped, "no_longer_wanted")
-    for channel in channels:
-        for kind, at in due.items():
-            if (channel, kind) in current:
-                continue
-            last = latest.get((channel, kind))
-            if last and last.status in DONE_FOR_GOOD and last.planned_for == appointment.start:
-                continue
-            created.append(
-                Reminder(appointment=appointment, channel=channel, kind=kind, planned_for=appointment.start, due_at=at)
-            )
+    latest = _latest_done(appointment)
+    kept = _keep_current(current, due, channels, now)
+    created = _missing(appointment, current, due, channels, latest)
     if created:
         Reminder.objects.bulk_create(created)
     planned = kept + created

@@ -25,6 +25,7 @@ import logging
 import re
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
 from django.contrib import messages
@@ -605,10 +606,6 @@ def book(request: HttpRequest) -> HttpResponse:
     when the page comes back with errors. A new patient and the booking commit together: a
     refused booking creates no patient."""
     require_front_desk(request)
-    can_create = request.user.has_perm("patients.add_patient")
-    action = request.POST.get("action", "") if request.method == "POST" else ""
-    data = request.POST
-
     if request.method == "GET":
         form = BookingForm(initial=_booking_initial(request.GET))
         find = PatientFindForm(prefix="find")
@@ -616,91 +613,121 @@ def book(request: HttpRequest) -> HttpResponse:
         selected = _chosen_patient(_as_uuid(request.GET.get("patient")))
         return _render_book(request, form, find, new, results=[selected] if selected else [], selected=selected)
 
-    booking = action in BOOKED
-    if action == "book_new" and not can_create:
+    action = request.POST.get("action", "")
+    if action == "book_new" and not request.user.has_perm("patients.add_patient"):
         raise PermissionDenied
-    form = BookingForm(data) if booking else BookingForm(initial=data.dict())
-    if booking:
+    form = BookingForm(request.POST) if action in BOOKED else BookingForm(initial=request.POST.dict())
+    if action in BOOKED:
         # Before anything is searched or decrypted: a booking sent again answers as the first time.
         try:
             if replay := _replayed(request, f"scheduling.{action}", str(BOOKED[action])):
                 return replay
         except FormSubmission.Reused as exc:
             _refused(form, exc)
-
-    selected_pk = _as_uuid(data.get("patient"))
-    searching = action == "search"
-    find = PatientFindForm(data, prefix="find") if searching else PatientFindForm(initial=_unprefixed(data, "find"))
-    new = (
-        NewPatientForm(data, prefix="new")
-        if action == "book_new"
-        else NewPatientForm(prefix="new", initial=_unprefixed(data, "new"))
-    )
-    if not searching and any(_unprefixed(data, "find").values()):
-        # Show the last search's results again so the choice survives an error.
-        results = _search(PatientFindForm(data, prefix="find"))
-    else:
-        results = _search(find) if searching else []
-    selected = next((p for p in results if p.pk == selected_pk), None) or _chosen_patient(selected_pk)
-    if selected is not None and selected not in results:
-        results = [selected, *results]
-
-    patient_errors = []
-    nearby = []
+    page = _BookPage.from_post(request.POST, action)
     if action == "book_existing":
-        if selected is None:
-            patient_errors.append(_("Pick a patient in the list, or create a new one."))
-        if form.is_valid() and selected is not None:
-            if not form.cleaned_data["confirm_duplicate"]:
-                nearby = _booked_nearby(selected, form.cleaned_data["practitioner"], form.cleaned_data["start"])
-            if nearby and (replay := _replayed_since(request, action)):
-                return replay  # the booking it found is a twin's, committed meanwhile with this key
-            if not nearby:
-                try:
-                    url = _once(
-                        request,
-                        "scheduling.book_existing",
-                        lambda: _book_with(request, form, selected).get_absolute_url(),
-                    )
-                except (services.BookingError, FormSubmission.Reused) as exc:
-                    _refused(form, exc)
-                else:
-                    messages.success(request, BOOKED[action])
-                    return redirect(url)
+        done = _book_existing(request, form, page)
     elif action == "book_new":
-        slot_ok = form.is_valid()
-        duplicates = new.is_valid() and slot_ok and _new_patient_duplicates(new, results)
-        if duplicates and (replay := _replayed_since(request, action)):
-            return replay  # the record it found is a twin's, committed meanwhile with this key
-        if new.is_valid() and slot_ok and not duplicates:
-
-            def create_and_book() -> str:
-                appointment = services.patient_create_and_book(
-                    patient_data=new.cleaned_data, actor=request.user, **_slot_of(form)
-                )
-                return appointment.get_absolute_url()
-
-            try:
-                url = _once(request, "scheduling.book_new", create_and_book)
-            except (services.BookingError, FormSubmission.Reused) as exc:
-                _refused(form, exc)
-            except ValidationError as exc:
-                new.add_error(None, exc)
-            else:
-                messages.success(request, BOOKED[action])
-                return redirect(url)
-        results = [*results, *(d for d in new.duplicates if d not in results)]
+        done = _book_new(request, form, page)
+    else:
+        done = None
+    if done is not None:
+        return done
     return _render_book(
         request,
         form,
-        find,
-        new,
-        results=results,
-        selected=selected,
-        searched=searching,
-        patient_errors=patient_errors,
-        nearby=nearby,
+        page.find,
+        page.new,
+        results=page.results,
+        selected=page.selected,
+        searched=action == "search",
+        patient_errors=page.patient_errors,
+        nearby=page.nearby,
     )
+
+
+@dataclass
+class _BookPage:
+    """The booking page's patient side as posted: the search, the new-patient form, the list of
+    patients shown and the one picked (what the page shows again when it comes back)."""
+
+    find: PatientFindForm
+    new: NewPatientForm
+    results: list[Patient]
+    selected: Patient | None
+    patient_errors: list[str] = field(default_factory=list)
+    nearby: list = field(default_factory=list)
+
+    @classmethod
+    def from_post(cls, data, action: str) -> _BookPage:
+        searching = action == "search"
+        find = PatientFindForm(data, prefix="find") if searching else PatientFindForm(initial=_unprefixed(data, "find"))
+        new = (
+            NewPatientForm(data, prefix="new")
+            if action == "book_new"
+            else NewPatientForm(prefix="new", initial=_unprefixed(data, "new"))
+        )
+        if not searching and any(_unprefixed(data, "find").values()):
+            # Show the last search's results again so the choice survives an error.
+            results = _search(PatientFindForm(data, prefix="find"))
+        else:
+            results = _search(find) if searching else []
+        selected_pk = _as_uuid(data.get("patient"))
+        selected = next((p for p in results if p.pk == selected_pk), None) or _chosen_patient(selected_pk)
+        if selected is not None and selected not in results:
+            results = [selected, *results]
+        return cls(find=find, new=new, results=results, selected=selected)
+
+
+def _book_existing(request: HttpRequest, form: BookingForm, page: _BookPage) -> HttpResponse | None:
+    """Book the picked patient; the response when done, None to show the page again (with
+    errors, or the patient's bookings nearby to confirm a second one)."""
+    selected = page.selected
+    if selected is None:
+        page.patient_errors.append(_("Pick a patient in the list, or create a new one."))
+    if not form.is_valid() or selected is None:
+        return None
+    if not form.cleaned_data["confirm_duplicate"]:
+        page.nearby = _booked_nearby(selected, form.cleaned_data["practitioner"], form.cleaned_data["start"])
+    if page.nearby:
+        # The booking it found may be a twin's, committed meanwhile with this key.
+        return _replayed_since(request, "book_existing")
+    try:
+        url = _once(request, "scheduling.book_existing", lambda: _book_with(request, form, selected).get_absolute_url())
+    except (services.BookingError, FormSubmission.Reused) as exc:
+        _refused(form, exc)
+        return None
+    messages.success(request, BOOKED["book_existing"])
+    return redirect(url)
+
+
+def _book_new(request: HttpRequest, form: BookingForm, page: _BookPage) -> HttpResponse | None:
+    """Create the patient and book them in one transaction; the response when done, None to show
+    the page again (with errors, or the records that look like the same person)."""
+    new = page.new
+    slot_ok = form.is_valid()
+    duplicates = new.is_valid() and slot_ok and _new_patient_duplicates(new, page.results)
+    if duplicates and (replay := _replayed_since(request, "book_new")):
+        return replay  # the record it found is a twin's, committed meanwhile with this key
+    if new.is_valid() and slot_ok and not duplicates:
+
+        def create_and_book() -> str:
+            appointment = services.patient_create_and_book(
+                patient_data=new.cleaned_data, actor=request.user, **_slot_of(form)
+            )
+            return appointment.get_absolute_url()
+
+        try:
+            url = _once(request, "scheduling.book_new", create_and_book)
+        except (services.BookingError, FormSubmission.Reused) as exc:
+            _refused(form, exc)
+        except ValidationError as exc:
+            new.add_error(None, exc)
+        else:
+            messages.success(request, BOOKED["book_new"])
+            return redirect(url)
+    page.results = [*page.results, *(d for d in new.duplicates if d not in page.results)]
+    return None
 
 
 def _new_patient_duplicates(new: NewPatientForm, results: list[Patient]) -> bool:

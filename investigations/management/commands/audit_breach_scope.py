@@ -65,10 +65,22 @@ class Command(AuditedCommand):
             arguments.update(actor_filter(user))
         scope = breach_scope(**arguments)
 
+        self._report(scope, user=user, ip=ip, session=session)
+        if csv:
+            text, count = breach_notification_export(scope=scope, purpose=purpose.strip())
+            # Written only once the reads are in the trail (raises if they cannot be written).
+            context.require().flush()
+            fd = os.open(csv, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8", newline="") as out:
+                out.write(text)
+            self.stdout.write(f"Notification list of {count} patients written to {csv} (audited).")
+
+    def _report(self, scope, *, user, ip, session) -> None:
+        """The scope as text: counts, fields, then the patients' ids (nothing decrypted)."""
         who = ", ".join(f"{k} {v}" for k, v in (("user", user), ("IP", ip), ("session", session)) if v) or "everyone"
         self.stdout.write(
-            f"Breach scope: {who}, {timezone.localtime(start_at):%Y-%m-%d %H:%M} to "
-            f"{timezone.localtime(end_at):%Y-%m-%d %H:%M} ({timezone.get_current_timezone_name()})"
+            f"Breach scope: {who}, {timezone.localtime(scope.start):%Y-%m-%d %H:%M} to "
+            f"{timezone.localtime(scope.end):%Y-%m-%d %H:%M} ({timezone.get_current_timezone_name()})"
         )
         self.stdout.write(f"{scope.patient_count} patients exposed, {scope.total_reads} reads")
         self.stdout.write(
@@ -92,11 +104,3 @@ class Command(AuditedCommand):
             self.stdout.write("Decrypted and withheld (id, reads):")
             for exposure in scope.withheld:
                 self.stdout.write(f"  {exposure.patient_id} {exposure.reads}")
-        if csv:
-            text, count = breach_notification_export(scope=scope, purpose=purpose.strip())
-            # Written only once the reads are in the trail (raises if they cannot be written).
-            context.require().flush()
-            fd = os.open(csv, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8", newline="") as out:
-                out.write(text)
-            self.stdout.write(f"Notification list of {count} patients written to {csv} (audited).")
