@@ -491,13 +491,14 @@ def day_view_bench(client, url: str, args) -> dict:
 
 def selector_bench(day: datetime.date, args) -> dict:
     """agenda_day alone, then with its decryptions, then with the audit write; then, on a grid
-    decrypted once, views._grid_context (grid lines, blocks) and the page's template alone."""
+    decrypted once, scheduling.grid.grid_context (grid lines, blocks) and the page's template alone."""
     from django.db import connection
     from django.template.loader import render_to_string
     from django.test import RequestFactory
     from django.test.utils import CaptureQueriesContext
 
     from audit.context import system_context
+    from scheduling import grid as agenda_grid
     from scheduling import selectors, views
 
     def appointments(grid):
@@ -543,7 +544,7 @@ def selector_bench(day: datetime.date, args) -> dict:
         today = views._today()
 
         def layout():
-            return views._grid_context(grid, today=today)
+            return agenda_grid.grid_context(grid, today=today)
 
         prepared = layout()
 
@@ -557,7 +558,9 @@ def selector_bench(day: datetime.date, args) -> dict:
             }
             render_to_string("scheduling/day.html", context, request=request)
 
-        out["layout: views._grid_context alone (already decrypted)"] = timed(layout, args.iterations, args.warmup)
+        out["layout: grid.grid_context alone (already decrypted)"] = timed(
+            layout, args.iterations, args.warmup
+        )
         try:
             out["render: scheduling/day.html alone (layout made once)"] = timed(render, args.iterations, args.warmup)
         except Exception as exc:  # a template needing more of the request: the figure is optional

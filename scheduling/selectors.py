@@ -5,7 +5,6 @@ decrypted are the patient's last name and first names (plus what a page says it 
 from __future__ import annotations
 
 import datetime
-from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.db.models import QuerySet
@@ -14,6 +13,7 @@ from django.utils import timezone
 from patients.models import Patient
 from practice.models import Practitioner
 from scheduling import availability
+from scheduling.grid import Column, Grid
 from scheduling.models import MAX_APPOINTMENT_LENGTH, Appointment, AppointmentStatus, Reminder, ReminderStatus
 
 # What a grid cell or a list line shows. The patient's two name fields are the only
@@ -43,52 +43,6 @@ def agenda_appointments(practitioner_ids, start, end, *, include_cancelled: bool
     if not include_cancelled:
         qs = qs.exclude(status=AppointmentStatus.CANCELLED)
     return qs.select_related("patient", "appointment_type").only(*AGENDA_FIELDS).order_by("start")
-
-
-@dataclass
-class Column:
-    """One practitioner on one day: working ranges, absences, appointments."""
-
-    practitioner: Practitioner
-    day: datetime.date
-    hours: list = field(default_factory=list)
-    absences: list = field(default_factory=list)
-    appointments: list = field(default_factory=list)
-
-
-@dataclass
-class Grid:
-    """A time grid: rows of AGENDA_SLOT_MINUTES from the first to the last hour shown."""
-
-    day_start: datetime.time
-    day_end: datetime.time
-    columns: list[Column]
-
-    @property
-    def slot_minutes(self) -> int:
-        return settings.AGENDA_SLOT_MINUTES
-
-    def row(self, moment: datetime.datetime, day: datetime.date) -> int:
-        """1-based grid row of a moment on `day`, clamped to the grid."""
-        local = timezone.localtime(moment, availability.practice_tz())
-        minutes = (local.date() - day).days * 1440 + local.hour * 60 + local.minute
-        first = self.day_start.hour * 60 + self.day_start.minute
-        last = self.day_end.hour * 60 + self.day_end.minute
-        minutes = min(max(minutes, first), last)
-        return (minutes - first) // self.slot_minutes + 1
-
-    @property
-    def rows(self) -> int:
-        first = self.day_start.hour * 60 + self.day_start.minute
-        last = self.day_end.hour * 60 + self.day_end.minute
-        return (last - first) // self.slot_minutes
-
-    def hour_marks(self) -> list[tuple[int, str]]:
-        marks = []
-        for hour in range(self.day_start.hour, self.day_end.hour):
-            row = (hour * 60 - (self.day_start.hour * 60 + self.day_start.minute)) // self.slot_minutes + 1
-            marks.append((row, f"{hour:02d}:00"))
-        return marks
 
 
 def _columns(practitioners: list[Practitioner], days: list[datetime.date]) -> list[Column]:

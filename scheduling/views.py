@@ -36,9 +36,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
-from django.utils.html import escape
 from django.utils.http import url_has_allowed_host_and_scheme
-from django.utils.safestring import mark_safe
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 from django.views.decorators.cache import cache_control, never_cache
@@ -79,6 +77,7 @@ from scheduling.forms import (
     submission_key_malformed,
     submission_key_new,
 )
+from scheduling.grid import grid_context
 from scheduling.models import Appointment, AppointmentStatus, AppointmentType
 
 logger = logging.getLogger(__name__)
@@ -93,91 +92,6 @@ def _today() -> datetime.date:
 
 def _monday(day: datetime.date) -> datetime.date:
     return day - datetime.timedelta(days=day.weekday())
-
-
-def _span(grid: selectors.Grid, day: datetime.date, start, end) -> tuple[int, int]:
-    """Grid lines (start, end) of [start, end) on `day`: at least one row, inside the grid."""
-    last_line = grid.rows + 1
-    first = grid.row(start, day)
-    # The end line rounds up: a block ending at 9:07 covers the 9:05 row.
-    last = min(grid.row(end - datetime.timedelta(microseconds=1), day) + 1, last_line)
-    if first >= last_line:
-        first = last_line - 1
-    return first, max(last, first + 1)
-
-
-def _block_html(appointment: Appointment, *, first: int, last: int, compact: bool, labels: dict) -> str:
-    """One appointment block of the grid, as escaped HTML.
-
-    Built here rather than with a template include: the front-desk day draws a few hundred
-    blocks and an include per block cost most of the page's time (bench/agenda_bench.py).
-    Only the two data parts (patient name, type name) need escaping; `labels` holds the
-    request's translated, pre-escaped words.
-    """
-    status = appointment.status
-    type_id = appointment.appointment_type_id
-    classes = f"appt type-{type_id or 'none'} st-{status} rs-{first} re-{last}" + (" compact" if compact else "")
-    line2 = escape(appointment.appointment_type.name) if type_id else labels["no_type"]
-    if status != AppointmentStatus.BOOKED:
-        line2 += f' · <span class="st">{labels[status]}</span>'
-    if appointment.forced:
-        line2 += f" · {labels['forced']}"
-    start = appointment.start.astimezone(labels["tz"])
-    return mark_safe(  # noqa: S308 - every interpolated value is escaped or built from our own ids
-        f'<a class="{classes}" href="{labels["url_prefix"]}{appointment.pk}/"><span class="l1">'
-        f'<span class="when">{start:%H:%M}</span> <span class="who">{escape(appointment.patient.display_name)}</span>'
-        f'</span><span class="l2">{line2}</span></a>'
-    )
-
-
-def _block_labels() -> dict:
-    labels = {status.value: escape(status.label) for status in AppointmentStatus}
-    labels.update(
-        no_type=escape(_("No type")),
-        forced=escape(_("forced")),
-        tz=availability.practice_tz(),
-        url_prefix=reverse("scheduling:appointment", args=[uuid.UUID(int=0)]).rsplit("/", 2)[0] + "/",
-    )
-    return labels
-
-
-def _layout(grid: selectors.Grid, *, today: datetime.date) -> list[dict]:
-    """What the grid template draws, column by column, with grid lines computed here."""
-    now = timezone.now()
-    labels = _block_labels()
-    columns = []
-    for column in grid.columns:
-        appointments = []
-        for appointment in column.appointments:
-            first, last = _span(grid, column.day, appointment.start, appointment.end)
-            compact = (last - first) * grid.slot_minutes < 20
-            appointments.append(_block_html(appointment, first=first, last=last, compact=compact, labels=labels))
-        now_row = None
-        if column.day == today:
-            row = grid.row(now, column.day)
-            if 1 < row <= grid.rows:
-                now_row = row
-        columns.append(
-            {
-                "practitioner": column.practitioner,
-                "day": column.day,
-                "hours": [_span(grid, column.day, start, end) for start, end in column.hours],
-                "absences": [{"span": _span(grid, column.day, a.start, a.end), "absence": a} for a in column.absences],
-                "appointments": appointments,
-                "now_row": now_row,
-                "is_today": column.day == today,
-            }
-        )
-    return columns
-
-
-def _grid_context(grid: selectors.Grid, *, today: datetime.date) -> dict:
-    return {
-        "grid": grid,
-        "columns": _layout(grid, today=today),
-        "marks": grid.hour_marks(),
-        "last_line": grid.rows + 1,
-    }
 
 
 def _safe_next(request: HttpRequest, fallback: str) -> str:
@@ -338,7 +252,7 @@ def day_view(request: HttpRequest, day: datetime.date | None = None) -> HttpResp
         "today": today,
         "previous": day - datetime.timedelta(days=1),
         "next": day + datetime.timedelta(days=1),
-        **_grid_context(grid, today=today),
+        **grid_context(grid, today=today),
     }
     return render(request, "scheduling/day.html", context)
 
@@ -362,7 +276,7 @@ def week_view(request: HttpRequest, pk: int, day: datetime.date | None = None) -
         "next": monday + datetime.timedelta(days=7),
         "this_week": _monday(today),
         "front_desk": is_front_desk(request.user),
-        **_grid_context(grid, today=today),
+        **grid_context(grid, today=today),
     }
     return render(request, "scheduling/week.html", context)
 
