@@ -1,5 +1,5 @@
-# Cabinet: `make run` serves a demo clinic locally; `make test` runs the whole suite.
-# CI runs `.ci/run` (lint, migrations, deploy check, smoke test, then `make test`).
+# Cabinet: `make run` serves a demo clinic locally; `make test` runs the whole suite;
+# `make check` runs what CI checks (`.ci/run` starts PostgreSQL and Redis, then `make check`).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -12,7 +12,7 @@ PORT ?= 8000
 # Commands that need settings but not the keys of `make run` get a throwaway set.
 THROWAWAY_KEYS = $(PY) -m practice.keygen > $(VENV)/throwaway.env && set -a && . $(VENV)/throwaway.env && set +a
 
-.PHONY: run test test-fast install env migrate seed lint messages clean
+.PHONY: run test test-fast install env migrate seed check lint migrations-check deploy-check messages clean
 
 # requirements-dev.txt includes requirements-demo.txt (Faker, for seed_demo), which includes
 # requirements.txt (the runtime, all that production installs).
@@ -52,9 +52,27 @@ test: install
 test-fast: install
 	$(THROWAWAY_KEYS) && DEBUG=0 $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
+# Before pushing, and in CI: each part also runs alone. `make -k check` carries on past a
+# failure (and still fails at the end). The tests come last: pytest's summary ends the output.
+check: lint migrations-check deploy-check test
+
+# ruff (style, pytest rules, complexity, no function-level imports), then the layers:
+# config -> investigations -> scheduling -> patients -> practice -> audit (docs/design.md).
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
+
+# Every model change has its migration. Models are the same on every database: an in-memory
+# SQLite one keeps the system checks (the key canary) from needing a server.
+migrations-check: install
+	$(THROWAWAY_KEYS) && DATABASE_URL=sqlite://:memory: $(PY) manage.py makemigrations --check --dry-run
+
+# Production settings (DEBUG unset, fresh keys) on a throwaway database, PostgreSQL when
+# DATABASE_URL names one: `check --deploy` with zero warnings, and a wrong
+# FIELD_ENCRYPTION_KEY refused at start by the key canary (config/deploy_check.py).
+deploy-check: install
+	$(PY) -m config.deploy_check
 
 # Extract UI strings into locale/fr/LC_MESSAGES/django.po and compile the .mo.
 # Commit both: the app reads the .mo at run time and never compiles anything.

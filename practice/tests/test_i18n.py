@@ -5,6 +5,7 @@ import re
 import subprocess
 from pathlib import Path
 
+import polib
 import pytest
 from django.conf import settings
 from django.test import Client
@@ -210,44 +211,14 @@ def test_the_confirmation_message_after_creating_a_patient_is_in_french(secretar
 # --- The catalogue ---------------------------------------------------------------------------
 
 
-def _po_entries(path: Path) -> list[dict]:
-    """Entries of a .po file: msgid, msgstr, flags (obsolete entries skipped). No polib needed."""
-    entries, current, field = [], None, None
+def _po_entries(path: Path) -> list[polib.POEntry]:
+    """The entries of a .po file, the header and obsolete entries left out."""
+    return [entry for entry in polib.pofile(str(path)) if entry.msgid and not entry.obsolete]
 
-    def unquote(s: str) -> str:
-        return re.sub(r"\\(.)", lambda m: {"n": "\n", "t": "\t"}.get(m[1], m[1]), s[1:-1])
 
-    for raw in path.read_text(encoding="utf-8").splitlines() + [""]:
-        line = raw.strip()
-        if not line:
-            if current is not None:
-                entries.append(current)
-            current, field = None, None
-            continue
-        if line.startswith("#~"):
-            continue
-        if current is None:
-            current = {"msgid": "", "msgstr": "", "msgid_plural": "", "plurals": {}, "flags": set()}
-        if line.startswith("#,"):
-            current["flags"] |= {f.strip() for f in line[2:].split(",")}
-        elif line.startswith("#"):
-            continue
-        elif line.startswith(("msgid ", "msgstr ", "msgid_plural ")):
-            field, value = line.split(" ", 1)
-            current[field] = unquote(value)
-        elif line.startswith("msgstr["):
-            field, value = line.split(" ", 1)
-            current["plurals"][field] = unquote(value)
-        elif line.startswith('"') and field:
-            if field.startswith("msgstr["):
-                current["plurals"][field] += unquote(line)
-            else:
-                current[field] += unquote(line)
-    for entry in entries:
-        if entry["plurals"]:
-            # Plural entries: check the singular form like any entry, the plural below.
-            entry["msgstr"] = entry["plurals"].get("msgstr[0]", "")
-    return [e for e in entries if e["msgid"]]
+def _msgstr(entry: polib.POEntry) -> str:
+    """The translation of the singular: msgstr, or a plural entry's first form."""
+    return entry.msgstr_plural.get(0, "") if entry.msgid_plural else entry.msgstr
 
 
 def _placeholders(text: str) -> list[str]:
@@ -257,18 +228,18 @@ def _placeholders(text: str) -> list[str]:
 def test_every_string_of_the_catalogue_is_translated():
     entries = _po_entries(PO)
     assert len(entries) > 100
-    assert [e["msgid"] for e in entries if not e["msgstr"].strip()] == []
-    assert [e["msgid"] for e in entries if any(not v.strip() for v in e["plurals"].values())] == []
-    assert [e["msgid"] for e in entries if "fuzzy" in e["flags"]] == []
-    assert "fuzzy" not in PO.read_text(encoding="utf-8").split("\n\n", 1)[0]  # header too
+    assert [e.msgid for e in entries if not _msgstr(e).strip()] == []
+    assert [e.msgid for e in entries if any(not v.strip() for v in e.msgstr_plural.values())] == []
+    assert [e.msgid for e in entries if "fuzzy" in e.flags] == []
+    assert not polib.pofile(str(PO)).metadata_is_fuzzy  # header too
 
 
 def test_translations_keep_their_placeholders():
     for entry in _po_entries(PO):
-        assert _placeholders(entry["msgstr"]) == _placeholders(entry["msgid"]), entry["msgid"]
-        if entry["msgid_plural"]:
-            plural = entry["plurals"]["msgstr[1]"]
-            assert _placeholders(plural) == _placeholders(entry["msgid_plural"]), entry["msgid_plural"]
+        assert _placeholders(_msgstr(entry)) == _placeholders(entry.msgid), entry.msgid
+        if entry.msgid_plural:
+            plural = entry.msgstr_plural[1]
+            assert _placeholders(plural) == _placeholders(entry.msgid_plural), entry.msgid_plural
 
 
 def test_the_compiled_catalogue_matches_the_po():
@@ -279,10 +250,10 @@ def test_the_compiled_catalogue_matches_the_po():
     assert compiled.gettext("Enter a valid phone number.") == "Saisissez un numéro de téléphone valide."
     assert compiled.gettext("social security number (NIR)") == "numéro de sécurité sociale (NIR)"
     stale = [
-        e["msgid"]
+        e.msgid
         for e in _po_entries(PO)
-        if (compiled.ngettext(e["msgid"], e["msgid_plural"], 1) if e["msgid_plural"] else compiled.gettext(e["msgid"]))
-        != e["msgstr"]
+        if (compiled.ngettext(e.msgid, e.msgid_plural, 1) if e.msgid_plural else compiled.gettext(e.msgid))
+        != _msgstr(e)
     ]
     assert stale == [], "django.mo is out of date: run compilemessages"
 

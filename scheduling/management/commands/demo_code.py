@@ -5,8 +5,8 @@ answers only for the accounts `seed_demo` creates, and only from the authenticat
 `seed_demo` gave them (named "demo"). An account enrolled with its own authenticator, or
 any other account, is refused.
 
-The code goes to stdout alone (scripts read it: `.ci/run`); how long it stays valid goes
-to stderr. It skips the system checks: they were a fifth of its time.
+The code goes to stdout alone (scripts read it; the smoke test calls this command); how long
+it stays valid goes to stderr. It skips the system checks: they were a fifth of its time.
 """
 
 import time
