@@ -558,9 +558,7 @@ def selector_bench(day: datetime.date, args) -> dict:
             }
             render_to_string("scheduling/day.html", context, request=request)
 
-        out["layout: grid.grid_context alone (already decrypted)"] = timed(
-            layout, args.iterations, args.warmup
-        )
+        out["layout: grid.grid_context alone (already decrypted)"] = timed(layout, args.iterations, args.warmup)
         try:
             out["render: scheduling/day.html alone (layout made once)"] = timed(render, args.iterations, args.warmup)
         except Exception as exc:  # a template needing more of the request: the figure is optional
