@@ -538,6 +538,13 @@ def _chosen_patient(pk) -> Patient | None:
     return Patient.objects.filter(pk=pk, is_archived=False).only("id", "last_name", "first_names", "birth_date").first()
 
 
+def _selected_patient(results, pk: uuid.UUID | None) -> Patient | None:
+    """The patient picked in the list. A masked line (a search by last name alone) is no
+    patient: the chosen one is loaded (and shown in full from then on: it was chosen)."""
+    found = next((p for p in results if p.pk == pk and isinstance(p, Patient)), None)
+    return found or _chosen_patient(pk)
+
+
 def _search(find: PatientFindForm) -> list[Patient]:
     if not find.is_valid():
         return []
@@ -641,9 +648,9 @@ def book(request: HttpRequest) -> HttpResponse:
         results = _search(PatientFindForm(data, prefix="find"))
     else:
         results = _search(find) if searching else []
-    selected = next((p for p in results if p.pk == selected_pk), None) or _chosen_patient(selected_pk)
-    if selected is not None and selected not in results:
-        results = [selected, *results]
+    selected = _selected_patient(results, selected_pk)
+    if selected is not None and selected not in results:  # in full, in place of its masked line
+        results = [selected, *(p for p in results if p.pk != selected.pk)]
 
     patient_errors = []
     nearby = []
