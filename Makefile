@@ -12,7 +12,7 @@ PORT ?= 8000
 # Commands that need settings but not the keys of `make run` get a throwaway set.
 THROWAWAY_KEYS = $(PY) -m practice.keygen > $(VENV)/throwaway.env && set -a && . $(VENV)/throwaway.env && set +a
 
-.PHONY: run test test-fast install env migrate seed lint messages clean
+.PHONY: run test test-fast install env migrate seed lint types messages clean
 
 # requirements-dev.txt includes requirements-demo.txt (Faker, for seed_demo), which includes
 # requirements.txt (the runtime, all that production installs).
@@ -55,6 +55,13 @@ test-fast: install
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
+	$(THROWAWAY_KEYS) && $(VENV)/bin/mypy
+
+# Static types (pyproject.toml, [tool.mypy]); the django-stubs plugin loads the settings, which
+# need keys: a throwaway set, as for the tests.
+types: install
+	$(THROWAWAY_KEYS) && $(VENV)/bin/mypy
 
 # Extract UI strings into locale/fr/LC_MESSAGES/django.po and compile the .mo.
 # Commit both: the app reads the .mo at run time and never compiles anything.

@@ -15,7 +15,7 @@ import contextvars
 import getpass
 import logging
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -47,7 +47,8 @@ class Actor:
         return cls(user_id=None, username=f"system:{job}", role="system")
 
     @classmethod
-    def for_user(cls, user) -> Actor:
+    def for_user(cls, user: Any) -> Actor:
+        """``user``: a request's user (any user model, or anonymous), or None."""
         if user is None or not user.is_authenticated:
             return cls(user_id=None, username="anonymous", role="anonymous")
         if _role_source is None:
@@ -91,7 +92,7 @@ class AuditContext:
     user_agent: str = ""
     request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     path: str = ""
-    extra: dict = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
     flush_threshold: int | None = None
     # The acting account's read budget (audit.budget), made at its first decryption.
     budget: ReadBudget | None = None
@@ -128,7 +129,7 @@ class AuditContext:
             admission = self.admission = Admission(reader=Reader(user_id=user_id, role=actor.role))
         return admission
 
-    def prepare(self, patient_ids) -> None:
+    def prepare(self, patient_ids: Iterable[uuid.UUID | None]) -> None:
         """Explain a batch of patients about to be read (``EncryptedQuerySet`` calls it when it
         loads rows): one query for all of them, before anything is decrypted. At the context's
         first batch the read budget's load rides in the same query (one round trip for both)."""
@@ -153,7 +154,7 @@ class AuditContext:
             budget = self.budget = ReadBudget.for_actor(self.current_actor())
         return budget
 
-    def admit(self, patient_id) -> None:
+    def admit(self, patient_id: uuid.UUID | None) -> None:
         """Called before each decryption: refuses it past the account's read budget, or when
         nothing explains the patient and the allowance is used up (audit.explain).
 
@@ -179,7 +180,7 @@ class AuditContext:
             return "step-up"
         return ""
 
-    def record_read(self, *, model_label: str, object_pk, patient_id, field_name: str) -> None:
+    def record_read(self, *, model_label: str, object_pk: object, patient_id: object, field_name: str) -> None:
         pk = str(object_pk)
         key = (model_label, pk)
         read = self._reads.get(key)
@@ -255,7 +256,9 @@ def opened(ctx: AuditContext) -> Iterator[AuditContext]:
             _current.reset(token)
 
 
-def system_context(job: str, *, purpose: str | None = None, flush_threshold: int | None = None, **extra):
+def system_context(
+    job: str, *, purpose: str | None = None, flush_threshold: int | None = None, **extra: Any
+) -> contextlib.AbstractContextManager[AuditContext]:
     """An audit context for a system job: `system:<job>` is the actor."""
     try:
         os_user = getpass.getuser()

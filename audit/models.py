@@ -1,4 +1,6 @@
 import uuid
+from collections.abc import Iterable
+from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 from django.db import models
@@ -26,13 +28,18 @@ class EncryptedModel(models.Model):
     def __str__(self) -> str:
         return f"{self._meta.verbose_name} {str(self.pk)[:8]}"
 
-    def refresh_from_db(self, using=None, fields=None, from_queryset=None):
+    def refresh_from_db(
+        self,
+        using: str | None = None,
+        fields: Iterable[str] | None = None,
+        from_queryset: models.QuerySet[Any] | None = None,
+    ) -> None:
         # Django copies each refreshed value with getattr(), which would decrypt (and audit)
         # every field; copy the sealed tokens instead: nothing is read until it is used.
         with copying_sealed():
             super().refresh_from_db(using=using, fields=fields, from_queryset=from_queryset)
 
-    def audit_patient_id(self):
+    def audit_patient_id(self) -> uuid.UUID | None:
         raise ImproperlyConfigured(f"{type(self).__name__} must say which patient its rows belong to.")
 
 

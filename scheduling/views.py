@@ -24,7 +24,8 @@ import datetime
 import logging
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 from urllib.parse import urlencode
 
 from django.contrib import messages
@@ -45,11 +46,13 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from patients.models import Patient
 from patients.selectors import (
+    MaskedLine,
     PatientQuery,
     patient_duplicates,
     patient_search,
     patient_search_masked,
 )
+from practice.http import AuthenticatedHttpRequest
 from practice.models import FormSubmission, Practitioner
 from practice.roles import is_front_desk
 from scheduling import availability, selectors, services
@@ -116,7 +119,8 @@ def _block_html(appointment: Appointment, *, first: int, last: int, compact: boo
     status = appointment.status
     type_id = appointment.appointment_type_id
     classes = f"appt type-{type_id or 'none'} st-{status} rs-{first} re-{last}" + (" compact" if compact else "")
-    line2 = escape(appointment.appointment_type.name) if type_id else labels["no_type"]
+    appointment_type = appointment.appointment_type  # loaded with the row (select_related), or None
+    line2 = escape(appointment_type.name) if appointment_type is not None else labels["no_type"]
     if status != AppointmentStatus.BOOKED:
         line2 += f' · <span class="st">{labels[status]}</span>'
     if appointment.forced:
@@ -130,7 +134,7 @@ def _block_html(appointment: Appointment, *, first: int, last: int, compact: boo
 
 
 def _block_labels() -> dict:
-    labels = {status.value: escape(status.label) for status in AppointmentStatus}
+    labels: dict[str, Any] = {status.value: escape(status.label) for status in AppointmentStatus}
     labels.update(
         no_type=escape(_("No type")),
         forced=escape(_("forced")),
@@ -209,7 +213,7 @@ def _as_int(value) -> int | None:
 
 # The day flow, forward: what a list page offers as one-click buttons. The appointment page
 # offers every allowed transition, including the ones that undo a click.
-NEXT_STEPS = {
+NEXT_STEPS: dict[str, list[AppointmentStatus]] = {
     AppointmentStatus.BOOKED: [AppointmentStatus.ARRIVED, AppointmentStatus.NO_SHOW],
     AppointmentStatus.ARRIVED: [AppointmentStatus.IN_CONSULTATION],
     AppointmentStatus.IN_CONSULTATION: [AppointmentStatus.DONE],
@@ -410,7 +414,7 @@ def my_day(request: HttpRequest) -> HttpResponse:
         raise PermissionDenied
     today = _today()
     now = timezone.now()
-    rows = []
+    rows: list[dict[str, Any]] = []
     for appointment in selectors.my_day(practitioner, today):
         waited = None
         if appointment.status == AppointmentStatus.ARRIVED and appointment.arrived_at:
@@ -486,7 +490,7 @@ def free_slots(request: HttpRequest) -> HttpResponse:
         form = FreeSlotsForm(request.GET)
     else:
         form = FreeSlotsForm(initial={"practitioner": _as_int(request.GET.get("practitioner"))})
-    days = []
+    days: list[dict[str, Any]] = []
     if form.is_bound and form.is_valid():
         practitioner, kind = form.cleaned_data["practitioner"], form.cleaned_data["appointment_type"]
         slots = availability.free_slots(
@@ -508,7 +512,7 @@ def free_slots(request: HttpRequest) -> HttpResponse:
 def _booking_initial(params) -> dict:
     """Prefill from the free-slot links: ?practitioner=..&type=..&start=<iso>[&patient=<uuid>].
     Anything that does not parse is ignored."""
-    initial = {}
+    initial: dict[str, Any] = {}
     if (pk := _as_int(params.get("practitioner"))) is not None:
         initial["practitioner"] = pk
     if (pk := _as_int(params.get("type"))) is not None:
@@ -538,14 +542,14 @@ def _chosen_patient(pk) -> Patient | None:
     return Patient.objects.filter(pk=pk, is_archived=False).only("id", "last_name", "first_names", "birth_date").first()
 
 
-def _selected_patient(results, pk: uuid.UUID | None) -> Patient | None:
+def _selected_patient(results: Sequence[Patient | MaskedLine], pk: uuid.UUID | None) -> Patient | None:
     """The patient picked in the list. A masked line (a search by last name alone) is no
     patient: the chosen one is loaded (and shown in full from then on: it was chosen)."""
     found = next((p for p in results if p.pk == pk and isinstance(p, Patient)), None)
     return found or _chosen_patient(pk)
 
 
-def _search(find: PatientFindForm) -> list[Patient]:
+def _search(find: PatientFindForm) -> Sequence[Patient | MaskedLine]:
     if not find.is_valid():
         return []
     query = PatientQuery(last_name=find.cleaned_data["last_name"].strip(), birth_date=find.cleaned_data["birth_date"])
@@ -567,7 +571,7 @@ def _slot_of(form: BookingForm) -> dict:
     }
 
 
-def _book_with(request: HttpRequest, form: BookingForm, patient: Patient) -> Appointment:
+def _book_with(request: AuthenticatedHttpRequest, form: BookingForm, patient: Patient) -> Appointment:
     """Book from a valid form; services.BookingError propagates."""
     return services.appointment_book(patient=patient, actor=request.user, **_slot_of(form))
 
@@ -604,7 +608,7 @@ BOOKED = {
 @never_cache
 @login_required
 @require_http_methods(["GET", "POST"])
-def book(request: HttpRequest) -> HttpResponse:
+def book(request: AuthenticatedHttpRequest) -> HttpResponse:
     """Book an appointment: pick the patient (search by last name and birth date, POSTed so
     names stay out of URLs and logs) or create one, then the slot. Front desk only.
 
@@ -710,7 +714,7 @@ def book(request: HttpRequest) -> HttpResponse:
     )
 
 
-def _new_patient_duplicates(new: NewPatientForm, results: list[Patient]) -> bool:
+def _new_patient_duplicates(new: NewPatientForm, results: Sequence[Patient | MaskedLine]) -> bool:
     """Same name and birth date as an existing record: offer it first; booking a new one needs
     the "different person" confirmation."""
     data = new.cleaned_data
@@ -860,7 +864,7 @@ def _act_once(
 @never_cache
 @login_required
 @require_POST
-def appointment_move(request: HttpRequest, pk: uuid.UUID) -> HttpResponse:
+def appointment_move(request: AuthenticatedHttpRequest, pk: uuid.UUID) -> HttpResponse:
     appointment = _front_desk_appointment(request, pk)
     form = MoveForm(request.POST)
     return _act_once(
@@ -882,7 +886,7 @@ def appointment_move(request: HttpRequest, pk: uuid.UUID) -> HttpResponse:
 @never_cache
 @login_required
 @require_POST
-def appointment_change_type(request: HttpRequest, pk: uuid.UUID) -> HttpResponse:
+def appointment_change_type(request: AuthenticatedHttpRequest, pk: uuid.UUID) -> HttpResponse:
     appointment = _front_desk_appointment(request, pk)
     form = ChangeTypeForm(request.POST, practitioner_id=appointment.practitioner_id)
     return _act_once(
@@ -903,7 +907,7 @@ def appointment_change_type(request: HttpRequest, pk: uuid.UUID) -> HttpResponse
 @never_cache
 @login_required
 @require_POST
-def appointment_cancel(request: HttpRequest, pk: uuid.UUID) -> HttpResponse:
+def appointment_cancel(request: AuthenticatedHttpRequest, pk: uuid.UUID) -> HttpResponse:
     appointment = _front_desk_appointment(request, pk)
     form = CancelForm(request.POST)
     return _act_once(
@@ -921,7 +925,7 @@ def appointment_cancel(request: HttpRequest, pk: uuid.UUID) -> HttpResponse:
 @never_cache
 @login_required
 @require_POST
-def appointment_status(request: HttpRequest, pk: uuid.UUID) -> HttpResponse:
+def appointment_status(request: AuthenticatedHttpRequest, pk: uuid.UUID) -> HttpResponse:
     """Move along the day's flow. Practitioners: their own appointments, arrived / in
     consultation / done / no-show. The front desk: any, and back to booked."""
     appointment = get_appointment_for(request, pk)
