@@ -12,7 +12,7 @@ PORT ?= 8000
 # Commands that need settings but not the keys of `make run` get a throwaway set.
 THROWAWAY_KEYS = $(PY) -m practice.keygen > $(VENV)/throwaway.env && set -a && . $(VENV)/throwaway.env && set +a
 
-.PHONY: run test test-fast install env migrate seed check lint migrations-check deploy-check messages clean
+.PHONY: run test test-fast install env migrate seed check lint types migrations-check deploy-check messages clean
 
 # requirements-dev.txt includes requirements-demo.txt (Faker, for seed_demo), which includes
 # requirements.txt (the runtime, all that production installs).
@@ -56,12 +56,13 @@ test-fast: install
 # failure (and still fails at the end). The tests come last: pytest's summary ends the output.
 check: lint migrations-check deploy-check test
 
-# ruff (style, pytest rules, complexity, no function-level imports), then the layers:
-# config -> investigations -> scheduling -> patients -> practice -> audit (docs/design.md).
+# ruff (style, pytest rules, complexity, no function-level imports), the layers
+# (config -> investigations -> scheduling -> patients -> practice -> audit, docs/design.md), types.
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
+	$(THROWAWAY_KEYS) && $(VENV)/bin/mypy
 
 # Every model change has its migration. Models are the same on every database: an in-memory
 # SQLite one keeps the system checks (the key canary) from needing a server.
@@ -73,6 +74,11 @@ migrations-check: install
 # FIELD_ENCRYPTION_KEY refused at start by the key canary (config/deploy_check.py).
 deploy-check: install
 	$(PY) -m config.deploy_check
+
+# Static types (pyproject.toml, [tool.mypy]); the django-stubs plugin loads the settings, which
+# need keys: a throwaway set, as for the tests.
+types: install
+	$(THROWAWAY_KEYS) && $(VENV)/bin/mypy
 
 # Extract UI strings into locale/fr/LC_MESSAGES/django.po and compile the .mo.
 # Commit both: the app reads the .mo at run time and never compiles anything.

@@ -46,6 +46,7 @@ import datetime
 import logging
 import uuid
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from django.conf import settings
 from django.db import DatabaseError, IntegrityError, connection, transaction
@@ -53,6 +54,9 @@ from django.utils import timezone
 
 from audit.models import TALLY_DAY, EventType, ReadBlock, ReadTally
 from audit.services import audit_event_write
+
+if TYPE_CHECKING:
+    from audit.context import Actor, AuditContext
 
 logger = logging.getLogger("audit")
 
@@ -92,7 +96,7 @@ def budget_for_role(role: str) -> tuple[int, int]:
     return budgets.get(role) or budgets["default"]
 
 
-def _as_uuid(value) -> uuid.UUID:
+def _as_uuid(value: object) -> uuid.UUID:
     return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
 
 
@@ -131,18 +135,20 @@ class ReadBudget:
     _unsure: set[uuid.UUID] = field(default_factory=set)
     _known: dict[uuid.UUID, datetime.datetime] | None = None
     _new: set[uuid.UUID] = field(default_factory=set)
-    _passed: set = field(default_factory=set)
+    _passed: set[object] = field(default_factory=set)
     # The trail write said some patients of this context were new to the account, without
     # counting (the re-check counts), or counted: the day and hour counts after it.
     _wrote_new: bool = False
     _after: tuple[int, int] | None = None
 
     @classmethod
-    def for_actor(cls, actor) -> ReadBudget:
+    def for_actor(cls, actor: Actor) -> ReadBudget:
+        if actor.user_id is None:
+            raise ValueError("Read budgets are an account's: a system job has none.")
         hour, day = budget_for_role(actor.role)
         return cls(user_id=actor.user_id, username=actor.username, role=actor.role, hour_limit=hour, day_limit=day)
 
-    def admit(self, patient_id) -> None:
+    def admit(self, patient_id: object) -> None:
         """Let one decryption of this patient's data happen, or raise ReadBudgetExceeded."""
         if patient_id in self._passed:  # the common case: another field or row of a patient already let through
             return
@@ -168,6 +174,9 @@ class ReadBudget:
         return True
 
     def _admit_exact(self, patient: uuid.UUID) -> None:
+        # _admit_counting made the exact load (after the load) before it returned False.
+        assert self._known is not None
+        assert self._loaded_at is not None
         if patient in self._known:
             return
         if len(self._known) >= self.day_limit:
@@ -183,7 +192,7 @@ class ReadBudget:
         opens and the admins are alerted once this context's reads are written."""
         self._refuse(window, count, limit)
 
-    def _refuse(self, window: str, count: int, budget: int, *, already_blocked: bool = False):
+    def _refuse(self, window: str, count: int, budget: int, *, already_blocked: bool = False) -> NoReturn:
         self.refused = ReadBudgetExceeded(
             window=window, patients_read=count, budget=budget, already_blocked=already_blocked
         )
@@ -207,7 +216,7 @@ class ReadBudget:
     def is_loaded(self) -> bool:
         return self._loaded_at is not None
 
-    def counts_query(self) -> tuple[str, list, datetime.datetime]:
+    def counts_query(self) -> tuple[str, dict[str, Any], datetime.datetime]:
         """The load's statement, for a caller that runs it with its own (audit.explain runs it
         in the explanation query of the context's first batch of rows: one round trip for both)."""
         now = _now()
@@ -229,6 +238,9 @@ class ReadBudget:
 
     def _exact_load(self) -> None:
         """Near a budget: every patient of the day window, then the ones admitted while counting."""
+        # Only after the load, which set the windows.
+        assert self._loaded_at is not None
+        assert self._hour_since is not None
         rows = (
             ReadTally.objects.filter(user_id=self.user_id, last_read_at__gte=self._day_since)
             .values_list("patient_id", "first_read_at")
@@ -249,6 +261,8 @@ class ReadBudget:
         lifted in the last day (then the re-check counts on its own: see ``recheck``)."""
         if self._loaded_at is None or self.refused is not None or self._lifted_at is not None:
             return None
+        assert self._day_since is not None  # both set with _loaded_at
+        assert self._hour_since is not None
         return self._day_since, self._hour_since
 
     def written(self, new_patients: int, before: tuple[int, int] | None = None) -> None:
@@ -314,7 +328,9 @@ COUNTS_SQL = (
 COUNTS_COLUMNS = 6
 
 
-def counts_statement(user_id: int, now: datetime.datetime, *, day_cap: int, hour_cap: int) -> tuple[str, dict]:
+def counts_statement(
+    user_id: int, now: datetime.datetime, *, day_cap: int, hour_cap: int
+) -> tuple[str, dict[str, Any]]:
     """``COUNTS_SQL`` and its named parameters (it can be joined to another query: audit.explain)."""
     adapt = connection.ops.adapt_datetimefield_value
     params = {
@@ -327,7 +343,7 @@ def counts_statement(user_id: int, now: datetime.datetime, *, day_cap: int, hour
     return COUNTS_SQL, params
 
 
-def counts_from_row(row) -> _Counts:
+def counts_from_row(row: tuple[Any, ...]) -> _Counts:
     """The ``_Counts`` of one result row of ``COUNTS_SQL`` (its first ``COUNTS_COLUMNS`` values)."""
     lifted, day, hour, window, patients_read, budget = row[:COUNTS_COLUMNS]
     if isinstance(lifted, str):  # SQLite gives the raw text back
@@ -359,14 +375,14 @@ def read_tally_purge(*, now: datetime.datetime | None = None) -> int:
     return deleted
 
 
-def budget_settle(ctx) -> ReadBudgetExceeded | None:
+def budget_settle(ctx: AuditContext) -> ReadBudgetExceeded | None:
     """Once a context's reads are written: re-check its budget, and open the block if refused.
 
     Returns the refusal (the caller withholds what was decrypted), or None. A database error
     in the re-check propagates (the caller fails closed); one in writing the block is logged,
     and the refusal still stands.
     """
-    budget = getattr(ctx, "budget", None)
+    budget = ctx.budget
     if budget is None:
         return None
     refusal = budget.recheck()
@@ -378,7 +394,7 @@ def budget_settle(ctx) -> ReadBudgetExceeded | None:
     return refusal
 
 
-def read_block_open(*, budget: ReadBudget, refusal: ReadBudgetExceeded):
+def read_block_open(*, budget: ReadBudget, refusal: ReadBudgetExceeded) -> ReadBlock | None:
     """Block the account and write BUDGET_BLOCK (mailed to the practice admins), together.
 
     None if a block is already open (a parallel request opened it: one block, one alert).

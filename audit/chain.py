@@ -36,6 +36,7 @@ import json
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.db import connection as default_connection
@@ -43,6 +44,10 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from audit.models import AuditEvent
+
+if TYPE_CHECKING:
+    from django.db.backends.base.base import BaseDatabaseWrapper
+    from django.db.backends.utils import CursorWrapper
 
 # The PostgreSQL advisory lock every chain writer takes ("audit" in ASCII, a constant that no
 # other part of the app uses).
@@ -84,11 +89,13 @@ COLUMNS = (
     "explanation",
     "explained_by",
 )
+# A trail row as the chain sees it: column name -> value.
+Row = dict[str, Any]
 
 
-def _ip(value) -> str | None:
+def _ip(value: object) -> str | None:
     # PostgreSQL's inet type rewrites addresses (case, zero compression): compare addresses.
-    if value in (None, ""):
+    if value is None or value == "":
         return value
     try:
         return str(ipaddress.ip_address(str(value).split("/")[0]))
@@ -96,7 +103,7 @@ def _ip(value) -> str | None:
         return str(value)
 
 
-def canonical(values: dict) -> bytes:
+def canonical(values: Row) -> bytes:
     """The row's content as bytes: one JSON array in ``COLUMNS`` order.
 
     Stable across databases and drivers: the time in UTC with microseconds, UUIDs and
@@ -136,7 +143,7 @@ def canonical(values: dict) -> bytes:
     return json.dumps(row, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def mac_for(prev_mac: str, values: dict, *, key: bytes | None = None) -> str:
+def mac_for(prev_mac: str, values: Row, *, key: bytes | None = None) -> str:
     """HMAC-SHA256 (hex) of the previous row's MAC and this row's canonical content."""
     key = settings.AUDIT_CHAIN_KEY if key is None else key
     message = prev_mac.encode("ascii") + b"\n" + canonical(values)
@@ -180,7 +187,7 @@ _SQLITE_TIP = (
 )
 
 
-def chain_tail_lock(count: int, connection=None) -> tuple[str, list[int]]:
+def chain_tail_lock(count: int, connection: BaseDatabaseWrapper | None = None) -> tuple[str, list[int]]:
     """Take the chain's writer lock; return the last row's MAC and ``count`` fresh ids.
 
     Must run inside ``transaction.atomic`` and be followed, in the same transaction, by the
@@ -205,7 +212,7 @@ def chain_tail_lock(count: int, connection=None) -> tuple[str, list[int]]:
         return mac or GENESIS, list(range(last - count + 1, last + 1))
 
 
-def _rows_normalize(rows: list[dict]) -> None:
+def _rows_normalize(rows: list[Row]) -> None:
     for row in rows:
         # The values as the database gives them back (tuples as lists, keys as strings), so
         # that the MAC computed now is the MAC recomputed from the stored row.
@@ -213,13 +220,13 @@ def _rows_normalize(rows: list[dict]) -> None:
         row["extra"] = json.loads(json.dumps(row.get("extra", {})))
 
 
-def _rows_seal(rows: list[dict], prev: str, ids: list[int]) -> None:
+def _rows_seal(rows: list[Row], prev: str, ids: list[int]) -> None:
     for row, row_id in zip(rows, ids, strict=True):
         row["id"] = row_id
         row["mac"] = prev = mac_for(prev, row)
 
 
-def chain_rows(rows: list[dict], connection=None) -> None:
+def chain_rows(rows: list[Row], connection: BaseDatabaseWrapper | None = None) -> None:
     """Give each row (a dict of column values, without id or mac) its id and MAC, in order.
 
     Takes the chain lock: call it inside the transaction that inserts the rows, right
@@ -231,7 +238,11 @@ def chain_rows(rows: list[dict], connection=None) -> None:
     _rows_seal(rows, prev, ids)
 
 
-def chain_write_alone(rows: list[dict], statement: Callable[[list[dict]], tuple[str, list]], connection=None) -> list:
+def chain_write_alone(
+    rows: list[Row],
+    statement: Callable[[list[Row]], tuple[str, list[Any]]],
+    connection: BaseDatabaseWrapper | None = None,
+) -> list[tuple[Any, ...]]:
     """Chain and insert ``rows`` in a transaction of their own, in two round trips (PostgreSQL,
     outside any transaction: a request's reads, written after its view has returned).
 
@@ -262,7 +273,7 @@ def chain_write_alone(rows: list[dict], statement: Callable[[list[dict]], tuple[
             raise
 
 
-def _rollback_quietly(cursor) -> None:
+def _rollback_quietly(cursor: CursorWrapper) -> None:
     # The original error is what matters; a connection too broken to roll back is closed by
     # Django at the end of the request (its transaction dies with it).
     with contextlib.suppress(Exception):
@@ -308,7 +319,7 @@ class ChainReport:
         return self.problem is None
 
 
-def rows_stream(*, after_id: int = 0, chunk: int = 5000) -> Iterator[dict]:
+def rows_stream(*, after_id: int = 0, chunk: int = 5000) -> Iterator[Row]:
     """Every trail row with id > ``after_id``, in id order, ``chunk`` rows per query.
 
     Keyset pagination on the primary key: constant memory, no long transaction. PostgreSQL
@@ -341,7 +352,7 @@ def rows_stream(*, after_id: int = 0, chunk: int = 5000) -> Iterator[dict]:
         after_id = batch[-1][0]
 
 
-def _problem(row: dict, reason: str) -> ChainProblem:
+def _problem(row: Row, reason: str) -> ChainProblem:
     return ChainProblem(
         row_id=row["id"],
         occurred_at=row["occurred_at"],
@@ -351,7 +362,7 @@ def _problem(row: dict, reason: str) -> ChainProblem:
     )
 
 
-def _diagnose(prev_row: dict | None, prev_mac: str, row: dict, following: dict | None) -> str:
+def _diagnose(prev_row: Row | None, prev_mac: str, row: Row, following: Row | None) -> str:
     """Why ``row`` does not chain onto ``prev_mac``, judged from the row after it."""
     if not row["mac"]:
         return _("the row has no MAC: it was written outside the application (or before the chain).")
@@ -369,7 +380,7 @@ def _diagnose(prev_row: dict | None, prev_mac: str, row: dict, following: dict |
 
 
 def chain_verify(
-    *, after_id: int = 0, prev_mac: str = GENESIS, prev_row: dict | None = None, rows: Iterator[dict] | None = None
+    *, after_id: int = 0, prev_mac: str = GENESIS, prev_row: Row | None = None, rows: Iterator[Row] | None = None
 ) -> ChainReport:
     """Recompute the chain over the rows after ``after_id``, starting from ``prev_mac``.
 

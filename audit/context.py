@@ -14,8 +14,9 @@ import contextlib
 import getpass
 import logging
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from django.conf import settings
 from django.db import transaction
@@ -55,7 +56,7 @@ class AuditContext:
     user_agent: str = ""
     request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     path: str = ""
-    extra: dict = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
     flush_threshold: int | None = None
     # The acting account's read budget (audit.budget), made at its first decryption.
     budget: ReadBudget | None = None
@@ -90,7 +91,7 @@ class AuditContext:
             admission = self.admission = Admission(reader=Reader(user_id=user_id, role=actor.role))
         return admission
 
-    def prepare(self, patient_ids) -> None:
+    def prepare(self, patient_ids: Iterable[uuid.UUID | None]) -> None:
         """Explain a batch of patients about to be read (``EncryptedQuerySet`` calls it when it
         loads rows): one query for all of them, before anything is decrypted. At the context's
         first batch the read budget's load rides in the same query (one round trip for both)."""
@@ -111,7 +112,7 @@ class AuditContext:
             budget = self.budget = ReadBudget.for_actor(self.current_actor())
         return budget
 
-    def admit(self, patient_id) -> None:
+    def admit(self, patient_id: uuid.UUID | None) -> None:
         """Called before each decryption: refuses it past the account's read budget, or when
         nothing explains the patient and the allowance is used up (audit.explain).
 
@@ -137,7 +138,7 @@ class AuditContext:
             return "step-up"
         return ""
 
-    def record_read(self, *, model_label: str, object_pk, patient_id, field_name: str) -> None:
+    def record_read(self, *, model_label: str, object_pk: object, patient_id: object, field_name: str) -> None:
         pk = str(object_pk)
         key = (model_label, pk)
         read = self._reads.get(key)
@@ -195,7 +196,9 @@ def opened(ctx: AuditContext) -> Iterator[AuditContext]:
             deactivate(token)
 
 
-def system_context(job: str, *, purpose: str | None = None, flush_threshold: int | None = None, **extra):
+def system_context(
+    job: str, *, purpose: str | None = None, flush_threshold: int | None = None, **extra: Any
+) -> contextlib.AbstractContextManager[AuditContext]:
     """An audit context for a system job: `system:<job>` is the actor."""
     try:
         os_user = getpass.getuser()

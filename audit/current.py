@@ -39,7 +39,8 @@ class Actor:
         return cls(user_id=None, username=f"system:{job}", role="system")
 
     @classmethod
-    def for_user(cls, user) -> Actor:
+    def for_user(cls, user: Any) -> Actor:
+        """``user``: a request's user (any user model, or anonymous), or None."""
         if user is None or not user.is_authenticated:
             return cls(user_id=None, username="anonymous", role="anonymous")
         if _role_source is None:

@@ -101,7 +101,7 @@ def _record_words(model_label: str) -> str:
 
 
 def _own_action(refs: list[str]) -> dict[str, str]:
-    ids = {}
+    ids: dict[int, list[str]] = {}
     for ref in refs:
         if str(ref).isdigit():
             ids.setdefault(int(ref), []).append(ref)

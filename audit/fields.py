@@ -31,6 +31,8 @@ import hashlib
 import hmac
 import logging
 import uuid
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, cast
 
 import encrypted_model_fields.fields as upstream
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
@@ -43,6 +45,13 @@ from django.db.models.query_utils import DeferredAttribute
 from audit import current as active
 from audit.models import EventType
 from audit.services import audit_event_write
+
+if TYPE_CHECKING:
+    from django.db.backends.base.base import BaseDatabaseWrapper
+    from django.db.models import Field, ForeignObjectRel
+    from django.db.models.expressions import Combinable
+    from django.db.models.lookups import Lookup, Transform
+
 
 logger = logging.getLogger("audit.crypto")
 
@@ -84,10 +93,10 @@ class Sealed:
 
     __format__ = lambda self, spec: self.__str__()  # noqa: E731
 
-    def __eq__(self, other) -> bool:
+    def __eq__(self, other: object) -> bool:
         return isinstance(other, Sealed) and other.token == self.token
 
-    __hash__ = None
+    # Unhashable: a class that defines __eq__ and not __hash__ gets __hash__ = None from Python.
 
 
 class Ciphertext(str):
@@ -105,7 +114,7 @@ def crypter() -> MultiFernet:
     return _multifernet(tuple(settings.FIELD_ENCRYPTION_KEY))
 
 
-def binding(model_label: str, field_name: str, pk) -> bytes:
+def binding(model_label: str, field_name: str, pk: object) -> bytes:
     if pk is None:
         raise ImproperlyConfigured(
             f"{model_label}.{field_name}: encrypted models need a primary key known before insert (UUID)."
@@ -118,7 +127,7 @@ def seal(plaintext: str, bound_to: bytes) -> Ciphertext:
     return Ciphertext(crypter().encrypt(bound_to + plaintext.encode()).decode())
 
 
-def unseal(token: str, bound_to: bytes, *, where) -> str:
+def unseal(token: str, bound_to: bytes, *, where: str | Callable[[], str]) -> str:
     """Decrypt a token and check it belongs where it was found. Never returns a wrong value.
 
     `where` names the place in errors and logs: a string, or a callable that makes one, so
@@ -152,7 +161,7 @@ _copying_sealed = contextvars.ContextVar("copying_sealed", default=False)
 
 
 @contextlib.contextmanager
-def copying_sealed():
+def copying_sealed() -> Iterator[None]:
     token = _copying_sealed.set(True)
     try:
         yield
@@ -167,34 +176,39 @@ class AuditedAttribute(DeferredAttribute):
     value sits in the instance __dict__, where Django's loaders put it.
     """
 
-    def __set__(self, instance, value):
+    def __set__(self, instance: EncryptedModel, value: object) -> None:
         instance.__dict__[self.field.attname] = value
 
-    def __get__(self, instance, cls=None):
+    # Narrower than DeferredAttribute's Model: encrypted fields live on EncryptedModel only.
+    def __get__(  # type: ignore[override]
+        self, instance: EncryptedModel | None, cls: type[EncryptedModel] | None = None
+    ) -> Any:
         if instance is None:
             return self
         value = super().__get__(instance, cls)
         if isinstance(value, Sealed) and not _copying_sealed.get():
-            value = self.field.decrypt_for(instance, value)
+            # Only EncryptedMixin fields have this descriptor class.
+            value = cast("EncryptedMixin", self.field).decrypt_for(instance, value)
             instance.__dict__[self.field.attname] = value
         return value
 
 
 class EncryptedMixin(upstream.EncryptedMixin):
-    descriptor_class = AuditedAttribute
+    descriptor_class: type = AuditedAttribute
 
-    def from_db_value(self, value, expression, connection):
+    def from_db_value(self, value: str | None, expression: object, connection: BaseDatabaseWrapper) -> Sealed | None:
         if value is None:
             return None
         return Sealed(value)
 
-    def to_python(self, value):
+    def to_python(self, value: Any) -> Any:
         if isinstance(value, Sealed):
             return value
         # Skip upstream's to_python: it tries to decrypt anything and swallows failures.
         return super(upstream.EncryptedMixin, self).to_python(value)
 
-    def pre_save(self, model_instance, add):
+    # Narrower than Field's Model: encrypted fields live on EncryptedModel only.
+    def pre_save(self, model_instance: EncryptedModel, add: bool) -> Ciphertext | None:  # type: ignore[override]
         raw = model_instance.__dict__.get(self.attname)
         if isinstance(raw, Sealed):
             # Unchanged since load: keep the stored token, no decryption needed.
@@ -204,7 +218,7 @@ class EncryptedMixin(upstream.EncryptedMixin):
             return None
         return seal(self.plain_text(value), self.bound_to(model_instance))
 
-    def get_db_prep_save(self, value, connection):
+    def get_db_prep_save(self, value: Any, connection: BaseDatabaseWrapper) -> str | None:
         if value is None or isinstance(value, Ciphertext):
             return None if value is None else str(value)
         raise PlaintextRefused(
@@ -212,7 +226,7 @@ class EncryptedMixin(upstream.EncryptedMixin):
             "Model.save(), which binds them to their row; update()/bulk_update() cannot."
         )
 
-    def get_lookup(self, lookup_name):
+    def get_lookup(self, lookup_name: str) -> type[Lookup[Any]] | None:
         if lookup_name == "isnull":
             return super().get_lookup(lookup_name)
         raise EncryptedLookupError(
@@ -220,23 +234,23 @@ class EncryptedMixin(upstream.EncryptedMixin):
             "ciphertexts. Search through its blind index instead."
         )
 
-    def get_transform(self, lookup_name):
+    def get_transform(self, lookup_name: str) -> type[Transform] | None:
         raise EncryptedLookupError(f"{self.model._meta.label}.{self.name} is encrypted: no `{lookup_name}`.")
 
     @property
     def label(self) -> str:
         return f"{self.model._meta.label}.{self.name}"
 
-    def bound_to(self, instance) -> bytes:
+    def bound_to(self, instance: EncryptedModel) -> bytes:
         return binding(self.model._meta.label, self.name, instance.pk)
 
-    def plain_text(self, value) -> str:
+    def plain_text(self, value: object) -> str:
         return str(value)
 
-    def plain_value(self, text: str):
+    def plain_value(self, text: str) -> Any:
         return text
 
-    def decrypt_for(self, instance, sealed: Sealed):
+    def decrypt_for(self, instance: EncryptedModel, sealed: Sealed) -> Any:
         """The one place a stored value becomes plaintext: audited or refused."""
         ctx = active.require()
         pk = instance.pk
@@ -256,7 +270,7 @@ class EncryptedMixin(upstream.EncryptedMixin):
         )
         return plaintext
 
-    def _record_refusal(self, instance) -> None:
+    def _record_refusal(self, instance: EncryptedModel) -> None:
         """Put the refusal in the trail (never the value). The error itself still propagates."""
 
         try:
@@ -285,20 +299,20 @@ class EncryptedEmailField(EncryptedMixin, upstream.EncryptedEmailField):
 
 
 class EncryptedDateField(EncryptedMixin, upstream.EncryptedDateField):
-    def plain_text(self, value) -> str:
+    def plain_text(self, value: object) -> str:
         if isinstance(value, datetime.date):
             return value.isoformat()
         return str(value)
 
-    def plain_value(self, text: str):
+    def plain_value(self, text: str) -> datetime.date | None:
         return datetime.date.fromisoformat(text) if text else None
 
 
-def encrypted_fields(model) -> list[EncryptedMixin]:
+def encrypted_fields(model: type[models.Model] | models.Model) -> list[EncryptedMixin]:
     return [f for f in model._meta.concrete_fields if isinstance(f, EncryptedMixin)]
 
 
-def _sealed_loaded(instance) -> bool:
+def _sealed_loaded(instance: models.Model) -> bool:
     """Did this row (or a row loaded with it by select_related) bring an encrypted value?"""
     if any(isinstance(value, Sealed) for value in instance.__dict__.values()):
         return True
@@ -306,7 +320,7 @@ def _sealed_loaded(instance) -> bool:
     return any(r is not None and any(isinstance(v, Sealed) for v in r.__dict__.values()) for r in related)
 
 
-class EncryptedQuerySet(models.QuerySet):
+class EncryptedQuerySet(models.QuerySet[Any]):
     """Refuses values()/values_list() over encrypted columns: they bypass audited reads.
 
     When it loads rows that carry encrypted values, it hands their patients to the audit
@@ -314,7 +328,7 @@ class EncryptedQuerySet(models.QuerySet):
     batch, before the first of them is decrypted (audit.explain).
     """
 
-    def _fetch_all(self):
+    def _fetch_all(self) -> None:
         fresh = self._result_cache is None
         super()._fetch_all()
         if not fresh or self._iterable_class is not ModelIterable or not self._result_cache:
@@ -324,7 +338,7 @@ class EncryptedQuerySet(models.QuerySet):
             return
         ctx.prepare(row.audit_patient_id() for row in self._result_cache)
 
-    def _refuse_encrypted(self, names) -> None:
+    def _refuse_encrypted(self, names: Iterable[object]) -> None:
         opts = self.model._meta
         wanted = names or [f.attname for f in opts.concrete_fields]
         for name in wanted:
@@ -337,7 +351,7 @@ class EncryptedQuerySet(models.QuerySet):
                     "cannot be audited per patient: load model instances instead."
                 )
 
-    def _resolve_field(self, path: str):
+    def _resolve_field(self, path: str) -> Field[Any, Any] | ForeignObjectRel | None:
         model = self.model
         field = None
         for part in path.split("__"):
@@ -349,11 +363,11 @@ class EncryptedQuerySet(models.QuerySet):
                 model = field.related_model
         return field
 
-    def values(self, *fields, **expressions):
+    def values(self, *fields: str | Combinable, **expressions: Any) -> Any:
         self._refuse_encrypted(fields)
         return super().values(*fields, **expressions)
 
-    def values_list(self, *fields, flat=False, named=False):
+    def values_list(self, *fields: str | Combinable, flat: bool = False, named: bool = False) -> Any:
         self._refuse_encrypted(fields)
         return super().values_list(*fields, flat=flat, named=named)
 
@@ -377,11 +391,16 @@ class EncryptedModel(models.Model):
     def __str__(self) -> str:
         return f"{self._meta.verbose_name} {str(self.pk)[:8]}"
 
-    def refresh_from_db(self, using=None, fields=None, from_queryset=None):
+    def refresh_from_db(
+        self,
+        using: str | None = None,
+        fields: Iterable[str] | None = None,
+        from_queryset: models.QuerySet[Any] | None = None,
+    ) -> None:
         # Django copies each refreshed value with getattr(), which would decrypt (and audit)
         # every field; copy the sealed tokens instead: nothing is read until it is used.
         with copying_sealed():
             super().refresh_from_db(using=using, fields=fields, from_queryset=from_queryset)
 
-    def audit_patient_id(self):
+    def audit_patient_id(self) -> uuid.UUID | None:
         raise ImproperlyConfigured(f"{type(self).__name__} must say which patient its rows belong to.")

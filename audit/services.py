@@ -12,14 +12,14 @@ import json
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
 from audit import current as active
-from audit.chain import CONTEXT_COLUMNS, chain_rows, chain_write_alone
+from audit.chain import CONTEXT_COLUMNS, Row, chain_rows, chain_write_alone
 from audit.models import (
     TALLY_DAY,
     TALLY_STEP,
@@ -33,7 +33,7 @@ from audit.models import (
 )
 
 if TYPE_CHECKING:
-    from audit.context import AuditContext
+    from audit.context import AuditContext, _Read
 
 # What other apps run after an event of a given type is written: the investigations app
 # registers its alert mails here (investigations/apps.py). The core imports none of them.
@@ -49,7 +49,7 @@ def event_hook_register(event_types: Iterable[EventType], hook: Callable[[], Non
             hooks.append(hook)
 
 
-def _context_columns(ctx: AuditContext | None) -> dict:
+def _context_columns(ctx: AuditContext | None) -> dict[str, Any]:
     if ctx is None:
         actor = active.Actor.system("unknown")
         return {
@@ -81,7 +81,7 @@ class ReadsWritten:
     before: tuple[int, int] | None = None
 
 
-def audit_reads_write(*, context: AuditContext, reads: Iterable) -> ReadsWritten:
+def audit_reads_write(*, context: AuditContext, reads: Iterable[_Read]) -> ReadsWritten:
     """Write buffered reads in one INSERT, chained (audit/chain.py), and count them in the
     reader's ``ReadTally`` (the read budget's counter) in the same statement; when some
     patient was new to the account and its budget gave its windows, count the account's
@@ -116,7 +116,7 @@ def audit_reads_write(*, context: AuditContext, reads: Iterable) -> ReadsWritten
     connection = transaction.get_connection()
     if connection.vendor == "postgresql":
 
-        def statement(chained: list[dict]) -> tuple[str, list]:
+        def statement(chained: list[Row]) -> tuple[str, list[Any]]:
             return _reads_insert_postgresql(now, columns, chained[0]["extra"], chained, tally)
 
         if not connection.in_atomic_block:  # a request's reads, after its view: two round trips
@@ -135,7 +135,7 @@ def audit_reads_write(*, context: AuditContext, reads: Iterable) -> ReadsWritten
         return tally.upsert_orm()
 
 
-def _as_uuid(value) -> uuid.UUID:
+def _as_uuid(value: object) -> uuid.UUID:
     return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
 
 
@@ -148,7 +148,7 @@ class _Tally:
     now: datetime.datetime
     windows: tuple[datetime.datetime, datetime.datetime] | None
 
-    def params(self) -> list:
+    def params(self) -> list[Any]:
         """The tally part of ``_INSERT_READS_AND_TALLY``'s parameters."""
         day_since, hour_since = self.windows or (self.now, self.now)
         counting = self.windows is not None
@@ -159,7 +159,7 @@ class _Tally:
             *(counting, self.user_id, hour_since, hour_since),
         ]
 
-    def result(self, returned: list) -> ReadsWritten:
+    def result(self, returned: list[tuple[Any, ...]]) -> ReadsWritten:
         if not self.patients or not returned:
             return ReadsWritten()
         new, day, hour = returned[0]
@@ -168,9 +168,9 @@ class _Tally:
     def upsert_orm(self) -> ReadsWritten:
         """The tally's upsert through the ORM (SQLite: the write lock is already held, so what
         the first statement sees does not change before the others run)."""
-        if not self.patients:
-            return ReadsWritten()
         user_id, now = self.user_id, self.now
+        if not self.patients or user_id is None:  # system jobs have no tally (no patients here)
+            return ReadsWritten()
         mine = ReadTally.objects.filter(user_id=user_id)
         recent = mine.filter(patient_id__in=self.patients, last_read_at__gte=now - TALLY_DAY)
         known = dict(recent.values_list("patient_id", "last_read_at"))
@@ -237,7 +237,9 @@ _INSERT_READS_AND_TALLY = (
 )
 
 
-def _reads_insert_postgresql(now, columns: dict, extra: dict, rows: list[dict], tally: _Tally) -> tuple[str, list]:
+def _reads_insert_postgresql(
+    now: datetime.datetime, columns: dict[str, Any], extra: dict[str, Any], rows: list[Row], tally: _Tally
+) -> tuple[str, list[Any]]:
     """One INSERT ... SELECT FROM unnest(arrays): a third of bulk_create's cost per row, which
     matters because every page that shows patients pays it before its response leaves; the
     tally's upsert rides in the same statement and returns, per patient, whether it was new
@@ -265,11 +267,11 @@ def _reads_insert_postgresql(now, columns: dict, extra: dict, rows: list[dict], 
 def audit_event_write(
     *,
     event_type: EventType,
-    patient_id=None,
+    patient_id: uuid.UUID | None = None,
     model_label: str = "",
-    object_pk="",
+    object_pk: object = "",
     fields: Iterable[str] = (),
-    extra: dict | None = None,
+    extra: dict[str, Any] | None = None,
     actor: active.Actor | None = None,
 ) -> AuditEvent:
     """Record a write or a security event now, in the caller's transaction.
@@ -314,6 +316,8 @@ def reads_explained_afterwards(event: AuditEvent) -> AuditEvent | None:
     unexplained within ``EXPLAIN_AFTERWARDS_MINUTES`` before, and write a READ_EXPLAINED event
     naming those reads and the write that explains them. In the caller's transaction, like the
     write itself: a rolled-back booking explains nothing. None if there was nothing to explain."""
+    if event.actor_user_id is None or event.patient_id is None:  # nobody's reads, or no patient's
+        return None
     since = event.occurred_at - datetime.timedelta(minutes=settings.EXPLAIN_AFTERWARDS_MINUTES)
     uses = AllowanceUse.objects.filter(
         user_id=event.actor_user_id,

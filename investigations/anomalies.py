@@ -35,6 +35,7 @@ import datetime
 import logging
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 from django.conf import settings
 from django.core.cache import cache
@@ -346,7 +347,7 @@ def _rhythm(record_reads: QuerySet[AuditEvent], sessions: list[str]) -> dict[str
         f"FROM (SELECT p.session AS session, {gap} AS gap FROM ({inner}) p) g "
         f"WHERE g.gap IS NOT NULL GROUP BY g.session"
     )
-    result = {}
+    result: dict[str, tuple[int, float | None]] = {}
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         for session, gaps, mean, mean_square in cursor.fetchall():
@@ -669,7 +670,7 @@ def anomaly_store(finding: Finding) -> tuple[Anomaly, bool, bool]:
     grows more severe is shown as not reviewed again.
     """
     now = timezone.now()
-    values = {
+    values: dict[str, Any] = {
         "kind": finding.kind,
         "severity": finding.severity,
         "user_id": finding.user_id,

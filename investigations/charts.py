@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from django.db.models import Count, Max
 from django.db.models.functions import TruncDate, TruncHour
@@ -47,7 +48,7 @@ def reads_per_hour(*, day: datetime.date) -> HourlyReads:
         .annotate(n=Count("patient_id", distinct=True), username=Max("actor_username"), role=Max("actor_role"))
         .order_by()
     )
-    users: dict[int, dict] = {}
+    users: dict[int | None, dict[str, Any]] = {}
     for row in rows:
         user = users.setdefault(
             row["actor_user_id"],
@@ -77,7 +78,7 @@ def daily_distribution(*, last_day: datetime.date, days: int = 30) -> list[dict]
         .annotate(n=Count("patient_id", distinct=True), username=Max("actor_username"), role=Max("actor_role"))
         .order_by()
     )
-    users: dict[int, dict] = {}
+    users: dict[int | None, dict[str, Any]] = {}
     for row in rows:
         user = users.setdefault(row["actor_user_id"], {"username": row["username"], "role": row["role"], "counts": []})
         user["counts"].append(row["n"])

@@ -28,6 +28,7 @@ import json
 import re
 import uuid
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from django.apps import apps
 from django.conf import settings
@@ -60,6 +61,9 @@ from audit.models import EXPLAINED, AuditEvent, EventType, Explanation
 from audit.services import audit_event_write
 from patients.models import Patient
 from practice.templatetags.cabinet import field_labels
+
+if TYPE_CHECKING:
+    from django_stubs_ext import StrOrPromise
 
 # Events that put a patient's data in front of someone: decrypted reads and exports.
 EXPOSURE_EVENTS = (EventType.READ, EventType.EXPORT)
@@ -495,7 +499,7 @@ def breach_notification_export(*, scope: BreachScope, purpose: str) -> tuple[str
     actor = ctx.current_actor()
     now = timezone.localtime()
     ids = scope.patient_ids
-    found = {}
+    found: dict[uuid.UUID, Patient] = {}
     for i in range(0, len(ids), _BATCH):
         batch = Patient.objects.filter(pk__in=ids[i : i + _BATCH]).only("id", "language", *NOTIFICATION_FIELDS)
         found.update((p.pk, p) for p in batch)
@@ -597,7 +601,7 @@ def access_list_appearances(*, patient_id, who: str = "", unexplained_only: bool
 
 
 # The write that explained reads afterwards, in words: (record type, event type) -> phrase.
-_AFTERWARDS_WRITES = {
+_AFTERWARDS_WRITES: dict[tuple[str, EventType | None], StrOrPromise] = {
     ("scheduling.Appointment", EventType.CREATE): gettext_lazy("a booking"),
     ("scheduling.Appointment", EventType.CHANGE): gettext_lazy("a change to an appointment"),
     ("patients.Patient", EventType.CREATE): gettext_lazy("the record's creation"),
@@ -613,7 +617,7 @@ def _afterwards_words(model_label: str, event_type, occurred_at) -> str:
         kind = EventType(event_type)
     except ValueError:
         kind = None
-    what = _AFTERWARDS_WRITES.get((model_label, kind))
+    what: StrOrPromise | None = _AFTERWARDS_WRITES.get((model_label, kind))
     if what is None:
         what = f"{kind.label if kind is not None else event_type} ({record_label(model_label)})"
     return _("explained afterwards by %(what)s at %(when)s") % {"what": what, "when": when_text(occurred_at)}
@@ -626,7 +630,7 @@ class Afterwards:
     stamped after it), with the user who wrote."""
 
     reads: dict[int, str] = field(default_factory=dict)
-    requests: dict[tuple[str, int], str] = field(default_factory=dict)
+    requests: dict[tuple[str, int | None], str] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return bool(self.reads)

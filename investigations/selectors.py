@@ -1,9 +1,13 @@
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
 from django.db.models import Count, Max, Min, Q, QuerySet
 
 from audit.models import AuditEvent, EventType
 
 
-def patient_access_events(*, patient_id) -> QuerySet[AuditEvent]:
+def patient_access_events(*, patient_id: uuid.UUID | str) -> QuerySet[AuditEvent]:
     """Every read and change of one patient's data, newest first (index audit_patient_time)."""
     return (
         AuditEvent.objects.filter(patient_id=patient_id)
@@ -12,7 +16,7 @@ def patient_access_events(*, patient_id) -> QuerySet[AuditEvent]:
     )
 
 
-def patient_access_summary(*, patient_id) -> list[dict]:
+def patient_access_summary(*, patient_id: uuid.UUID | str) -> list[Mapping[str, Any]]:
     """Who touched one patient's data: per person (or job) and role, how many reads and how
     many other events (changes, exports...), first and last time. Latest first."""
     return list(

@@ -10,7 +10,9 @@
 import functools
 import operator
 from collections.abc import Callable
+from typing import TypeGuard
 
+from django.contrib.auth.models import AnonymousUser, User
 from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
 
@@ -19,7 +21,7 @@ from practice.models import Practitioner
 from practice.roles import PRACTITIONER, has_role, is_front_desk, role_of
 
 
-def patient_queryset_for(user) -> QuerySet[Patient]:
+def patient_queryset_for(user: User | AnonymousUser) -> QuerySet[Patient]:
     if is_front_desk(user):
         return Patient.objects.all()
     if has_role(user, PRACTITIONER):
@@ -41,7 +43,7 @@ def care_source_register(source: Callable[[Practitioner], Exists]) -> None:
         _CARE_SOURCES.append(source)
 
 
-def _seen_by(user) -> Exists | Q | None:
+def _seen_by(user: User) -> Exists | Q | None:
     """Patients this user treats (None: the user is no practitioner)."""
     if not hasattr(user, "practitioner"):
         return None
@@ -51,17 +53,17 @@ def _seen_by(user) -> Exists | Q | None:
     return functools.reduce(operator.or_, conditions)
 
 
-def _grants_of(user) -> QuerySet[BreakGlassGrant]:
+def _grants_of(user: User) -> QuerySet[BreakGlassGrant]:
     return BreakGlassGrant.objects.filter(user=user, expires_at__gt=timezone.now())
 
 
-def may_break_glass(user) -> bool:
+def may_break_glass(user: User | AnonymousUser) -> TypeGuard[User]:
     """Break-the-glass is for practitioners: the only role whose access is limited to some
     records. The front desk and superusers already open every record; others get none."""
     return user.is_authenticated and not user.is_superuser and role_of(user) == PRACTITIONER
 
 
-def break_glass_grant_for(user, patient: Patient) -> BreakGlassGrant | None:
+def break_glass_grant_for(user: User | AnonymousUser, patient: Patient) -> BreakGlassGrant | None:
     """The unexpired grant this user opens ``patient`` under, or None when they may open it
     anyway (their own patient, or the front desk). Plain columns only."""
     if not may_break_glass(user):

@@ -1,3 +1,5 @@
+from typing import ClassVar
+
 from django.contrib import admin, messages
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
@@ -83,7 +85,7 @@ class BreakGlassGrantAdmin(admin.ModelAdmin):
     search_fields = ["username", "=patient__id"]
     date_hierarchy = "granted_at"
     actions = ["mark_reviewed"]
-    fields = [
+    fields: ClassVar[tuple[str, ...]] = (
         "username",
         "user",
         "patient_ref",
@@ -93,7 +95,7 @@ class BreakGlassGrantAdmin(admin.ModelAdmin):
         "reviewed_at",
         "reviewed_by",
         "review_note",
-    ]
+    )
     readonly_fields = [f for f in fields if f != "review_note"]
 
     @admin.display(description=_("patient id"), ordering="patient_id")

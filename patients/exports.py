@@ -27,7 +27,9 @@ import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
+from django.db import models
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
@@ -143,9 +145,17 @@ def list_columns(groups) -> list[str]:
     ]
 
 
+def _column(name: str) -> models.Field[Any, Any]:
+    """A field of the patient record: a column, never the far side of a relation."""
+    field = Patient._meta.get_field(name)
+    if not isinstance(field, models.Field):
+        raise TypeError(f"{name} is not a column of the patient record.")
+    return field
+
+
 def patient_list_csv(patients, *, columns: list[str], export: Export) -> str:
     """The CSV of a patient list: a watermark line, a header, a row per patient, the watermark."""
-    labels = [str(Patient._meta.get_field(name).verbose_name) for name in columns]
+    labels = [str(_column(name).verbose_name) for name in columns]
     rows = [[csv_cell(export.watermark())], [*labels, str(_("archived"))]]
     rows += [[*(csv_cell(getattr(p, name)) for name in columns), csv_cell(p.is_archived)] for p in patients]
     rows.append([csv_cell(export.watermark())])
@@ -194,7 +204,7 @@ def patient_data(patient: Patient, *, include_notes: bool) -> dict:
     record = {}
     for name in patient_export_fields(include_notes):
         value = getattr(patient, name)
-        field = Patient._meta.get_field(name)
+        field = _column(name)
         if field.choices and value:
             value = str(dict(field.flatchoices).get(value, value))
         record[name] = plain(value)
@@ -219,7 +229,7 @@ def patient_data_json(data: dict, *, export: Export) -> str:
 
 def patient_data_csv(data: dict, *, export: Export) -> str:
     """Tables in one file: the record (field, value), then each section (the appointments)."""
-    labels = {name: str(Patient._meta.get_field(name).verbose_name) for name in PATIENT_EXPORT_FIELDS}
+    labels = {name: str(_column(name).verbose_name) for name in PATIENT_EXPORT_FIELDS}
     rows = [[csv_cell(export.watermark())], [], [str(_("Patient record"))], [str(_("field")), str(_("value"))]]
     rows += [[csv_cell(labels[name]), csv_cell(value)] for name, value in data["patient"].items()]
     for name, section in _SECTIONS.items():

@@ -1,4 +1,5 @@
 import uuid
+from typing import Any
 
 from django.conf import settings
 from django.db import models
@@ -89,14 +90,14 @@ class Patient(EncryptedModel):
             models.Index(models.F("updated_at").desc(), name="patient_recent", condition=models.Q(is_archived=False)),
         ]
 
-    def save(self, *args, **kwargs):
+    def save(self, *args: Any, **kwargs: Any) -> None:
         self.blind_indexes_update()
         super().save(*args, **kwargs)
 
     def get_absolute_url(self) -> str:
         return reverse("patients:detail", args=[self.pk])
 
-    def audit_patient_id(self):
+    def audit_patient_id(self) -> uuid.UUID:
         return self.pk
 
     @property

@@ -4,7 +4,10 @@ and decrypts only the rows it returns (plus blind-index false candidates, discar
 from __future__ import annotations
 
 import datetime
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TypeVar
+from uuid import UUID
 
 from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.urls import reverse
@@ -135,7 +138,10 @@ def _matches(patient: Patient, query: PatientQuery) -> bool:
     return not query.email or blind.normalize_email(patient.email) == blind.normalize_email(query.email)
 
 
-class Found(list):
+_Row = TypeVar("_Row")
+
+
+class Found(list[_Row]):
     """Search results, at most the page's limit; ``more`` when candidates were left unexamined
     after the limit was reached (the page asks for more criteria). Those are not decrypted: a
     row decrypted and not shown would be a read of a patient the page never served."""
@@ -143,11 +149,11 @@ class Found(list):
     more: bool = False
 
 
-def _first_matches(rows, query: PatientQuery, limit: int) -> Found:
+def _first_matches(rows: Iterable[Patient], query: PatientQuery, limit: int) -> Found[Patient]:
     """Decrypt candidates in order until ``limit`` of them match; the rest stay sealed. Blind-
     index false candidates (about rows / 2**bits per lookup: far below one at our sizes) are
     decrypted to be told apart, and dropped."""
-    found = Found()
+    found: Found[Patient] = Found()
     for row in rows:
         if len(found) == limit:
             found.more = True
@@ -157,7 +163,7 @@ def _first_matches(rows, query: PatientQuery, limit: int) -> Found:
     return found
 
 
-def patient_search(query: PatientQuery, *, limit: int = SEARCH_LIMIT) -> Found:
+def patient_search(query: PatientQuery, *, limit: int = SEARCH_LIMIT) -> Found[Patient]:
     """Patients matching every given criterion, by blind index; never scans the table."""
     if query.is_empty():
         return Found()
@@ -177,7 +183,7 @@ def patient_search(query: PatientQuery, *, limit: int = SEARCH_LIMIT) -> Found:
     return found
 
 
-def patient_search_masked(query: PatientQuery, *, limit: int = MASKED_LIMIT) -> Found:
+def patient_search_masked(query: PatientQuery, *, limit: int = MASKED_LIMIT) -> Found[MaskedLine]:
     """A search by last name alone: at most ``limit`` masked lines. Each unexplained patient is
     paid from the masked allowance (audit.explain), not the full one; only the last name, the
     first names and the birth date are decrypted, and only their masked form leaves."""
@@ -214,12 +220,14 @@ def patients_today(*, day: datetime.date, limit: int = 100) -> QuerySet[Patient]
     tz = timezone.get_current_timezone()
     start = timezone.make_aware(datetime.datetime.combine(day, datetime.time.min), tz)
     end = timezone.make_aware(datetime.datetime.combine(day + datetime.timedelta(days=1), datetime.time.min), tz)
-    appointments = Patient._meta.get_field("appointments").related_model.objects
+    appointments = Patient._meta.get_field("appointments").related_model._default_manager
     booked = appointments.filter(patient=OuterRef("pk"), start__gte=start, start__lt=end).exclude(status="cancelled")
     return Patient.objects.filter(Exists(booked), is_archived=False).only(*RESULT_FIELDS).order_by("pk")[:limit]
 
 
-def patient_duplicates(*, last_name: str, first_names: str, birth_date, exclude_pk=None) -> list[Patient]:
+def patient_duplicates(
+    *, last_name: str, first_names: str, birth_date: datetime.date | None, exclude_pk: object = None
+) -> list[Patient]:
     """Existing patients with the same normalized name and birth date."""
     if not (last_name and first_names and birth_date):
         return []
@@ -237,7 +245,9 @@ def patient_recent(*, limit: int = 50) -> QuerySet[Patient]:
     return Patient.objects.filter(is_archived=False).only(*RESULT_FIELDS).order_by("-updated_at")[:limit]
 
 
-def patients_for_export(queryset: QuerySet[Patient], ids, *, fields) -> list[Patient]:
+def patients_for_export(
+    queryset: QuerySet[Patient], ids: Iterable[UUID | str], *, fields: Iterable[str]
+) -> list[Patient]:
     """The patients of a list export, among those ``queryset`` allows, in name order.
 
     Loads ``fields`` only: the export decrypts nothing else.

@@ -1,8 +1,11 @@
 """Writes to patient records. Each runs in one transaction with its audit row."""
 
 import datetime
+from collections.abc import Iterable
+from typing import Any
 
 from django.conf import settings
+from django.contrib.auth.models import AnonymousUser, User
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from django.utils import timezone
@@ -39,7 +42,7 @@ EDITABLE_FIELDS = [
 ]
 
 
-def _audit(patient: Patient, event_type: EventType, fields=()) -> None:
+def _audit(patient: Patient, event_type: EventType, fields: Iterable[str] = ()) -> None:
     audit_event_write(
         event_type=event_type,
         patient_id=patient.pk,
@@ -50,7 +53,7 @@ def _audit(patient: Patient, event_type: EventType, fields=()) -> None:
 
 
 @transaction.atomic
-def patient_create(*, data: dict, actor, patient: Patient | None = None) -> Patient:
+def patient_create(*, data: dict[str, Any], actor: User, patient: Patient | None = None) -> Patient:
     """Create a patient from validated data (into ``patient`` when the admin hands one)."""
     patient = patient or Patient()
     for name in EDITABLE_FIELDS:
@@ -74,7 +77,7 @@ def _reminders_replan(patient: Patient) -> None:
 
 
 @transaction.atomic
-def patient_update(*, patient: Patient, data: dict, actor) -> list[str]:
+def patient_update(*, patient: Patient, data: dict[str, Any], actor: User) -> list[str]:
     """Apply changed values; returns the names of the fields that changed (audited, not values)."""
     changed = [name for name in EDITABLE_FIELDS if name in data and getattr(patient, name) != data[name]]
     if not changed:
@@ -91,7 +94,7 @@ def patient_update(*, patient: Patient, data: dict, actor) -> list[str]:
 
 
 @transaction.atomic
-def patient_archive(*, patient: Patient, actor) -> None:
+def patient_archive(*, patient: Patient, actor: User) -> None:
     """Archive instead of delete: the record and its history stay."""
     if patient.is_archived:
         return
@@ -104,7 +107,7 @@ def patient_archive(*, patient: Patient, actor) -> None:
 
 
 @transaction.atomic
-def patient_restore(*, patient: Patient, actor) -> None:
+def patient_restore(*, patient: Patient, actor: User) -> None:
     if not patient.is_archived:
         return
     patient.is_archived = False
@@ -116,7 +119,7 @@ def patient_restore(*, patient: Patient, actor) -> None:
 
 
 @transaction.atomic
-def break_glass_open(*, user, patient: Patient, reason: str) -> BreakGlassGrant:
+def break_glass_open(*, user: User | AnonymousUser, patient: Patient, reason: str) -> BreakGlassGrant:
     """Give ``user`` access to this one patient record for BREAK_GLASS_MINUTES.
 
     The grant and its audit row (actor, patient, reason, expiry) commit together: there is
@@ -151,7 +154,7 @@ def break_glass_open(*, user, patient: Patient, reason: str) -> BreakGlassGrant:
 
 
 @transaction.atomic
-def break_glass_review(*, grant: BreakGlassGrant, reviewer, note: str = "") -> BreakGlassGrant:
+def break_glass_review(*, grant: BreakGlassGrant, reviewer: User, note: str = "") -> BreakGlassGrant:
     """Record that a practice admin looked at an emergency access (audited each time)."""
     grant.reviewed_at = timezone.now()
     grant.reviewed_by = reviewer

@@ -32,6 +32,7 @@ from patients.selectors import (
     CONTACT_GROUPS,
     DETAIL_FIELDS,
     PLAIN_FIELDS,
+    MaskedLine,
     PatientQuery,
     name_order,
     patient_duplicates,
@@ -41,6 +42,7 @@ from patients.selectors import (
     patients_today,
 )
 from practice import twofactor
+from practice.http import AuthenticatedHttpRequest
 from practice.roles import is_front_desk
 
 
@@ -88,7 +90,9 @@ def patient_list(request: HttpRequest) -> HttpResponse:
     a birth date, a phone or an e-mail it shows full lines."""
     _require_front_desk(request)
     form = PatientSearchForm(request.POST or None)
-    results, masked, too_many, searched = [], [], False, False
+    results: list[Patient] = []
+    masked: list[MaskedLine] = []
+    too_many, searched = False, False
     if request.method == "POST" and form.is_valid():
         searched = True
         query = PatientQuery(**form.cleaned_data)
@@ -114,7 +118,7 @@ def patient_list(request: HttpRequest) -> HttpResponse:
 @never_cache
 @login_required
 @require_http_methods(["GET", "POST"])
-def patient_create(request: HttpRequest) -> HttpResponse:
+def patient_create(request: AuthenticatedHttpRequest) -> HttpResponse:
     _require_front_desk(request)
     if not request.user.has_perm("patients.add_patient"):
         raise PermissionDenied
@@ -214,7 +218,7 @@ def patient_break_glass(request: HttpRequest, pk: UUID) -> HttpResponse:
 @never_cache
 @login_required
 @require_http_methods(["GET", "POST"])
-def patient_edit(request: HttpRequest, pk: UUID) -> HttpResponse:
+def patient_edit(request: AuthenticatedHttpRequest, pk: UUID) -> HttpResponse:
     _require_front_desk(request)
     if not request.user.has_perm("patients.change_patient"):
         raise PermissionDenied
@@ -232,7 +236,7 @@ def patient_edit(request: HttpRequest, pk: UUID) -> HttpResponse:
 
 @login_required
 @require_POST
-def patient_archive(request: HttpRequest, pk: UUID) -> HttpResponse:
+def patient_archive(request: AuthenticatedHttpRequest, pk: UUID) -> HttpResponse:
     _require_front_desk(request)
     if not request.user.has_perm("patients.change_patient"):
         raise PermissionDenied
@@ -244,7 +248,7 @@ def patient_archive(request: HttpRequest, pk: UUID) -> HttpResponse:
 
 @login_required
 @require_POST
-def patient_restore(request: HttpRequest, pk: UUID) -> HttpResponse:
+def patient_restore(request: AuthenticatedHttpRequest, pk: UUID) -> HttpResponse:
     _require_front_desk(request)
     if not request.user.has_perm("patients.change_patient"):
         raise PermissionDenied
@@ -338,7 +342,7 @@ def _reason_next(request: HttpRequest, pk: UUID) -> str:
 @never_cache
 @login_required
 @require_http_methods(["GET", "POST"])
-def patient_reason(request: HttpRequest, pk: UUID) -> HttpResponse:
+def patient_reason(request: AuthenticatedHttpRequest, pk: UUID) -> HttpResponse:
     """Say why you need this patient's record (at least READ_REASON_MIN_LENGTH characters) and
     pass the second factor again: the reason explains the patient for you until the end of the
     day (audited as REASON_STATED). Only for a patient the step-up page asked about today, and

@@ -70,7 +70,7 @@ class PractitionerAdmin(admin.ModelAdmin):
     # are explained: audit/explain.py). Nobody ticked: every secretary does.
     filter_horizontal = ["assistants"]
     # scheduling/admin.py adds the working hours and absences (practice does not import it).
-    inlines: list = []
+    inlines = []
 
     def formfield_for_manytomany(self, db_field, request, **kwargs):
         if db_field.name == "assistants":
@@ -156,7 +156,7 @@ class LockoutAdmin(AccessAttemptAdmin):
             labels.append(_("account, from every address"))
         if obj.address_locked:
             labels.append(_("IP address, for every account"))
-        return "; ".join(str(label) for label in labels) or _("no")
+        return "; ".join(str(label) for label in labels) or str(_("no"))
 
     def get_actions(self, request):
         actions = super().get_actions(request)
@@ -211,7 +211,8 @@ class UserAdmin(DjangoUserAdmin):
     admin manages the clinic's staff, not the people above them.
     """
 
-    list_display = [*DjangoUserAdmin.list_display, "second_factor"]
+    # Django's own columns, then ours (the stubs declare list_display per instance).
+    list_display = [*DjangoUserAdmin.list_display, "second_factor"]  # type: ignore[misc]
     list_filter = [*DjangoUserAdmin.list_filter, SecondFactorFilter]
     actions = ["sessions_end_action", "second_factor_reset_action"]
 

@@ -35,5 +35,6 @@ def install() -> None:
     def to_python(self, value):
         return original(self, bidi_strip(value))
 
-    to_python.bidi_stripped = True
-    forms.CharField.to_python = to_python
+    # A deliberate monkeypatch: a marker on the function, and a method replaced on the class.
+    to_python.bidi_stripped = True  # type: ignore[attr-defined]
+    forms.CharField.to_python = to_python  # type: ignore[method-assign]

@@ -243,7 +243,9 @@ def lockout_response(
         "wait_seconds": seconds,
         "wait_minutes": None if seconds is None else math.ceil(seconds / 60),
     }
-    response = render(request, settings.AXES_LOCKOUT_TEMPLATE, context, status=settings.AXES_HTTP_RESPONSE_CODE)
+    # A default of django-axes (axes.conf), not set in config/settings.py: the stubs do not know it.
+    status = settings.AXES_HTTP_RESPONSE_CODE  # type: ignore[misc]
+    response = render(request, settings.AXES_LOCKOUT_TEMPLATE, context, status=status)
     if seconds is not None:
         response["Retry-After"] = str(seconds)
     return response

@@ -1,6 +1,8 @@
 """The clinic's roles, as groups with permissions defined in code (idempotent)."""
 
-from django.contrib.auth.models import Group, Permission
+from typing import TypeGuard
+
+from django.contrib.auth.models import AnonymousUser, Group, Permission, User
 from django.utils.translation import gettext_lazy as _
 
 SECRETARY = "Secretary"
@@ -118,11 +120,11 @@ def _role_lookup(user) -> str:
     return "none"
 
 
-def has_role(user, *roles: str) -> bool:
+def has_role(user: User | AnonymousUser, *roles: str) -> TypeGuard[User]:
     return user.is_authenticated and (user.is_superuser or role_of(user) in roles)
 
 
-def is_front_desk(user) -> bool:
+def is_front_desk(user: User | AnonymousUser) -> TypeGuard[User]:
     """Rule enforced here, and only here: the front desk is a secretary or a practice admin
     (``FRONT_DESK_ROLES``), or a superuser. Patients' lists and records, the day of every
     practitioner and booking are theirs; practitioners and accounts without a role are not."""

@@ -1,5 +1,7 @@
 """Account security services: each writes its audit row in the transaction that does the work."""
 
+from collections.abc import Iterable
+
 from axes.models import AccessAttempt
 from django.contrib.auth.models import User
 from django.db import transaction
@@ -12,7 +14,7 @@ from practice.sessions import sessions_end_for_user
 
 
 @transaction.atomic
-def lockout_lift(*, attempts, actor: Actor) -> int:
+def lockout_lift(*, attempts: Iterable[AccessAttempt], actor: Actor) -> int:
     """Delete these login attempts (which lifts the lock of their username from their
     address), and lift the locks of their usernames and addresses (practice/lockout.py); one
     UNLOCK row per attempt.

@@ -64,7 +64,7 @@ def _wait_message(locked_until) -> str:
 def two_factor_verify(request: HttpRequest) -> HttpResponse:
     """Second step of every login for a user with an authenticator."""
     user = request.user
-    if user.is_verified():
+    if user.is_verified():  # type: ignore[union-attr]  # added to request.user by django-otp's OTPMiddleware
         return redirect(_next_url(request))
     if not twofactor.has_second_factor(user):
         return redirect(f"{reverse('two_factor_setup')}?next={quote(_next_url(request))}")
@@ -118,7 +118,7 @@ def two_factor_setup(request: HttpRequest) -> HttpResponse:
             audit_event_write(event_type=EventType.OTP_ENROLLED)
             codes = twofactor.recovery_codes_generate(user)
             audit_event_write(event_type=EventType.RECOVERY_CODES)
-            if not user.is_verified():
+            if not user.is_verified():  # type: ignore[union-attr]  # added by django-otp's OTPMiddleware
                 _second_factor_passed(request, device)
                 audit_event_write(event_type=EventType.OTP_VERIFIED, extra={"device": type(device).__name__})
             return _recovery_codes_page(request, codes)

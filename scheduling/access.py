@@ -13,6 +13,10 @@ exist by trying ids).
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterable
+
+from django.contrib.auth.models import AnonymousUser, User
 from django.core.exceptions import PermissionDenied
 from django.db.models import Exists, OuterRef, QuerySet
 from django.http import Http404, HttpRequest
@@ -35,7 +39,7 @@ PRACTITIONER_STATUSES = frozenset(
 FRONT_DESK_STATUSES = PRACTITIONER_STATUSES | {AppointmentStatus.BOOKED}
 
 
-def own_practitioner(user) -> Practitioner | None:
+def own_practitioner(user: User | AnonymousUser) -> Practitioner | None:
     """The practitioner profile of a user with a clinic role, or None.
 
     A practice admin who also consults has a profile too: their own day is theirs to see.
@@ -66,7 +70,7 @@ def require_agenda_role(request: HttpRequest) -> None:
         raise PermissionDenied
 
 
-def appointment_queryset_for(user) -> QuerySet[Appointment]:
+def appointment_queryset_for(user: User | AnonymousUser) -> QuerySet[Appointment]:
     if is_front_desk(user):
         return Appointment.objects.all()
     if has_role(user, PRACTITIONER):
@@ -76,7 +80,7 @@ def appointment_queryset_for(user) -> QuerySet[Appointment]:
     return Appointment.objects.none()
 
 
-def practitioner_queryset_for(user) -> QuerySet[Practitioner]:
+def practitioner_queryset_for(user: User | AnonymousUser) -> QuerySet[Practitioner]:
     if is_front_desk(user):
         return Practitioner.objects.all()
     practitioner = own_practitioner(user)
@@ -85,7 +89,9 @@ def practitioner_queryset_for(user) -> QuerySet[Practitioner]:
     return Practitioner.objects.none()
 
 
-def get_appointment_for(request: HttpRequest, pk, *, related=(), only=None) -> Appointment:
+def get_appointment_for(
+    request: HttpRequest, pk: uuid.UUID | str, *, related: Iterable[str] = (), only: Iterable[str] | None = None
+) -> Appointment:
     """The appointment if this user may open it; 404 otherwise (no existence oracle).
 
     The access filter is part of the query, so a refused row is never loaded, let alone decrypted.
@@ -111,7 +117,7 @@ def get_practitioner_for(request: HttpRequest, pk: int) -> Practitioner:
     return practitioner
 
 
-def allowed_statuses(user, appointment: Appointment) -> list[str]:
+def allowed_statuses(user: User | AnonymousUser, appointment: Appointment) -> list[str]:
     """The statuses this user may set on this appointment now (the flow and their role)."""
     if is_front_desk(user):
         wanted = FRONT_DESK_STATUSES

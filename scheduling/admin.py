@@ -10,6 +10,8 @@ the notes: those reads are decrypted through the audited fields, like any other 
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
@@ -224,7 +226,7 @@ class ReminderInline(admin.TabularInline):
 
     model = Reminder
     extra = 0
-    fields = [
+    fields: ClassVar[tuple[str, ...]] = (
         "channel",
         "kind",
         "planned_for",
@@ -235,7 +237,7 @@ class ReminderInline(admin.TabularInline):
         "sent_at",
         "provider_id",
         "error",
-    ]
+    )
     readonly_fields = fields
     ordering = ["due_at", "id"]
     can_delete = False

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import datetime
 import zoneinfo
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 
 from scheduling.models import ACTIVE_STATUSES, MAX_APPOINTMENT_LENGTH, Absence, Appointment, WorkingHours
 
@@ -31,13 +32,15 @@ def local_day_bounds(day: datetime.date) -> Interval:
     return start, end
 
 
-def hours_for_days(practitioner_ids, first: datetime.date, last: datetime.date) -> dict:
+def hours_for_days(
+    practitioner_ids: Iterable[int], first: datetime.date, last: datetime.date
+) -> dict[tuple[int, datetime.date], list[Interval]]:
     """{(practitioner_id, date): [(start, end), ...]} for every day from first to last."""
     rows = WorkingHours.objects.filter(practitioner_id__in=list(practitioner_ids)).filter(
         Q(valid_from__isnull=True) | Q(valid_from__lte=last), Q(valid_until__isnull=True) | Q(valid_until__gte=first)
     )
     tz = practice_tz()
-    ranges: dict = {}
+    ranges: dict[tuple[int, datetime.date], list[Interval]] = {}
     day = first
     while day <= last:
         for row in rows:
@@ -57,14 +60,18 @@ def hours_for_days(practitioner_ids, first: datetime.date, last: datetime.date) 
     return ranges
 
 
-def absences_between(practitioner_ids, start, end):
+def absences_between(
+    practitioner_ids: Iterable[int], start: datetime.datetime, end: datetime.datetime
+) -> QuerySet[Absence]:
     """Absences of these practitioners, and practice closures, overlapping [start, end)."""
     return Absence.objects.filter(
         Q(practitioner_id__in=list(practitioner_ids)) | Q(practitioner__isnull=True), start__lt=end, end__gt=start
     ).order_by("start")
 
 
-def active_appointments_between(practitioner_ids, start, end):
+def active_appointments_between(
+    practitioner_ids: Iterable[int], start: datetime.datetime, end: datetime.datetime
+) -> QuerySet[Appointment]:
     return Appointment.objects.filter(
         practitioner_id__in=list(practitioner_ids),
         status__in=ACTIVE_STATUSES,
@@ -74,7 +81,7 @@ def active_appointments_between(practitioner_ids, start, end):
     )
 
 
-def within_working_hours(practitioner_id: int, start, end) -> bool:
+def within_working_hours(practitioner_id: int, start: datetime.datetime, end: datetime.datetime) -> bool:
     local_start = start.astimezone(practice_tz())
     local_end = end.astimezone(practice_tz())
     days = hours_for_days([practitioner_id], local_start.date(), local_end.date())

@@ -21,7 +21,7 @@ def appointment_rows(patient: Patient, *, include_notes: bool) -> list[dict]:
             "start": plain(appointment.start),
             "end": plain(appointment.end),
             "practitioner": appointment.practitioner.display_name,
-            "type": appointment.appointment_type.name if appointment.appointment_type_id else "",
+            "type": appointment.appointment_type.name if appointment.appointment_type is not None else "",
             "status": str(appointment.get_status_display()),
             "reason": appointment.reason or "",
             "arrived_at": plain(appointment.arrived_at),

@@ -229,7 +229,9 @@ class ChangeTypeForm(SubmissionKeyMixin, ForceMixin, forms.Form):
 
     def __init__(self, *args, practitioner_id: int, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["appointment_type"].queryset = _types().offered_by(practitioner_id)
+        field = self.fields["appointment_type"]
+        assert isinstance(field, forms.ModelChoiceField)  # declared above
+        field.queryset = _types().offered_by(practitioner_id)
 
 
 class CancelForm(SubmissionKeyMixin, forms.Form):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 from django.conf import settings
 from django.urls import reverse
@@ -18,7 +19,8 @@ from django.utils.translation import gettext as _
 
 from practice.models import Practitioner
 from scheduling import availability
-from scheduling.models import Appointment, AppointmentStatus
+from scheduling.availability import Interval
+from scheduling.models import Absence, Appointment, AppointmentStatus
 
 
 @dataclass
@@ -27,9 +29,9 @@ class Column:
 
     practitioner: Practitioner
     day: datetime.date
-    hours: list = field(default_factory=list)
-    absences: list = field(default_factory=list)
-    appointments: list = field(default_factory=list)
+    hours: list[Interval] = field(default_factory=list)
+    absences: list[Absence] = field(default_factory=list)
+    appointments: list[Appointment] = field(default_factory=list)
 
 
 @dataclass
@@ -42,7 +44,8 @@ class Grid:
 
     @property
     def slot_minutes(self) -> int:
-        return settings.AGENDA_SLOT_MINUTES
+        minutes: int = settings.AGENDA_SLOT_MINUTES
+        return minutes
 
     def row(self, moment: datetime.datetime, day: datetime.date) -> int:
         """1-based grid row of a moment on `day`, clamped to the grid."""
@@ -89,7 +92,8 @@ def block_html(appointment: Appointment, *, first: int, last: int, compact: bool
     status = appointment.status
     type_id = appointment.appointment_type_id
     classes = f"appt type-{type_id or 'none'} st-{status} rs-{first} re-{last}" + (" compact" if compact else "")
-    line2 = escape(appointment.appointment_type.name) if type_id else labels["no_type"]
+    appointment_type = appointment.appointment_type  # loaded with the row (select_related), or None
+    line2 = escape(appointment_type.name) if appointment_type is not None else labels["no_type"]
     if status != AppointmentStatus.BOOKED:
         line2 += f' · <span class="st">{labels[status]}</span>'
     if appointment.forced:
@@ -103,7 +107,7 @@ def block_html(appointment: Appointment, *, first: int, last: int, compact: bool
 
 
 def block_labels() -> dict:
-    labels = {status.value: escape(status.label) for status in AppointmentStatus}
+    labels: dict[str, Any] = {status.value: escape(status.label) for status in AppointmentStatus}
     labels.update(
         no_type=escape(_("No type")),
         forced=escape(_("forced")),

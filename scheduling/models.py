@@ -5,6 +5,8 @@ zone (settings.TIME_ZONE), so a 9:00 start stays 9:00 across the DST change.
 """
 
 import datetime
+import uuid
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -15,6 +17,9 @@ from django.utils.translation import gettext_lazy as _
 
 from audit.fields import EncryptedModel, EncryptedTextField
 from practice.models import colour_validator
+
+if TYPE_CHECKING:
+    from django_stubs_ext import StrOrPromise
 
 # Said by the forms and the services when a practitioner is given a type they do not offer.
 TYPE_NOT_OFFERED = _("This practitioner does not offer this appointment type.")
@@ -62,7 +67,7 @@ class AppointmentType(models.Model):
 
     def clean(self) -> None:
         super().clean()
-        errors = {}
+        errors: dict[str, StrOrPromise] = {}
         lead = settings.REMINDER_MIN_LEAD_MINUTES
         for name in ("reminder_hours", "second_reminder_hours"):
             hours = getattr(self, name)
@@ -87,7 +92,7 @@ class AppointmentType(models.Model):
 
     def reminder_plan(self) -> list[tuple[str, int]]:
         """(kind, hours before the start) of each reminder this type asks for."""
-        plan = []
+        plan: list[tuple[str, int]] = []
         if self.reminder_hours:
             plan.append((ReminderKind.FIRST, self.reminder_hours))
             if self.second_reminder_hours:
@@ -190,7 +195,7 @@ ACTIVE_STATUSES = [
 ]
 
 # The status flow: what each status may become.
-TRANSITIONS = {
+TRANSITIONS: dict[str, set[AppointmentStatus]] = {
     AppointmentStatus.BOOKED: {AppointmentStatus.ARRIVED, AppointmentStatus.NO_SHOW, AppointmentStatus.CANCELLED},
     AppointmentStatus.ARRIVED: {
         AppointmentStatus.IN_CONSULTATION,
@@ -290,7 +295,7 @@ class Appointment(EncryptedModel):
     def get_absolute_url(self) -> str:
         return reverse("scheduling:appointment", args=[self.pk])
 
-    def audit_patient_id(self):
+    def audit_patient_id(self) -> uuid.UUID:
         return self.patient_id
 
     @property

@@ -55,9 +55,10 @@ def min_lead() -> datetime.timedelta:
 
 
 def _wanted_kinds(appointment: Appointment) -> list[tuple[str, int]]:
-    if appointment.appointment_type_id is None:
+    appointment_type = appointment.appointment_type  # None without a query when it has none
+    if appointment_type is None:
         return [(ReminderKind.FIRST, DEFAULT_REMINDER_HOURS)]
-    return appointment.appointment_type.reminder_plan()
+    return appointment_type.reminder_plan()
 
 
 def _consented_channels(patient_id) -> list[str]:
@@ -71,7 +72,7 @@ def _consented_channels(patient_id) -> list[str]:
     if row is None:
         return []
     consent_email, consent_sms, has_email, has_phone = row
-    channels = []
+    channels: list[str] = []
     if consent_email and has_email is not None:
         channels.append(ReminderChannel.EMAIL)
     if consent_sms and has_phone is not None:
@@ -93,7 +94,7 @@ def _due_times(appointment: Appointment, now: datetime.datetime) -> dict[str, da
     upcoming = {kind: at for kind, at in due.items() if at > now}
     if upcoming or not due:
         return upcoming
-    latest = max(due, key=due.get)  # the one closest to the start
+    latest = max(due, key=lambda kind: due[kind])  # the one closest to the start
     return {latest: now}
 
 

@@ -5,6 +5,8 @@ decrypted are the patient's last name and first names (plus what a page says it 
 from __future__ import annotations
 
 import datetime
+import uuid
+from collections.abc import Iterable
 
 from django.conf import settings
 from django.db.models import QuerySet
@@ -14,7 +16,13 @@ from patients.models import Patient
 from practice.models import Practitioner
 from scheduling import availability
 from scheduling.grid import Column, Grid
-from scheduling.models import MAX_APPOINTMENT_LENGTH, Appointment, AppointmentStatus, Reminder, ReminderStatus
+from scheduling.models import (
+    MAX_APPOINTMENT_LENGTH,
+    Appointment,
+    AppointmentStatus,
+    Reminder,
+    ReminderStatus,
+)
 
 # What a grid cell or a list line shows. The patient's two name fields are the only
 # encrypted columns loaded (and so the only ones that can be decrypted).
@@ -36,7 +44,13 @@ AGENDA_FIELDS = (
 )
 
 
-def agenda_appointments(practitioner_ids, start, end, *, include_cancelled: bool = False) -> QuerySet[Appointment]:
+def agenda_appointments(
+    practitioner_ids: Iterable[int],
+    start: datetime.datetime,
+    end: datetime.datetime,
+    *,
+    include_cancelled: bool = False,
+) -> QuerySet[Appointment]:
     qs = Appointment.objects.filter(
         practitioner_id__in=practitioner_ids, start__lt=end, start__gt=start - MAX_APPOINTMENT_LENGTH, end__gt=start
     )
@@ -116,12 +130,14 @@ def waiting_room(*, practitioner: Practitioner | None = None) -> list[Appointmen
 REMINDER_FIELDS = ("id", "channel", "kind", "planned_for", "due_at", "status", "attempts", "sent_at", "error")
 
 
-def appointment_reminders(appointment: Appointment) -> list:
+def appointment_reminders(appointment: Appointment) -> list[Reminder]:
     """Every reminder of the appointment, planned, sent, failed or cancelled, in due order."""
     return list(Reminder.objects.filter(appointment=appointment).only(*REMINDER_FIELDS).order_by("due_at", "id"))
 
 
-def patient_export_appointments(patient: Patient, *, include_notes: bool) -> tuple[list, dict]:
+def patient_export_appointments(
+    patient: Patient, *, include_notes: bool
+) -> tuple[list[Appointment], dict[uuid.UUID, list[Reminder]]]:
     """A patient's appointments (cancelled ones too) and the reminders sent for them, for
     their right-of-access export. Two queries; decrypts the reason and cancellation reason
     (and the internal note when asked) as the export reads them."""
@@ -149,7 +165,7 @@ def patient_export_appointments(patient: Patient, *, include_notes: bool) -> tup
         .only(*fields)
         .order_by("start")
     )
-    reminders: dict = {}
+    reminders: dict[uuid.UUID, list[Reminder]] = {}
     sent = Reminder.objects.filter(appointment__patient=patient, status=ReminderStatus.SENT)
     for reminder in sent.only("id", "appointment_id", "channel", "kind", "status", "sent_at").order_by("sent_at"):
         reminders.setdefault(reminder.appointment_id, []).append(reminder)

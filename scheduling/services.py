@@ -9,7 +9,11 @@ and the insert cannot interleave).
 from __future__ import annotations
 
 import datetime
+import uuid
+from collections.abc import Iterable
+from typing import Any
 
+from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
@@ -17,7 +21,9 @@ from django.utils.translation import gettext as _
 
 from audit.models import EventType
 from audit.services import audit_event_write
+from patients.models import Patient
 from patients.services import patient_create
+from practice.models import Practitioner
 from scheduling import availability
 from scheduling.models import TYPE_NOT_OFFERED, Appointment, AppointmentStatus, AppointmentType
 from scheduling.reminders import reminders_plan
@@ -41,7 +47,7 @@ class PractitionerAbsent(BookingError):
     forceable = True
 
 
-def _audit(appointment: Appointment, event_type: EventType, *, fields=(), **extra) -> None:
+def _audit(appointment: Appointment, event_type: EventType, *, fields: Iterable[str] = (), **extra: Any) -> None:
     audit_event_write(
         event_type=event_type,
         patient_id=appointment.patient_id,
@@ -64,7 +70,14 @@ def elapsed_end(start: datetime.datetime, duration: datetime.timedelta) -> datet
     return start.astimezone(datetime.UTC) + duration
 
 
-def _check_slot(*, practitioner_id: int, start, end, exclude_pk=None, force: bool) -> list[str]:
+def _check_slot(
+    *,
+    practitioner_id: int,
+    start: datetime.datetime,
+    end: datetime.datetime,
+    exclude_pk: uuid.UUID | None = None,
+    force: bool,
+) -> list[str]:
     """Raise if the slot cannot be booked; return what was overridden by `force`."""
     if timezone.is_naive(start) or timezone.is_naive(end):
         raise ValueError("Appointment times must be aware datetimes.")
@@ -85,7 +98,7 @@ def _check_slot(*, practitioner_id: int, start, end, exclude_pk=None, force: boo
     return overridden
 
 
-def _save_guarded(appointment: Appointment, **save_kwargs) -> None:
+def _save_guarded(appointment: Appointment, **save_kwargs: Any) -> None:
     """Save; an exclusion-constraint violation (a concurrent booking won) becomes SlotTaken."""
     try:
         with transaction.atomic():
@@ -101,11 +114,11 @@ def _save_guarded(appointment: Appointment, **save_kwargs) -> None:
 @transaction.atomic
 def appointment_book(
     *,
-    practitioner,
-    patient,
+    practitioner: Practitioner,
+    patient: Patient,
     appointment_type: AppointmentType,
     start: datetime.datetime,
-    actor,
+    actor: User,
     reason: str = "",
     internal_note: str = "",
     force: bool = False,
@@ -138,11 +151,11 @@ def appointment_book(
 @transaction.atomic
 def patient_create_and_book(
     *,
-    patient_data: dict,
-    practitioner,
+    patient_data: dict[str, Any],
+    practitioner: Practitioner,
     appointment_type: AppointmentType,
     start: datetime.datetime,
-    actor,
+    actor: User,
     reason: str = "",
     internal_note: str = "",
     force: bool = False,
@@ -164,7 +177,12 @@ def patient_create_and_book(
 
 @transaction.atomic
 def appointment_move(
-    *, appointment: Appointment, start: datetime.datetime, actor, practitioner=None, force: bool = False
+    *,
+    appointment: Appointment,
+    start: datetime.datetime,
+    actor: User,
+    practitioner: Practitioner | None = None,
+    force: bool = False,
 ) -> Appointment:
     """Move to a new start (and optionally another practitioner), keeping the duration."""
     if not appointment.is_active or appointment.status != AppointmentStatus.BOOKED:
@@ -172,7 +190,7 @@ def appointment_move(
     practitioner = practitioner or appointment.practitioner
     if (
         practitioner.pk != appointment.practitioner_id
-        and appointment.appointment_type_id
+        and appointment.appointment_type is not None  # no query when it has none
         and not appointment.appointment_type.is_offered_by(practitioner)
     ):
         raise BookingError(TYPE_NOT_OFFERED, code="type_not_offered")
@@ -194,7 +212,7 @@ def appointment_move(
 
 @transaction.atomic
 def appointment_change_type(
-    *, appointment: Appointment, appointment_type: AppointmentType, actor, force: bool = False
+    *, appointment: Appointment, appointment_type: AppointmentType, actor: User, force: bool = False
 ) -> Appointment:
     """A new type changes the duration: the new end must fit like a new booking."""
     if appointment.status != AppointmentStatus.BOOKED:
@@ -219,7 +237,7 @@ def appointment_change_type(
 
 
 @transaction.atomic
-def appointment_cancel(*, appointment: Appointment, reason: str, actor) -> Appointment:
+def appointment_cancel(*, appointment: Appointment, reason: str, actor: User) -> Appointment:
     """Cancel with who, when and why. The slot is free again; the record stays."""
     if not appointment.can_become(AppointmentStatus.CANCELLED):
         raise BookingError(_("This appointment can no longer be cancelled."), code="not_cancellable")
@@ -245,7 +263,7 @@ def appointment_cancel(*, appointment: Appointment, reason: str, actor) -> Appoi
     return appointment
 
 
-_STATUS_TIMESTAMPS = {
+_STATUS_TIMESTAMPS: dict[str, str] = {
     AppointmentStatus.ARRIVED: "arrived_at",
     AppointmentStatus.IN_CONSULTATION: "consultation_started_at",
     AppointmentStatus.DONE: "done_at",
@@ -253,7 +271,7 @@ _STATUS_TIMESTAMPS = {
 
 
 @transaction.atomic
-def appointment_set_status(*, appointment: Appointment, status: str, actor) -> Appointment:
+def appointment_set_status(*, appointment: Appointment, status: str, actor: User) -> Appointment:
     """Follow the status flow (booked, arrived, in consultation, done; no-show).
     Cancelling has its own service: it needs a reason."""
     if status == AppointmentStatus.CANCELLED:

@@ -136,7 +136,8 @@ def _send_email(claim: Claim) -> str:
         reply_to=[claim.reply_to] if claim.reply_to else None,
         headers={"Message-ID": _message_id(claim.send_key)},
     )
-    message.idempotency_key = str(claim.send_key)
+    # The key rides on the message as an attribute, never a header (practice/mail.py).
+    message.idempotency_key = str(claim.send_key)  # type: ignore[attr-defined]
     try:
         message.send(fail_silently=False)
     except smtplib.SMTPRecipientsRefused as exc:
@@ -320,7 +321,11 @@ def claims_recover(now: datetime.datetime, *, node: str = "", started: datetime.
         .filter(stranded)
         .only("id", "channel", "attempts", "send_key", "claimed_at")
     )
-    again = [r for r in rows if channel_is_idempotent(r.channel) and r.claimed_at > now - IDEMPOTENCY_FRESH]
+    again = [
+        r
+        for r in rows
+        if channel_is_idempotent(r.channel) and r.claimed_at is not None and r.claimed_at > now - IDEMPOTENCY_FRESH
+    ]
     dropped = [r.pk for r in rows if r not in again]
     if dropped:
         Reminder.objects.filter(pk__in=dropped, status=ReminderStatus.SENDING).update(

@@ -24,8 +24,9 @@ import datetime
 import logging
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlencode
 
 from django.contrib import messages
@@ -44,11 +45,13 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from patients.models import Patient
 from patients.selectors import (
+    MaskedLine,
     PatientQuery,
     patient_duplicates,
     patient_search,
     patient_search_masked,
 )
+from practice.http import AuthenticatedHttpRequest
 from practice.models import FormSubmission, Practitioner
 from practice.roles import is_front_desk
 from scheduling import availability, selectors, services
@@ -124,7 +127,7 @@ def _as_int(value) -> int | None:
 
 # The day flow, forward: what a list page offers as one-click buttons. The appointment page
 # offers every allowed transition, including the ones that undo a click.
-NEXT_STEPS = {
+NEXT_STEPS: dict[str, list[AppointmentStatus]] = {
     AppointmentStatus.BOOKED: [AppointmentStatus.ARRIVED, AppointmentStatus.NO_SHOW],
     AppointmentStatus.ARRIVED: [AppointmentStatus.IN_CONSULTATION],
     AppointmentStatus.IN_CONSULTATION: [AppointmentStatus.DONE],
@@ -325,7 +328,7 @@ def my_day(request: HttpRequest) -> HttpResponse:
         raise PermissionDenied
     today = _today()
     now = timezone.now()
-    rows = []
+    rows: list[dict[str, Any]] = []
     for appointment in selectors.my_day(practitioner, today):
         waited = None
         if appointment.status == AppointmentStatus.ARRIVED and appointment.arrived_at:
@@ -401,7 +404,7 @@ def free_slots(request: HttpRequest) -> HttpResponse:
         form = FreeSlotsForm(request.GET)
     else:
         form = FreeSlotsForm(initial={"practitioner": _as_int(request.GET.get("practitioner"))})
-    days = []
+    days: list[dict[str, Any]] = []
     if form.is_bound and form.is_valid():
         practitioner, kind = form.cleaned_data["practitioner"], form.cleaned_data["appointment_type"]
         slots = availability.free_slots(
@@ -423,7 +426,7 @@ def free_slots(request: HttpRequest) -> HttpResponse:
 def _booking_initial(params) -> dict:
     """Prefill from the free-slot links: ?practitioner=..&type=..&start=<iso>[&patient=<uuid>].
     Anything that does not parse is ignored."""
-    initial = {}
+    initial: dict[str, Any] = {}
     if (pk := _as_int(params.get("practitioner"))) is not None:
         initial["practitioner"] = pk
     if (pk := _as_int(params.get("type"))) is not None:
@@ -453,7 +456,14 @@ def _chosen_patient(pk) -> Patient | None:
     return Patient.objects.filter(pk=pk, is_archived=False).only("id", "last_name", "first_names", "birth_date").first()
 
 
-def _search(find: PatientFindForm) -> list[Patient]:
+def _selected_patient(results: Sequence[Patient | MaskedLine], pk: uuid.UUID | None) -> Patient | None:
+    """The patient picked in the list. A masked line (a search by last name alone) is no
+    patient: the chosen one is loaded (and shown in full from then on: it was chosen)."""
+    found = next((p for p in results if p.pk == pk and isinstance(p, Patient)), None)
+    return found or _chosen_patient(pk)
+
+
+def _search(find: PatientFindForm) -> Sequence[Patient | MaskedLine]:
     if not find.is_valid():
         return []
     query = PatientQuery(last_name=find.cleaned_data["last_name"].strip(), birth_date=find.cleaned_data["birth_date"])
@@ -475,7 +485,7 @@ def _slot_of(form: BookingForm) -> dict:
     }
 
 
-def _book_with(request: HttpRequest, form: BookingForm, patient: Patient) -> Appointment:
+def _book_with(request: AuthenticatedHttpRequest, form: BookingForm, patient: Patient) -> Appointment:
     """Book from a valid form; services.BookingError propagates."""
     return services.appointment_book(patient=patient, actor=request.user, **_slot_of(form))
 
@@ -512,7 +522,7 @@ BOOKED = {
 @never_cache
 @login_required
 @require_http_methods(["GET", "POST"])
-def book(request: HttpRequest) -> HttpResponse:
+def book(request: AuthenticatedHttpRequest) -> HttpResponse:
     """Book an appointment: pick the patient (search by last name and birth date, POSTed so
     names stay out of URLs and logs) or create one, then the slot. Front desk only.
 
@@ -567,10 +577,10 @@ class _BookPage:
 
     find: PatientFindForm
     new: NewPatientForm
-    results: list[Patient]
+    results: list[Patient | MaskedLine]
     selected: Patient | None
     patient_errors: list[str] = field(default_factory=list)
-    nearby: list = field(default_factory=list)
+    nearby: list[Appointment] = field(default_factory=list)
 
     @classmethod
     def from_post(cls, data, action: str) -> _BookPage:
@@ -583,17 +593,17 @@ class _BookPage:
         )
         if not searching and any(_unprefixed(data, "find").values()):
             # Show the last search's results again so the choice survives an error.
-            results = _search(PatientFindForm(data, prefix="find"))
+            results = list(_search(PatientFindForm(data, prefix="find")))
         else:
-            results = _search(find) if searching else []
+            results = list(_search(find)) if searching else []
         selected_pk = _as_uuid(data.get("patient"))
-        selected = next((p for p in results if p.pk == selected_pk), None) or _chosen_patient(selected_pk)
-        if selected is not None and selected not in results:
-            results = [selected, *results]
+        selected = _selected_patient(results, selected_pk)
+        if selected is not None and selected not in results:  # in full, in place of its masked line
+            results = [selected, *(p for p in results if p.pk != selected.pk)]
         return cls(find=find, new=new, results=results, selected=selected)
 
 
-def _book_existing(request: HttpRequest, form: BookingForm, page: _BookPage) -> HttpResponse | None:
+def _book_existing(request: AuthenticatedHttpRequest, form: BookingForm, page: _BookPage) -> HttpResponse | None:
     """Book the picked patient; the response when done, None to show the page again (with
     errors, or the patient's bookings nearby to confirm a second one)."""
     selected = page.selected
@@ -615,7 +625,7 @@ def _book_existing(request: HttpRequest, form: BookingForm, page: _BookPage) -> 
     return redirect(url)
 
 
-def _book_new(request: HttpRequest, form: BookingForm, page: _BookPage) -> HttpResponse | None:
+def _book_new(request: AuthenticatedHttpRequest, form: BookingForm, page: _BookPage) -> HttpResponse | None:
     """Create the patient and book them in one transaction; the response when done, None to show
     the page again (with errors, or the records that look like the same person)."""
     new = page.new
@@ -644,7 +654,7 @@ def _book_new(request: HttpRequest, form: BookingForm, page: _BookPage) -> HttpR
     return None
 
 
-def _new_patient_duplicates(new: NewPatientForm, results: list[Patient]) -> bool:
+def _new_patient_duplicates(new: NewPatientForm, results: Sequence[Patient | MaskedLine]) -> bool:
     """Same name and birth date as an existing record: offer it first; booking a new one needs
     the "different person" confirmation."""
     data = new.cleaned_data
@@ -794,7 +804,7 @@ def _act_once(
 @never_cache
 @login_required
 @require_POST
-def appointment_move(request: HttpRequest, pk: uuid.UUID) -> HttpResponse:
+def appointment_move(request: AuthenticatedHttpRequest, pk: uuid.UUID) -> HttpResponse:
     appointment = _front_desk_appointment(request, pk)
     form = MoveForm(request.POST)
     return _act_once(
@@ -816,7 +826,7 @@ def appointment_move(request: HttpRequest, pk: uuid.UUID) -> HttpResponse:
 @never_cache
 @login_required
 @require_POST
-def appointment_change_type(request: HttpRequest, pk: uuid.UUID) -> HttpResponse:
+def appointment_change_type(request: AuthenticatedHttpRequest, pk: uuid.UUID) -> HttpResponse:
     appointment = _front_desk_appointment(request, pk)
     form = ChangeTypeForm(request.POST, practitioner_id=appointment.practitioner_id)
     return _act_once(
@@ -837,7 +847,7 @@ def appointment_change_type(request: HttpRequest, pk: uuid.UUID) -> HttpResponse
 @never_cache
 @login_required
 @require_POST
-def appointment_cancel(request: HttpRequest, pk: uuid.UUID) -> HttpResponse:
+def appointment_cancel(request: AuthenticatedHttpRequest, pk: uuid.UUID) -> HttpResponse:
     appointment = _front_desk_appointment(request, pk)
     form = CancelForm(request.POST)
     return _act_once(
@@ -855,7 +865,7 @@ def appointment_cancel(request: HttpRequest, pk: uuid.UUID) -> HttpResponse:
 @never_cache
 @login_required
 @require_POST
-def appointment_status(request: HttpRequest, pk: uuid.UUID) -> HttpResponse:
+def appointment_status(request: AuthenticatedHttpRequest, pk: uuid.UUID) -> HttpResponse:
     """Move along the day's flow. Practitioners: their own appointments, arrived / in
     consultation / done / no-show. The front desk: any, and back to booked."""
     appointment = get_appointment_for(request, pk)

@@ -418,6 +418,25 @@ def test_a_last_name_alone_finds_masked_lines_to_book_from(secretary, doctor, co
     assert read.fields == ["birth_date", "first_names", "last_name"]
 
 
+def test_it_books_for_a_patient_picked_from_masked_lines(secretary, doctor, consultation, patient):
+    # The search by last name alone is still in the form: its masked lines are no patients to book for.
+    data = {
+        **_booking(doctor, consultation),
+        "action": "book_existing",
+        "find-last_name": "lefevre",
+        "find-birth_date": "",
+        "patient": str(patient.pk),
+    }
+    response = client_for(secretary).post(reverse("scheduling:book"), data)
+    appointment = Appointment.objects.get()
+    assert response.status_code == 302
+    assert response["Location"] == appointment.get_absolute_url()
+    assert appointment.patient_id == patient.pk
+    read = AuditEvent.objects.get(event_type=EventType.READ, actor_user_id=secretary.pk)
+    assert read.patient_id == patient.pk
+    assert read.fields == ["birth_date", "first_names", "last_name"]
+
+
 def patient_birth_date(patient) -> str:
     with system_context("tests"):
         return patient.birth_date.isoformat()

@@ -36,6 +36,7 @@ import os
 import random
 import time
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import phonenumbers
@@ -167,7 +168,7 @@ CANCELLATION_REASONS = ("Patient empêché", "Patient malade", "Reporté à la d
 # Weekly hours, wall-clock in the practice's zone: (weekdays, start, end).
 _WEEKDAYS = range(0, 5)
 _t = datetime.time
-WORKING_HOURS = {
+WORKING_HOURS: dict[str, list[tuple[Sequence[int], datetime.time, datetime.time]]] = {
     "doctor": [(_WEEKDAYS, _t(8, 30), _t(12, 30)), (_WEEKDAYS, _t(14, 0), _t(18, 30))],
     "doctor2": [(_WEEKDAYS, _t(8, 30), _t(12, 30)), (_WEEKDAYS, _t(14, 0), _t(18, 30)), ([5], _t(9, 0), _t(12, 0))],
     "doctor3": [(_WEEKDAYS, _t(9, 0), _t(12, 30)), ([0, 1, 3, 4], _t(14, 0), _t(18, 0))],  # Wednesday afternoon off
@@ -405,7 +406,7 @@ class Command(AuditedCommand):
         or None for an account already enrolled (its own authenticator, or an earlier run's)."""
         users = User.objects.filter(username__in=[spec.username for spec in USERS]).order_by("pk")
         enrolled = set(TOTPDevice.objects.filter(user__in=users, confirmed=True).values_list("user_id", flat=True))
-        devices = {}
+        devices: dict[str, TOTPDevice | None] = {}
         for user in users:
             if user.pk in enrolled:
                 devices[user.username] = None
