@@ -20,9 +20,8 @@ from audit.budget import ReadBudgetExceeded, budget_settle, read_tally_purge
 from audit.chain import SQL_TAG
 from audit.context import Actor, AuditContext, opened, system_context
 from audit.models import AuditEvent, EventType, ReadBlock, ReadTally
-from conftest import client_for, make_patient
+from config.testing import DAY, at, book, client_for, make_doctor, make_patient, make_type
 from patients.models import Patient
-from scheduling.tests.conftest import DAY, at, book, make_doctor, make_type
 
 HOUR_BUDGET, DAY_BUDGET = 5, 8
 ROLES = ("Secretary", "Practitioner", "Practice admin", "default")

@@ -12,8 +12,7 @@ import pytest
 from celery.contrib.testing.worker import start_worker
 from celery.signals import task_postrun
 
-from audit.tests.helpers import patient_key, read_map, reads
-from conftest import make_patient
+from config.testing import make_patient, patient_key, read_map, reads
 
 # Slow (a real worker, a subprocess, a browser or much data): `make test-fast` skips it.
 pytestmark = pytest.mark.slow

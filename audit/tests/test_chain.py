@@ -22,7 +22,7 @@ from audit.keys import canary_write
 from audit.models import AuditEvent, AuditHead, EventType
 from audit.services import audit_event_write
 from audit.tasks import audit_verify_nightly
-from conftest import make_patient, trail_owner, trail_tampering
+from config.testing import make_patient, trail_owner, trail_tampering
 
 postgresql_only = pytest.mark.skipif(
     connection.vendor != "postgresql",

@@ -15,11 +15,10 @@ from django.utils import timezone
 from audit.context import Actor, AuditContext, opened
 from audit.explain import allowance_spend
 from audit.models import AllowanceKind, AllowanceUse, AuditEvent, EventType, ReadBlock, ReadReason
-from conftest import client_for, log_in, make_patient, totp_next_code
+from config.testing import at, book, client_for, log_in, make_doctor, make_patient, make_type, today, totp_next_code
 from patients.models import Patient
 from practice.models import Practitioner
 from scheduling.models import Appointment, AppointmentStatus
-from scheduling.tests.conftest import at, book, make_doctor, make_type, today
 
 
 def _reads(user, patient=None):

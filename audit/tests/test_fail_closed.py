@@ -15,8 +15,16 @@ from django.urls import reverse
 from audit.context import system_context
 from audit.fields import CiphertextError, crypter
 from audit.models import ReadTally
-from audit.tests.helpers import patient_key, raw_patient_column, raw_patient_set, read_map, reads
-from conftest import PASSWORD, client_for, make_patient
+from config.testing import (
+    PASSWORD,
+    client_for,
+    make_patient,
+    patient_key,
+    raw_patient_column,
+    raw_patient_set,
+    read_map,
+    reads,
+)
 from patients.models import Patient
 
 # Anne-Marie Lefèvre (conftest.make_patient) in every form a page could show her.

@@ -31,7 +31,7 @@ from audit.context import system_context
 from audit.fields import Ciphertext, CiphertextError, encrypted_fields
 from audit.keys import canary_problem, canary_write, verify_keys_or_exit
 from audit.models import AuditEvent, EventType, RotationProgress
-from conftest import make_patient
+from config.testing import make_patient
 from patients.models import Patient
 from patients.selectors import PatientQuery, patient_search
 from practice.models import Practitioner, Specialty

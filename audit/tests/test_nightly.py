@@ -14,7 +14,7 @@ from audit.keys import canary_write
 from audit.models import AllowanceKind, AllowanceUse, AuditEvent, AuditHead, EventType, KeyCanary, ReadTally
 from audit.services import audit_event_write
 from audit.tasks import audit_verify_nightly, read_tally_purge
-from conftest import trail_tampering
+from config.testing import trail_tampering
 from practice.roles import PRACTICE_ADMIN
 
 

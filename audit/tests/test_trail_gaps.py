@@ -25,7 +25,7 @@ from audit.keys import canary_write
 from audit.models import AuditEvent, EventType
 from audit.services import audit_event_write
 from audit.tasks import audit_verify_nightly
-from conftest import trail_tampering
+from config.testing import trail_tampering
 
 
 @pytest.fixture(autouse=True)

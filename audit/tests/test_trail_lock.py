@@ -22,8 +22,7 @@ from django.db import connection
 from django.test import Client
 from django.urls import reverse
 
-from audit.tests.helpers import reads
-from conftest import TEST_ROLES, client_for, make_patient
+from config.testing import TEST_ROLES, client_for, make_patient, reads
 
 pytestmark = pytest.mark.skipif(
     connection.vendor != "postgresql",

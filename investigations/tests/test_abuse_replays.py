@@ -25,10 +25,9 @@ from faker.providers.person import fr_CA, fr_CH, fr_FR
 
 from audit.context import SESSION_KEY, system_context
 from audit.models import EXPLAINED, AuditEvent, EventType, Explanation, ReadBlock
-from conftest import client_for, totp_next_code
+from config.testing import at, client_for, make_doctor, make_type, today, totp_next_code
 from patients.models import Patient
 from scheduling.models import Appointment, AppointmentStatus
-from scheduling.tests.conftest import at, make_doctor, make_type, today
 
 LIMIT = 60  # the target: at most this many patients served without an explanation
 PATIENTS = 1_000

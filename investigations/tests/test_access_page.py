@@ -3,7 +3,7 @@
 from django.urls import reverse
 
 from audit.models import AuditEvent, EventType
-from conftest import client_for
+from config.testing import client_for
 
 
 def test_it_lists_who_opened_a_record_for_a_practice_admin(secretary, practice_admin, patient):

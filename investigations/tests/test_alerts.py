@@ -15,7 +15,7 @@ from audit.context import Actor
 from audit.models import AlertCursor, AuditEvent, EventType
 from audit.services import audit_event_write
 from audit.tests.test_celery_worker import finished_tasks  # noqa: F401 (fixture)
-from conftest import make_patient
+from config.testing import make_patient
 from investigations import alerts
 from practice.roles import PRACTICE_ADMIN
 

@@ -18,13 +18,12 @@ from django.utils import timezone
 
 from audit.context import SESSION_KEY
 from audit.models import Anomaly, AnomalyCursor, AnomalyKind, AuditEvent, EventType, Severity
-from conftest import client_for, make_patient
+from config.testing import client_for, make_patient, make_practitioner, make_type, paris
 from investigations import anomalies
 from investigations.anomalies import anomalies_scan, anomaly_events
 from patients.models import BreakGlassGrant
 from practice.models import Clinic
 from scheduling.models import Appointment
-from scheduling.tests.factories import make_practitioner, make_type, paris
 
 MONDAY = datetime.date(2026, 11, 16)
 SUNDAY = datetime.date(2026, 11, 15)

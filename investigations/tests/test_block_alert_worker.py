@@ -24,7 +24,7 @@ import pytest
 from celery.contrib.testing.worker import start_worker
 
 from audit.models import AlertCursor, AuditEvent, EventType, ReadBlock
-from conftest import client_for, make_patient
+from config.testing import client_for, make_patient
 from scheduling.tests.test_reminders_worker import Finished
 
 PROMISED = datetime.timedelta(seconds=60)

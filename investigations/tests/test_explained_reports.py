@@ -16,10 +16,9 @@ from django.utils.html import escape
 from audit.context import SESSION_KEY, AuditContext
 from audit.describe import when_text
 from audit.models import AuditEvent, EventType, ReadReason
-from conftest import client_for, make_patient, totp_next_code
+from config.testing import at, book, client_for, make_doctor, make_patient, make_type, today, totp_next_code
 from investigations.reports import breach_scope
 from scheduling.models import Appointment, AppointmentStatus
-from scheduling.tests.conftest import at, book, make_doctor, make_type, today
 
 
 @pytest.fixture

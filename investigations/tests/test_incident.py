@@ -16,11 +16,10 @@ from django.utils import timezone
 
 from audit.context import SESSION_KEY
 from audit.models import AuditEvent, EventType, ReadBlock
-from conftest import client_for, make_patient
+from config.testing import at, client_for, make_doctor, make_patient, make_type
 from investigations.reports import breach_scope
 from practice.roles import SECRETARY
 from scheduling.models import Appointment
-from scheduling.tests.conftest import at, make_doctor, make_type
 
 PAGES = 6_128
 # After the block, one page in this many is asked (see the replay).

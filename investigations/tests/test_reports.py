@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from audit.context import SESSION_KEY, AuditContext, opened
 from audit.models import AuditEvent, EventType
-from conftest import client_for, make_patient
+from config.testing import client_for, make_patient
 from investigations.reports import _cell, breach_scope
 from practice.models import Clinic
 

@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from audit.context import system_context
 from audit.models import AuditEvent, EventType
-from conftest import client_for, make_patient
+from config.testing import client_for, make_patient
 from patients import services
 from patients.models import BreakGlassGrant
 from practice.roles import PRACTITIONER

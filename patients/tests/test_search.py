@@ -16,7 +16,7 @@ from audit import blind
 from audit.context import system_context
 from audit.fields import EncryptedLookupError
 from audit.models import AuditEvent, EventType
-from conftest import client_for, make_patient
+from config.testing import client_for, make_patient
 from patients import selectors
 from patients.models import Patient
 from patients.selectors import RESULT_FIELDS, PatientQuery, patient_search

@@ -9,7 +9,7 @@ from django.contrib.auth import forms as auth_forms
 from django.urls import reverse
 
 from audit.context import system_context
-from conftest import client_for
+from config.testing import client_for
 from patients.models import Patient
 
 CONTROLS = "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c"

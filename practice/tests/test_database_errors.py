@@ -21,9 +21,8 @@ from django.test import Client
 from django.urls import reverse
 
 from audit.models import AuditEvent, EventType
-from conftest import PASSWORD, TEST_ROLES, client_for, make_patient, trail_owner
+from config.testing import DAY, PASSWORD, TEST_ROLES, client_for, make_doctor, make_patient, make_type, trail_owner
 from scheduling.models import Appointment
-from scheduling.tests.conftest import DAY, make_doctor, make_type
 
 # Anne-Marie Lefèvre (conftest.make_patient) in the forms the booking page shows her.
 ANNE = ["Lefèvre", "LEFÈVRE", "Anne-Marie", "+33612345678", "anne-marie.lefevre@example.fr"]

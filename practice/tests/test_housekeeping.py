@@ -8,7 +8,7 @@ from axes.models import AccessAttempt, AccessLog
 from django.test import Client
 from django.utils import timezone
 
-from conftest import PASSWORD, client_for
+from config.testing import PASSWORD, client_for
 from practice.models import UserSession
 from practice.sessions import SessionStore
 from practice.tasks import lockouts_purge, sessions_purge

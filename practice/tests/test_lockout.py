@@ -12,7 +12,7 @@ from axes.models import AccessAttempt
 from django.test import Client
 
 from audit.models import AuditEvent, EventType
-from conftest import PASSWORD, client_for
+from config.testing import PASSWORD, client_for
 from practice.models import LoginThrottle
 
 ATTACKER = "203.0.113.66"

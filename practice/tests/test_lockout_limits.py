@@ -20,7 +20,7 @@ from django.db import connection
 from django.test import Client
 
 from audit.models import AuditEvent, EventType
-from conftest import PASSWORD, client_for
+from config.testing import PASSWORD, client_for
 from practice.tests.test_lockout import LOCKED_URL, elapse, log_in, page
 
 ATTACKER = "203.0.113.66"

@@ -14,7 +14,7 @@ from django.utils.encoding import force_bytes
 from django.utils.http import urlsafe_base64_encode
 
 from audit.models import AuditEvent, EventType
-from conftest import PASSWORD, client_for, log_in, totp_code, totp_device
+from config.testing import PASSWORD, client_for, log_in, totp_code, totp_device
 from practice.models import UserSession
 
 

@@ -15,7 +15,7 @@ from django.urls import reverse
 from django_otp.oath import TOTP
 
 from audit.models import AuditEvent, EventType
-from conftest import PASSWORD, make_patient, totp_code, totp_device, totp_next_code
+from config.testing import PASSWORD, make_patient, totp_code, totp_device, totp_next_code
 from practice.models import UserSession
 from practice.twofactor import second_factor_check
 

@@ -23,12 +23,11 @@ from django.urls import URLPattern, URLResolver, get_resolver, reverse
 from django.urls.converters import IntConverter, PathConverter, UUIDConverter
 
 from audit.models import AuditEvent, EventType, ReadBlock
-from conftest import PASSWORD, client_for, make_patient, totp_device
+from config.testing import PASSWORD, book, client_for, make_patient, make_practitioner, make_type, paris, totp_device
 from patients.models import Patient
 from patients.services import break_glass_open
 from practice.roles import SECRETARY
 from scheduling.models import Absence
-from scheduling.tests.factories import book, make_practitioner, make_type, paris
 from scheduling.urls import AgendaDateConverter
 
 # Slow (a real worker, a subprocess, a browser or much data): `make test-fast` skips it.

@@ -18,7 +18,7 @@ from django.utils import timezone
 from django_otp.oath import TOTP
 from playwright.sync_api import sync_playwright
 
-from conftest import PASSWORD, totp_code, totp_device
+from config.testing import PASSWORD, totp_code, totp_device
 from practice.models import Practitioner, Specialty
 from practice.roles import PRACTITIONER, SECRETARY
 from scheduling.models import Appointment, AppointmentType, Weekday, WorkingHours

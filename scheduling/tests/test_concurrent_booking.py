@@ -10,10 +10,9 @@ import pytest
 from django.db import connection
 
 from audit.context import system_context
-from conftest import make_patient
+from config.testing import make_patient, make_practitioner, make_type, paris
 from scheduling import services
 from scheduling.models import Appointment
-from scheduling.tests.factories import make_practitioner, make_type, paris
 
 ATTEMPTS = 50
 

@@ -6,9 +6,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from conftest import make_patient
+from config.testing import book, make_doctor, make_patient, make_type
 from scheduling import availability, services
-from scheduling.tests.conftest import book, make_doctor, make_type
 
 PARIS = ZoneInfo("Europe/Paris")
 AUTUMN = datetime.date(2027, 10, 31)  # 03:00 CEST -> 02:00 CET: 02:00-02:59 happen twice

@@ -23,12 +23,11 @@ from django.utils import timezone
 from audit.chain import ADVISORY_LOCK_ID
 from audit.context import system_context
 from audit.models import AuditEvent, EventType
-from conftest import client_for, make_patient
+from config.testing import DAY, at, book, client_for, make_patient, today
 from patients.models import Patient
 from practice.tasks import sessions_purge
 from scheduling import services
 from scheduling.models import Appointment, AppointmentStatus
-from scheduling.tests.conftest import DAY, at, book, today
 
 KEY = "submission_key"
 

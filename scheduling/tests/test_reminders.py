@@ -14,14 +14,12 @@ from django.utils import timezone
 from kombu.exceptions import OperationalError
 
 from audit.context import system_context
-from audit.tests.helpers import patient_key, reads
-from conftest import client_for, make_patient
+from config.testing import DAY, at, book, client_for, make_patient, patient_key, reads
 from practice import sms
 from practice.models import Clinic
 from scheduling import services, tasks
 from scheduling.models import AppointmentStatus, Reminder, ReminderChannel, ReminderStatus
 from scheduling.reminders import reminders_plan
-from scheduling.tests.conftest import DAY, at, book
 
 REASON, NOTE = "Douleur au genou droit", "Préfère le matin"
 

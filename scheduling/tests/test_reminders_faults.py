@@ -38,13 +38,20 @@ from django.urls import reverse
 from django.utils import timezone
 
 from audit.models import AuditEvent, EventType
-from conftest import TEST_BROKER_URL, broker_connections_drop, client_for, make_patient
+from config.testing import (
+    PARIS,
+    TEST_BROKER_URL,
+    book,
+    broker_connections_drop,
+    client_for,
+    make_doctor,
+    make_patient,
+    make_type,
+)
 from practice import sms
 from practice.models import Clinic
 from scheduling.models import Appointment, Reminder, ReminderStatus
 from scheduling.tasks import reminder_send, reminders_sweep
-from scheduling.tests.conftest import book, make_doctor, make_type
-from scheduling.tests.factories import PARIS
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

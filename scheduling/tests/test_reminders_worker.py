@@ -16,13 +16,21 @@ from celery.signals import task_postrun
 from django.core import mail
 from django.utils import timezone
 
-from audit.tests.helpers import reads
-from conftest import TEST_BROKER_URL, broker_connections_drop, make_patient
+from config.testing import (
+    DAY,
+    TEST_BROKER_URL,
+    at,
+    book,
+    broker_connections_drop,
+    make_doctor,
+    make_patient,
+    make_type,
+    reads,
+)
 from practice import sms
 from practice.models import Clinic
 from scheduling.models import Reminder, ReminderStatus
 from scheduling.tasks import reminders_sweep
-from scheduling.tests.conftest import DAY, at, book, make_doctor, make_type
 
 DEAD_BROKER_URL = "redis://127.0.0.1:1/14"  # nothing listens there: the broker is down
 

@@ -6,11 +6,10 @@ import pytest
 
 from audit.context import system_context
 from audit.models import AuditEvent, EventType
-from conftest import make_patient
+from config.testing import PARIS, book, make_patient, make_practitioner, make_type, paris
 from scheduling import services
 from scheduling.availability import free_slots
 from scheduling.models import Absence, Appointment, AppointmentStatus
-from scheduling.tests.factories import PARIS, book, make_practitioner, make_type, paris
 
 MONDAY = (2026, 3, 2)  # an ordinary Monday
 

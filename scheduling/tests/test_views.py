@@ -12,11 +12,10 @@ from django.utils import timezone
 
 from audit.context import system_context
 from audit.models import AuditEvent, EventType
-from conftest import client_for, make_patient
+from config.testing import DAY, at, book, client_for, make_patient, today
 from patients.models import Patient
 from scheduling import services
 from scheduling.models import Absence, Appointment, AppointmentStatus, AppointmentType
-from scheduling.tests.conftest import DAY, at, book, today
 
 PERSONAS = ["secretary", "practice_admin", "practitioner", "other_practitioner", "outsider"]
 
