@@ -6,10 +6,12 @@ Every test runs against the settings of production (DEBUG off) except for TLS re
 (TLS ends at the proxy) and the static manifest (built by collectstatic at deploy).
 """
 
+import threading
 import uuid
 from unittest import mock
 
 import pytest
+from celery.signals import task_postrun
 from django.conf import settings as django_settings
 from django.db import connection, connections
 from django.db.backends.postgresql.operations import DatabaseOperations
@@ -21,6 +23,7 @@ from config.celery import app as celery_project_app
 from config.testing import (
     TEST_BROKER_URL,
     TEST_ROLES,
+    TaskRuns,
     broker_connections_drop,
     celery_eager,
     client_for,  # noqa: F401 (practice/tests/test_i18n.py imports it from here until its rewrite; nothing else may)
@@ -292,3 +295,31 @@ def celery_app():
             conn.default_channel.queue_delete(queue)
         broker_connections_drop(app)
         app.conf.update(saved)
+
+
+@pytest.fixture
+def finished_tasks():
+    """Task id -> (state, return value, ran eagerly, thread), as reported after each run."""
+    done: dict[str, tuple] = {}
+    finished = threading.Event()
+
+    def on_postrun(task_id=None, task=None, state=None, retval=None, **kwargs):
+        done[task_id] = (state, retval, bool(task.request.is_eager), threading.get_ident())
+        finished.set()
+
+    task_postrun.connect(on_postrun, weak=False)
+    try:
+        yield done, finished
+    finally:
+        task_postrun.disconnect(on_postrun)
+
+
+@pytest.fixture
+def finished():
+    """The runs of the tasks, as the worker reports them (``config.testing.TaskRuns``)."""
+    tracker = TaskRuns()
+    task_postrun.connect(tracker, weak=False)
+    try:
+        yield tracker
+    finally:
+        task_postrun.disconnect(tracker)

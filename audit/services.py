@@ -17,7 +17,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from audit import budget, context
+from audit import context
 from audit.budget import TALLY_DAY, TALLY_STEP
 from audit.chain import CONTEXT_COLUMNS, chain_rows, chain_write_alone
 from audit.models import (
@@ -358,8 +358,8 @@ def read_block_lift(*, block: ReadBlock, actor: context.Actor, reason: str) -> R
         locked = ReadBlock.objects.select_for_update().get(pk=block.pk)
         if locked.lifted_at is not None:
             return locked
-        # The budget's clock: the account's counts start again from the lift.
-        locked.lifted_at = budget._now()
+        # The account's counts start again from the lift.
+        locked.lifted_at = timezone.now()
         locked.lifted_by = actor.username[:150]
         locked.lift_reason = reason
         locked.save(update_fields=["lifted_at", "lifted_by", "lift_reason"])

@@ -18,6 +18,8 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import threading
+import time
 import zoneinfo
 
 from django.contrib.auth.models import Group, User
@@ -405,3 +407,25 @@ def broker_connections_drop(app) -> None:
     amqp = app.__dict__.get("amqp")
     if amqp is not None:
         amqp._producer_pool = None
+
+
+class TaskRuns:
+    """Counts task runs by name, as the worker reports them (connected to Celery's
+    ``task_postrun`` by the ``finished`` fixture)."""
+
+    def __init__(self):
+        self.runs: list[tuple[str, str, object]] = []
+        self.changed = threading.Condition()
+
+    def __call__(self, task=None, state=None, retval=None, **kwargs):
+        with self.changed:
+            self.runs.append((task.name.rsplit(".", 1)[-1], state, retval))
+            self.changed.notify_all()
+
+    def wait_for(self, name: str, count: int, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        with self.changed:
+            while sum(1 for n, _s, _r in self.runs if n == name) < count:
+                left = deadline - time.monotonic()
+                assert left > 0, f"the worker ran {self.runs}, not {count} x {name}"
+                self.changed.wait(left)

@@ -26,16 +26,6 @@ def admin_mail(practice_admin, eager, mailoutbox):
     return mailoutbox
 
 
-@pytest.fixture
-def eager():
-    from config.celery import app
-
-    saved = app.conf.task_always_eager, app.conf.task_eager_propagates
-    app.conf.task_always_eager, app.conf.task_eager_propagates = True, True
-    yield
-    app.conf.task_always_eager, app.conf.task_eager_propagates = saved
-
-
 @pytest.fixture(autouse=True)
 def _keys_sealed(db):
     # A transactional test elsewhere may have emptied the table the migration filled.

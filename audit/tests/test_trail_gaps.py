@@ -8,7 +8,7 @@ drawn gap-free under the chain lock and the chain keeps its largest id drawn (th
 five minutes and compared one by one with the trail.
 
 Tampering is done as the owner would: raw SQL with the trail's triggers disabled
-(``conftest.trail_tampering``).
+(``config.testing.trail_tampering``).
 """
 
 import contextlib
