@@ -380,6 +380,20 @@ def trail_tampering():
 
 
 # ---------------------------------------------------------------------------------------------
+# Waiting for another process or thread (never for time to pass: tests move the clock with
+# time-machine)
+
+
+def wait_until(predicate, what: str, *, timeout: float = 60, interval: float = 0.05) -> None:
+    """Poll until ``predicate()`` holds: a worker, a server, a subprocess or a thread doing its
+    part. The deadline only bounds the wait; it never decides the outcome."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(interval)
+
+
+# ---------------------------------------------------------------------------------------------
 # Celery
 
 # Real Celery workers on Redis (the CI broker, or a local Redis): each test on a queue of its own.

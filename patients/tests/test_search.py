@@ -218,6 +218,8 @@ def _index_names(column: str) -> set[str]:
 
 
 def test_it_uses_the_blind_index_column_in_the_query_plan(db):
+    """1,000 patients as raw rows in bulk on purpose (blind-indexed as the service does): the
+    planner needs a table of some size, and the service would write them one by one."""
     patients = []
     for i in range(1000):
         patient = Patient(

@@ -16,6 +16,7 @@ import re
 import threading
 
 import pytest
+from axes.models import AccessAttempt
 from django.db import connection
 from django.test import Client
 
@@ -248,8 +249,6 @@ def test_a_practice_admin_sees_and_lifts_an_address_lock(practice_admin, practit
     rows = _rows(admin.get(LOCKED_URL, {"locked": "yes"}).text)
     assert len(rows) == 3
     assert all('field-locked">IP address, for every account<' in r for r in rows)
-    from axes.models import AccessAttempt
-
     attempt = AccessAttempt.objects.get(username="guess0")
     admin.post(LOCKED_URL, {"action": "lockout_lift_action", "_selected_action": [attempt.pk], "index": 0})
     unlock = AuditEvent.objects.get(event_type=EventType.UNLOCK)
@@ -267,8 +266,6 @@ def test_a_practice_admin_sees_and_lifts_an_account_lock(practice_admin, secreta
     rows = _rows(admin.get(LOCKED_URL, {"locked": "yes"}).text)
     assert len(rows) == 3
     assert all('field-locked">account, from every address<' in r for r in rows)
-    from axes.models import AccessAttempt
-
     attempt = AccessAttempt.objects.filter(username=secretary.username).first()
     admin.post(LOCKED_URL, {"action": "lockout_lift_action", "_selected_action": [attempt.pk], "index": 0})
     assert log_in(secretary.username, PASSWORD, ip=OFFICE).status_code == 302

@@ -11,6 +11,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from django.conf import settings as django_settings
 from django.core.exceptions import ImproperlyConfigured
 
 from practice import sms
@@ -199,9 +200,7 @@ def test_it_refuses_to_send_the_api_key_in_clear_to_another_host(brevo, settings
 
 
 def test_it_defaults_to_brevos_endpoint():
-    from django.conf import settings
-
-    assert settings.SMS_HTTP_URL == "https://api.brevo.com/v3/transactionalSMS/send"
+    assert django_settings.SMS_HTTP_URL == "https://api.brevo.com/v3/transactionalSMS/send"
 
 
 def test_it_prints_to_the_console_by_default(settings, monkeypatch):

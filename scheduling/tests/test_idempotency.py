@@ -12,7 +12,6 @@ import datetime
 import re
 import secrets
 import threading
-import time
 
 import pytest
 from django.db import connection, transaction
@@ -23,7 +22,7 @@ from django.utils import timezone
 from audit.chain import ADVISORY_LOCK_ID
 from audit.context import system_context
 from audit.models import AuditEvent, EventType
-from config.testing import DAY, at, book, client_for, make_patient, today
+from config.testing import DAY, at, book, client_for, make_patient, today, wait_until
 from patients.models import Patient
 from practice.tasks import sessions_purge
 from scheduling import services
@@ -394,10 +393,8 @@ def test_a_retry_while_the_first_is_still_at_work_waits_for_it_and_answers_with_
         threads = [threading.Thread(target=send, args=(name,)) for name in ("first", "retry")]
         for thread in threads:
             thread.start()
-        deadline = time.monotonic() + 60
-        while _waiting_locks() < 2:  # one at the trail's lock, the other behind it
-            assert time.monotonic() < deadline, "the two requests never both waited"
-            time.sleep(0.01)
+        # One at the trail's lock, the other behind it.
+        wait_until(lambda: _waiting_locks() >= 2, "the two requests to both wait", interval=0.01)
     for thread in threads:
         thread.join(timeout=120)
 

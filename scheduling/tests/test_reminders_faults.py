@@ -47,6 +47,7 @@ from config.testing import (
     make_doctor,
     make_patient,
     make_type,
+    wait_until,
 )
 from practice import sms
 from practice.models import Clinic
@@ -57,13 +58,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 API_KEY = "xkeysib-test-0123456789"
 READY_TIMEOUT = 90  # a worker process starting on a loaded 2-core machine
-
-
-def _wait_until(predicate, what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 def _reminder_reads(patient) -> int:
@@ -399,10 +393,11 @@ def test_an_email_interrupted_by_a_killed_worker_is_delivered_exactly_once_after
 
     killed_at = time.monotonic()
     group.start()  # the same worker, restarted: its start-up sweep takes up the claim
-    _wait_until(
+    wait_until(
         lambda: Reminder.objects.get().status == ReminderStatus.SENT,
         f"the reminder to be sent after the restart\n{_worker_log(tmp_path)}",
-        READY_TIMEOUT,
+        timeout=READY_TIMEOUT,
+        interval=0.1,
     )
     taken_up_in = time.monotonic() - killed_at
 
@@ -429,10 +424,11 @@ def test_an_sms_interrupted_by_a_killed_worker_is_never_sent_twice(hold, agenda,
     server.release.set()
 
     group.start()
-    _wait_until(
+    wait_until(
         lambda: Reminder.objects.get().status == ReminderStatus.FAILED,
         f"the interrupted SMS to be closed after the restart\n{_worker_log(tmp_path)}",
-        READY_TIMEOUT,
+        timeout=READY_TIMEOUT,
+        interval=0.1,
     )
     assert Reminder.objects.get().error == "interrupted"
     assert len(server.requests) == 1
@@ -473,8 +469,11 @@ def test_a_worker_killed_inside_its_claim_leaves_no_row_no_message_and_the_resta
                 cursor.execute(CHAIN_LOCK_WAIT)
                 return cursor.fetchone()[0] > 0
 
-            _wait_until(
-                claim_waits, f"the worker's claim to wait on the chain lock\n{_worker_log(tmp_path)}", READY_TIMEOUT
+            wait_until(
+                claim_waits,
+                f"the worker's claim to wait on the chain lock\n{_worker_log(tmp_path)}",
+                timeout=READY_TIMEOUT,
+                interval=0.1,
             )
         group.kill()
     finally:
@@ -488,10 +487,11 @@ def test_a_worker_killed_inside_its_claim_leaves_no_row_no_message_and_the_resta
     assert server.requests == []
 
     group.start()
-    _wait_until(
+    wait_until(
         lambda: Reminder.objects.get().status == ReminderStatus.SENT,
         f"the reminder to be sent after the restart\n{_worker_log(tmp_path)}",
-        READY_TIMEOUT,
+        timeout=READY_TIMEOUT,
+        interval=0.1,
     )
     assert len(server.deliveries) == 1
     assert server.requests[0]["audited"] == 1
@@ -539,7 +539,7 @@ def paused_redis(tmp_path):
         except OSError:
             return False
 
-    _wait_until(answers, "the test's Redis to start", 30)
+    wait_until(answers, "the test's Redis to start", timeout=30, interval=0.1)
     server.send_signal(signal.SIGSTOP)
     try:
         yield server, url

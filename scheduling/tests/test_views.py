@@ -1,6 +1,7 @@
-"""The agenda pages as the front desk, the practitioners and outsiders see them: every URL for
-every role, booking (existing and new patient, slot taken, forced), the appointment's actions,
-and bad input that comes back with errors instead of a 500."""
+"""The agenda pages as the front desk, the practitioners and outsiders see them: the actions
+refused, booking (existing and new patient, slot taken, forced), the appointment's actions, and
+bad input that comes back with errors instead of a 500. Which page each role gets, and that
+none is cached, is in the one access table: practice/tests/test_url_access.py."""
 
 import datetime
 import re
@@ -16,8 +17,6 @@ from config.testing import DAY, at, book, client_for, make_patient, today
 from patients.models import Patient
 from scheduling import services
 from scheduling.models import Absence, Appointment, AppointmentStatus, AppointmentType
-
-PERSONAS = ["secretary", "practice_admin", "practitioner", "other_practitioner", "outsider"]
 
 
 def _booking(doctor, kind, **changes) -> dict:
@@ -51,64 +50,7 @@ def _reads(path: str) -> list[AuditEvent]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Every page, every role
-
-
-@pytest.fixture
-def pages(doctor, other_doctor, appointment, others_appointment):
-    """url name -> (url, {persona: expected status}). Practitioners see their own (doctor is
-    `practitioner`'s), get 404 for another's objects and 403 for front-desk pages."""
-    own = {"practitioner": 200, "other_practitioner": 404}
-    return {
-        "today": (reverse("scheduling:today"), {"practitioner": 403, "other_practitioner": 403}),
-        "day": (reverse("scheduling:day", args=[DAY]), {"practitioner": 403, "other_practitioner": 403}),
-        "colours": (reverse("scheduling:colours"), {"practitioner": 200, "other_practitioner": 200}),
-        "free_slots": (reverse("scheduling:free_slots"), {"practitioner": 403, "other_practitioner": 403}),
-        "book": (reverse("scheduling:book"), {"practitioner": 403, "other_practitioner": 403}),
-        "this_week": (reverse("scheduling:this_week", args=[doctor.pk]), own),
-        "week": (reverse("scheduling:week", args=[doctor.pk, DAY]), own),
-        "print_day": (reverse("scheduling:print_day", args=[DAY, doctor.pk]), own),
-        "appointment": (appointment.get_absolute_url(), own),
-        "my_day": (
-            reverse("scheduling:my_day"),
-            {"secretary": 403, "practice_admin": 403, "practitioner": 200, "other_practitioner": 200},
-        ),
-        "waiting_room": (reverse("scheduling:waiting_room"), {"practitioner": 200, "other_practitioner": 200}),
-    }
-
-
-PAGE_NAMES = [
-    "today",
-    "day",
-    "colours",
-    "free_slots",
-    "book",
-    "this_week",
-    "week",
-    "print_day",
-    "appointment",
-    "my_day",
-    "waiting_room",
-]
-
-
-@pytest.mark.parametrize("persona", PERSONAS)
-@pytest.mark.parametrize("name", PAGE_NAMES)
-def test_it_answers_each_page_for_each_role(request, pages, name, persona):
-    url, expected = pages[name]
-    status = expected.get(persona, 403 if persona == "outsider" else 200)
-    response = client_for(request.getfixturevalue(persona)).get(url)
-    assert response.status_code == status, (name, persona)
-    if status == 200 and name != "colours":
-        assert "no-store" in response["Cache-Control"]
-
-
-@pytest.mark.parametrize("name", PAGE_NAMES)
-def test_it_sends_anonymous_users_to_login(client, pages, name):
-    url, _ = pages[name]
-    response = client.get(url)
-    assert response.status_code == 302
-    assert response["Location"].startswith("/accounts/login/")
+# Who may do what (every page for every role, and that none is cached: practice/tests/test_url_access.py)
 
 
 @pytest.mark.parametrize("action", ["move", "change_type", "cancel", "status"])
