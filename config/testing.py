@@ -17,11 +17,15 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import json
 import os
+import re
 import threading
 import time
 import zoneinfo
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from axes.models import AccessAttempt
 from django.contrib.auth.models import Group, User
 from django.contrib.sessions.backends.db import SessionStore
 from django.db import connection
@@ -38,7 +42,7 @@ from config.celery import app as celery_app
 from patients.models import Patient
 from patients.services import patient_create
 from patients.validators import nir_key
-from practice.models import Practitioner, Specialty
+from practice.models import LoginThrottle, Practitioner, Specialty
 from practice.roles import PRACTICE_ADMIN, PRACTITIONER, SECRETARY, roles_sync
 from scheduling import services as scheduling_services
 from scheduling.models import AppointmentType, Weekday, WorkingHours
@@ -377,6 +381,86 @@ def trail_tampering():
         finally:
             if connection.vendor == "postgresql" and connection.connection.info.transaction_status != 3:
                 cursor.execute("ALTER TABLE audit_auditevent ENABLE TRIGGER USER")
+
+
+# ---------------------------------------------------------------------------------------------
+# Logins refused: the lockout (django-axes, practice/lockout.py)
+
+ATTACKER = "203.0.113.66"  # TEST-NET-3: where the attacks come from
+LOCKED_URL = "/admin/axes/accessattempt/"  # the lockouts in admin
+
+
+def login_post(username: str, password: str, ip: str = ATTACKER, client: Client | None = None):
+    """One attempt on the login page (the password step alone), from ``ip``."""
+    client = client or Client()
+    return client.post("/accounts/login/", {"username": username, "password": password}, REMOTE_ADDR=ip)
+
+
+def page(response, username: str = "") -> str:
+    """The body without what legitimately differs between two requests: the CSRF token, and
+    the username the form echoes back."""
+    body = re.sub(r'name="csrfmiddlewaretoken" value="[^"]*"', 'name="csrfmiddlewaretoken" value=""', response.text)
+    return body.replace(username, "USERNAME") if username else body
+
+
+def elapse(delta: datetime.timedelta) -> None:
+    """Time passes for the lockout alone: every stored attempt and counter moves ``delta`` back
+    (explicit timestamps, not the clock: the sessions and the rest of the test stay as they are)."""
+    for attempt in AccessAttempt.objects.all():
+        attempt.attempt_time -= delta
+        attempt.save(update_fields=["attempt_time"])
+    for throttle in LoginThrottle.objects.all():
+        throttle.window_started_at -= delta
+        throttle.retry_at -= delta
+        throttle.save(update_fields=["window_started_at", "retry_at"])
+
+
+# ---------------------------------------------------------------------------------------------
+# A local server answering like Brevo (the SMS and e-mail provider)
+
+BREVO_API_KEY = "xkeysib-test-0123456789"
+
+
+class FakeBrevo(ThreadingHTTPServer):
+    """Records each request and answers with ``self.answer``: (status, JSON body), or
+    ("slow", seconds) to stay silent that long."""
+
+    daemon_threads = True
+
+    def __init__(self):
+        super().__init__(("127.0.0.1", 0), _BrevoHandler)
+        self.requests: list[dict] = []
+        self.answer: tuple = (201, {"messageId": 1511882900176220})
+        self.released = threading.Event()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/v3/transactionalSMS/send"
+
+
+class _BrevoHandler(BaseHTTPRequestHandler):
+    def do_POST(self):
+        length = int(self.headers.get("Content-Length", 0))
+        self.server.requests.append(
+            {
+                "path": self.path,
+                "headers": {k.lower(): v for k, v in self.headers.items()},
+                "json": json.loads(self.rfile.read(length)),
+            }
+        )
+        status, payload = self.server.answer
+        if status == "slow":
+            self.server.released.wait(payload)
+            return
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format, *args):
+        pass
 
 
 # ---------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from audit.context import system_context
 from audit.models import AuditEvent, EventType
 from config.testing import DAY, at, book, client_for, make_patient, today, wait_until
 from patients.models import Patient
+from practice.models import FormSubmission
 from practice.tasks import sessions_purge
 from scheduling import services
 from scheduling.models import Appointment, AppointmentStatus
@@ -447,8 +448,6 @@ def test_it_does_not_warn_for_another_practitioner_a_cancelled_one_or_one_weeks_
 
 
 def test_keys_are_purged_with_the_expired_sessions(secretary, doctor, consultation, patient):
-    from practice.models import FormSubmission
-
     client = client_for(secretary)
     client.post(reverse("scheduling:book"), {**_booking(doctor, consultation, patient), KEY: _key()})
     client.post(

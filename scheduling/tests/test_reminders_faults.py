@@ -37,6 +37,7 @@ from django.db import connection, connections
 from django.urls import reverse
 from django.utils import timezone
 
+from audit.chain import ADVISORY_LOCK_ID
 from audit.models import AuditEvent, EventType
 from config.testing import (
     PARIS,
@@ -308,17 +309,6 @@ def trail_refuses_reminders():
 
 
 @pytest.fixture
-def eager():
-    """Tasks run in the caller's process, as with no broker (the embedded default)."""
-    from config.celery import app
-
-    saved = app.conf.task_always_eager
-    app.conf.task_always_eager = True
-    yield
-    app.conf.task_always_eager = saved
-
-
-@pytest.fixture
 def locmem_outboxes(settings):
     settings.SMS_BACKEND = "practice.sms.LocmemBackend"
     settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
@@ -454,8 +444,6 @@ def test_a_worker_killed_inside_its_claim_leaves_no_row_no_message_and_the_resta
     claim and its audit row back together; the message that was queued before the kill (not
     acknowledged: it is lost with the worker until Redis's visibility time-out) is queued again
     by the restart's sweep."""
-    from audit.chain import ADVISORY_LOCK_ID
-
     doctor, kind, patient, server, group = _book_with_worker_up(agenda, brevo_setup, workers, email=True)
     book(doctor, patient, kind, _day_after_tomorrow_at_ten())  # queued; no worker is up yet
     holder = connections.create_connection("default")

@@ -6,6 +6,7 @@ none is cached, is in the one access table: practice/tests/test_url_access.py.""
 import datetime
 import re
 import uuid
+from pathlib import Path
 
 import pytest
 from django.urls import reverse
@@ -15,6 +16,7 @@ from audit.context import system_context
 from audit.models import AuditEvent, EventType
 from config.testing import DAY, at, book, client_for, make_patient, today
 from patients.models import Patient
+from patients.services import patient_archive
 from scheduling import services
 from scheduling.models import Absence, Appointment, AppointmentStatus, AppointmentType
 
@@ -188,8 +190,6 @@ def test_it_serves_colours_as_css_and_skips_bad_values(secretary, doctor, consul
 
 
 def test_it_has_a_grid_class_for_every_grid_line(settings):
-    from pathlib import Path
-
     css = (Path(settings.BASE_DIR) / "static" / "css" / "agenda.css").read_text()
     for line in range(1, 24 * 60 // settings.AGENDA_SLOT_MINUTES + 2):
         assert f".rs-{line} {{ grid-row-start: {line}; }}" in css
@@ -526,8 +526,6 @@ def test_it_lets_a_practice_admin_book_but_not_create_patients(practice_admin, d
 
 
 def test_it_ignores_an_unknown_or_archived_patient_id(secretary, doctor, consultation, patient):
-    from patients.services import patient_archive
-
     for value in ["not-a-uuid", str(uuid.uuid4())]:
         data = {**_booking(doctor, consultation), "action": "book_existing", "patient": value}
         assert client_for(secretary).post(reverse("scheduling:book"), data).status_code == 200
