@@ -396,9 +396,9 @@ def login_post(username: str, password: str, ip: str = ATTACKER, client: Client 
     return client.post("/accounts/login/", {"username": username, "password": password}, REMOTE_ADDR=ip)
 
 
-def page(response, username: str = "") -> str:
-    """The body without what legitimately differs between two requests: the CSRF token, and
-    the username the form echoes back."""
+def login_page_text(response, username: str = "") -> str:
+    """The login page without what legitimately differs between two requests: the CSRF token,
+    and the username the form echoes back."""
     body = re.sub(r'name="csrfmiddlewaretoken" value="[^"]*"', 'name="csrfmiddlewaretoken" value=""', response.text)
     return body.replace(username, "USERNAME") if username else body
 
