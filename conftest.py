@@ -1,30 +1,42 @@
-"""Shared test personas and helpers: the clinic's people, built in code.
+"""The suite's fixtures: the database set-up (owner and app's role), the test settings, and the
+personas and clinic of config/testing.py handed out as fixtures. Helpers are not imported from
+here: tests import them from config.testing.
 
 Every test runs against the settings of production (DEBUG off) except for TLS redirects
 (TLS ends at the proxy) and the static manifest (built by collectstatic at deploy).
 """
 
-import contextlib
-import datetime
-import os
+import threading
 import uuid
+from unittest import mock
 
 import pytest
-from django.contrib.auth.models import Group, User
-from django.test import Client
+from celery.signals import task_postrun
+from django.conf import settings as django_settings
+from django.db import connection, connections
+from django.db.backends.postgresql.operations import DatabaseOperations
+from django.db.backends.sqlite3.base import DatabaseOperations as SQLiteOperations  # (operations alone: a cycle)
 
 from audit.context import system_context
-from practice.roles import PRACTICE_ADMIN, PRACTITIONER, SECRETARY, roles_sync
-
-PASSWORD = "correct horse battery staple 42"  # noqa: S105 (test persona)
+from audit.management.commands.db_app_role import CREDENTIALS, app_role_grant
+from config.celery import app as celery_project_app
+from config.testing import (
+    TEST_BROKER_URL,
+    TEST_ROLES,
+    TaskRuns,
+    broker_connections_drop,
+    celery_eager,
+    make_patient,
+    persona,
+    superuser_create,
+)
+from practice.roles import roles_sync
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _no_tls_redirect_for_live_server():
     # The live server's middleware is built once per session, before function fixtures.
-    from django.conf import settings
-
-    settings.SECURE_SSL_REDIRECT = False
+    django_settings.SECURE_SSL_REDIRECT = False
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -33,8 +45,6 @@ def _no_stray_connections(django_db_setup, django_db_blocker):
     leave a connection open; end them so the test database can be dropped at the end."""
     yield
     with django_db_blocker.unblock():
-        from django.db import connection
-
         if connection.vendor == "postgresql":
             with connection.cursor() as cursor:
                 cursor.execute(
@@ -48,9 +58,8 @@ def _no_stray_connections(django_db_setup, django_db_blocker):
 # creates and migrates the test database, the app's role gets its grants (what
 # `manage.py db_app_role` gives), and from then on every connection of the tests (threads,
 # live server, Celery workers) is the app's role. The owner comes back to flush (transactional
-# tests), to drop the database at the end, and for the tests of OWNER_TESTS. Filled by the
-# fixtures below: the owner's name and both roles' credentials.
-TEST_ROLES: dict = {}
+# tests), to drop the database at the end, and for the tests of OWNER_TESTS. The fixtures below
+# fill config.testing.TEST_ROLES: the owner's name and both roles' credentials.
 
 # Test files that break the database on purpose with the owner's rights (a trigger or a
 # constraint added to the trail, ALTER DATABASE, LOCK TABLE ... ACCESS EXCLUSIVE), on
@@ -68,10 +77,6 @@ OWNER_TESTS = (
 def _connect_as(who: str) -> None:
     """Point the default connection at the owner or the app's role (closing it: the next
     query reconnects). Between tests only: no transaction is open then."""
-    from django.db import connection
-
-    from audit.management.commands.db_app_role import CREDENTIALS
-
     credentials = TEST_ROLES["owner_credentials"] if who == "owner" else TEST_ROLES["app"]
     if TEST_ROLES.get("connected") != who:
         connection.close()
@@ -81,13 +86,8 @@ def _connect_as(who: str) -> None:
 
 @pytest.fixture(scope="session")
 def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix):
-    from django.conf import settings
-    from django.db import connections
-
-    from audit.management.commands.db_app_role import CREDENTIALS
-
-    owner = settings.DATABASE_OWNER
-    default = settings.DATABASES["default"]
+    owner = django_settings.DATABASE_OWNER
+    default = django_settings.DATABASES["default"]
     if owner and default["ENGINE"] == "django.db.backends.postgresql" and owner["USER"] != default["USER"]:
         app = {key: default.get(key) for key in CREDENTIALS}
         connections["default"].close()
@@ -105,10 +105,6 @@ def django_db_setup(django_db_setup, django_db_blocker):
     if "app" not in TEST_ROLES:
         yield
         return
-    from django.db import connection
-
-    from audit.management.commands.db_app_role import app_role_grant
-
     app, quote = TEST_ROLES["app"], connection.ops.quote_name
     with django_db_blocker.unblock():
         app_role_grant(connection, app["USER"], password=app["PASSWORD"] or "")
@@ -153,11 +149,6 @@ def _flush_past_the_trail_trigger():
     Production keeps it: a flush there is refused, as it should be. On both databases the
     chain's tip (audit/chain.py, not a model: Django's flush does not know it) goes with the
     trail, else the next test's trail would start past ids that were never there."""
-    from unittest import mock
-
-    from django.db.backends.postgresql.operations import DatabaseOperations
-    from django.db.backends.sqlite3.base import DatabaseOperations as SQLiteOperations  # (operations alone: a cycle)
-
     sql_flush, sqlite_flush = DatabaseOperations.sql_flush, SQLiteOperations.sql_flush
 
     def flush_with_trail(self, style, tables, **kwargs):
@@ -193,8 +184,6 @@ def audit_trail_writable(db):
     comes back with the rollback. The app itself never gets this: only tests ask for it.
     When the suite runs as the app's role, the test runs as the trail's owner (``SET ROLE``
     in its transaction, undone by the rollback): the app's role may not rewrite the trail."""
-    from django.db import connection
-
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
             cursor.execute("SELECT tableowner, current_user FROM pg_tables WHERE tablename = 'audit_auditevent'")
@@ -203,48 +192,6 @@ def audit_trail_writable(db):
                 cursor.execute(f"SET LOCAL ROLE {connection.ops.quote_name(owner)}")
             cursor.execute("ALTER TABLE audit_auditevent DISABLE TRIGGER audit_trail_append_only")
     return
-
-
-@contextlib.contextmanager
-def trail_owner(cursor):
-    """Statements on ``cursor`` run as the trail's owner (PostgreSQL), what tests that play the
-    attacker or break the database need. When the suite runs as the app's role (which does not
-    own the trail: ``DATABASE_OWNER_URL``, see ``django_db_setup`` below) this is ``SET ROLE``
-    to the owner: the test set-up makes the app's role a NOINHERIT member of the owner, so it
-    has none of the owner's rights unless it asks, and only tests ask."""
-    from django.db import connection
-
-    if connection.vendor != "postgresql":
-        yield cursor
-        return
-    cursor.execute("SELECT tableowner, current_user FROM pg_tables WHERE tablename = 'audit_auditevent'")
-    owner, user = cursor.fetchone()
-    if owner == user:
-        yield cursor
-        return
-    cursor.execute(f"SET ROLE {connection.ops.quote_name(owner)}")
-    try:
-        yield cursor
-    finally:
-        if connection.connection.info.transaction_status != 3:  # not in a failed transaction
-            cursor.execute("RESET ROLE")
-
-
-@contextlib.contextmanager
-def trail_tampering():
-    """A cursor that gets past the trail's protection as its owner does (PostgreSQL: the
-    owner's rights and the triggers disabled, in the caller's transaction if there is one);
-    on SQLite nothing stands in the way."""
-    from django.db import connection
-
-    with connection.cursor() as cursor, trail_owner(cursor):
-        if connection.vendor == "postgresql":
-            cursor.execute("ALTER TABLE audit_auditevent DISABLE TRIGGER USER")
-        try:
-            yield cursor
-        finally:
-            if connection.vendor == "postgresql" and connection.connection.info.transaction_status != 3:
-                cursor.execute("ALTER TABLE audit_auditevent ENABLE TRIGGER USER")
 
 
 @pytest.fixture(autouse=True)
@@ -264,85 +211,34 @@ def roles(db):
     return roles_sync()
 
 
-def _user(username: str, role: str | None, **extra) -> User:
-    user = User.objects.create_user(username=username, password=PASSWORD, **extra)
-    if role:
-        user.groups.add(Group.objects.get(name=role))
-    return user
-
-
 @pytest.fixture
 def secretary(roles):
-    return _user("sophie.secretary", SECRETARY)
+    return persona("secretary")
 
 
 @pytest.fixture
 def practitioner(roles):
-    return _user("dr.martin", PRACTITIONER)
+    return persona("practitioner")
 
 
 @pytest.fixture
 def other_practitioner(roles):
-    return _user("dr.bernard", PRACTITIONER)
+    return persona("other_practitioner")
 
 
 @pytest.fixture
 def practice_admin(roles):
-    return _user("alice.admin", PRACTICE_ADMIN, is_staff=True)
+    return persona("practice_admin")
 
 
 @pytest.fixture
 def outsider(roles):
-    return _user("olivier.outsider", None)
+    return persona("outsider")
 
 
-def totp_device(user):
-    """The user's confirmed authenticator (created on first use), as enrolment leaves it."""
-    from django_otp.plugins.otp_totp.models import TOTPDevice
-
-    device = TOTPDevice.objects.filter(user=user, confirmed=True).first()
-    return device or TOTPDevice.objects.create(user=user, name="authenticator", confirmed=True)
-
-
-def totp_code(device) -> str:
-    """The code the user's phone shows now."""
-    from django_otp.oath import TOTP
-
-    totp = TOTP(device.bin_key, device.step, device.t0, device.digits, device.drift)
-    return f"{totp.token():0{device.digits}d}"
-
-
-def totp_next_code(user) -> str:
-    """The code the user's phone shows at the next time step, the throttle of earlier wrong codes
-    waited out (django-otp accepts each code once and slows down after a wrong one)."""
-    device = totp_device(user)
-    device.last_t = -1
-    device.throttling_failure_count, device.throttling_failure_timestamp = 0, None
-    device.save(update_fields=["last_t", "throttling_failure_count", "throttling_failure_timestamp"])
-    return totp_code(device)
-
-
-def log_in(client: Client, user, password: str = PASSWORD):
-    """Log in through the real pages: password, then the code of the user's authenticator."""
-    device = totp_device(user)
-    response = client.post("/accounts/login/", {"username": user.get_username(), "password": password})
-    assert response.status_code == 302, response.status_code
-    response = client.post("/accounts/two-factor/", {"code": totp_code(device)})
-    assert response.status_code == 302, response.content.decode()[:500]
-    return response
-
-
-def client_for(user, *, verified: bool = True) -> Client:
-    """A logged-in browser. ``verified``: as after the second factor (the state every page needs)."""
-    from django_otp import DEVICE_ID_SESSION_KEY
-
-    client = Client()
-    client.force_login(user)
-    if verified:
-        session = client.session
-        session[DEVICE_ID_SESSION_KEY] = totp_device(user).persistent_id
-        session.save()
-    return client
+@pytest.fixture
+def superuser(roles):
+    return superuser_create()
 
 
 @pytest.fixture
@@ -352,47 +248,24 @@ def audit_ctx():
         yield ctx
 
 
-def make_patient(**overrides):
-    """A patient created through the service (as the front desk would)."""
-    from patients.services import patient_create
-
-    data = {
-        "last_name": "Lefèvre",
-        "first_names": "Anne-Marie",
-        "sex": "F",
-        "birth_date": datetime.date(1984, 3, 9),
-        "phone_mobile": "+33612345678",
-        "email": "anne-marie.lefevre@example.fr",
-        "nir": "284037511512331",
-        "address": "12 rue des Lilas",
-        "postal_code": "75011",
-        "city": "Paris",
-    }
-    data.update(overrides)
-    with system_context("tests:fixture"):
-        return patient_create(data=data, actor=None)
-
-
 @pytest.fixture
 def patient(db):
     return make_patient()
 
 
-# Real Celery workers on Redis (the CI broker, or a local Redis): each test on a queue of its own.
-TEST_BROKER_URL = os.environ.get("CELERY_BROKER_URL") or "redis://127.0.0.1:6379/15"
+@pytest.fixture
+def eager():
+    """Celery as in the embedded default (no broker): tasks run in the caller's process, errors
+    propagate (CI may point the suite at a broker). Yields the app."""
+    with celery_eager(True) as app:
+        yield app
 
 
-def broker_connections_drop(app) -> None:
-    """Connections are pooled per app: drop them so the next use reads the broker URL afresh."""
-    from kombu import pools
-
-    pools.reset()
-    if app._pool is not None:
-        app._pool.force_close_all()
-    app._pool = None
-    amqp = app.__dict__.get("amqp")
-    if amqp is not None:
-        amqp._producer_pool = None
+@pytest.fixture
+def queued():
+    """Celery with a broker: tasks are published (tests replace the publishing, or run a worker)."""
+    with celery_eager(False) as app:
+        yield app
 
 
 @pytest.fixture
@@ -400,8 +273,7 @@ def celery_app():
     """The project's Celery app, not eager, publishing to and consuming from a queue of this
     test's own (no other worker on the broker takes its tasks, and its worker takes no one
     else's). Yields (app, queue); ``app.conf.broker_url`` may be changed by the test."""
-    from config.celery import app
-
+    app = celery_project_app
     queue = f"cabinet-tests-{uuid.uuid4().hex}"
     overrides = {
         "broker_url": TEST_BROKER_URL,
@@ -422,3 +294,31 @@ def celery_app():
             conn.default_channel.queue_delete(queue)
         broker_connections_drop(app)
         app.conf.update(saved)
+
+
+@pytest.fixture
+def finished_tasks():
+    """Task id -> (state, return value, ran eagerly, thread), as reported after each run."""
+    done: dict[str, tuple] = {}
+    finished = threading.Event()
+
+    def on_postrun(task_id=None, task=None, state=None, retval=None, **kwargs):
+        done[task_id] = (state, retval, bool(task.request.is_eager), threading.get_ident())
+        finished.set()
+
+    task_postrun.connect(on_postrun, weak=False)
+    try:
+        yield done, finished
+    finally:
+        task_postrun.disconnect(on_postrun)
+
+
+@pytest.fixture
+def finished():
+    """The runs of the tasks, as the worker reports them (``config.testing.TaskRuns``)."""
+    tracker = TaskRuns()
+    task_postrun.connect(tracker, weak=False)
+    try:
+        yield tracker
+    finally:
+        task_postrun.disconnect(tracker)

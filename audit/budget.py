@@ -65,11 +65,6 @@ DAY = datetime.timedelta(hours=24)
 UNCAPPED = 2**31 - 1
 
 
-def _now() -> datetime.datetime:
-    # The budget's clock (tests move it; the trail they read stays as written).
-    return timezone.now()
-
-
 class ReadBudgetExceeded(Exception):
     """A decryption refused: the account is past its read budget, or already blocked.
 
@@ -209,7 +204,7 @@ class ReadBudget:
 
     def _load(self) -> None:
         """At the context's first decryption: the block in force, the last lift, the counts."""
-        now = _now()
+        now = timezone.now()
         self.loaded(_counts_load(self.user_id, now, day_cap=self.day_limit + 1, hour_cap=self.hour_limit + 1), now)
 
     @property
@@ -219,7 +214,7 @@ class ReadBudget:
     def counts_query(self) -> tuple[str, dict[str, Any], datetime.datetime]:
         """The load's statement, for a caller that runs it with its own (audit.explain runs it
         in the explanation query of the context's first batch of rows: one round trip for both)."""
-        now = _now()
+        now = timezone.now()
         sql, params = counts_statement(self.user_id, now, day_cap=self.day_limit + 1, hour_cap=self.hour_limit + 1)
         return sql, params, now
 
@@ -405,7 +400,7 @@ def read_block_open(*, budget: ReadBudget, refusal: ReadBudgetExceeded) -> ReadB
                 user_id=budget.user_id,
                 username=budget.username[:150],
                 role=budget.role[:40],
-                blocked_at=_now(),
+                blocked_at=timezone.now(),
                 window=refusal.window,
                 patients_read=refusal.patients_read,
                 budget=refusal.budget,

@@ -367,7 +367,7 @@ def read_block_lift(*, block: ReadBlock, actor: active.Actor, reason: str) -> Re
         locked = ReadBlock.objects.select_for_update().get(pk=block.pk)
         if locked.lifted_at is not None:
             return locked
-        # The budget's clock: the account's counts start again from the lift.
+        # The account's counts start again from the lift.
         locked.lifted_at = timezone.now()
         locked.lifted_by = actor.username[:150]
         locked.lift_reason = reason

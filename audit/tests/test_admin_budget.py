@@ -10,8 +10,7 @@ from django.contrib.auth.models import User
 from django.urls import reverse
 
 from audit.models import AuditEvent, EventType, ReadBlock
-from conftest import client_for, make_patient
-from scheduling.tests.conftest import at, book, make_doctor, make_type, today
+from config.testing import at, book, client_for, make_doctor, make_patient, make_type, today
 
 PRACTITIONERS = 10
 PER_DAY = 25

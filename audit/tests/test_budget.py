@@ -8,21 +8,21 @@ import threading
 import uuid
 
 import pytest
-from django.db import connection
+import time_machine
+from django.core.management import call_command
+from django.db import connection, connections
 from django.template import Context, Template
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from audit import budget as budget_module
 from audit import current
 from audit.budget import ReadBudgetExceeded, budget_settle, read_tally_purge
 from audit.chain import SQL_TAG
 from audit.context import Actor, AuditContext, opened, system_context
 from audit.models import AuditEvent, EventType, ReadBlock, ReadTally
-from conftest import client_for, make_patient
+from config.testing import DAY, at, book, client_for, make_doctor, make_patient, make_type
 from patients.models import Patient
-from scheduling.tests.conftest import DAY, at, book, make_doctor, make_type
 
 HOUR_BUDGET, DAY_BUDGET = 5, 8
 ROLES = ("Secretary", "Practitioner", "Practice admin", "default")
@@ -32,16 +32,6 @@ ROLES = ("Secretary", "Practitioner", "Practice admin", "default")
 def tight(settings):
     """Every role may reach 5 new patients an hour and 8 a day."""
     settings.READ_BUDGETS = dict.fromkeys(ROLES, (HOUR_BUDGET, DAY_BUDGET))
-
-
-@pytest.fixture
-def eager():
-    from config.celery import app
-
-    saved = app.conf.task_always_eager, app.conf.task_eager_propagates
-    app.conf.task_always_eager, app.conf.task_eager_propagates = True, True
-    yield
-    app.conf.task_always_eager, app.conf.task_eager_propagates = saved
 
 
 def _patients(n: int, prefix: str = "Budget") -> list[Patient]:
@@ -109,26 +99,26 @@ def test_re_reading_a_patient_costs_nothing(tight, secretary):
     assert not ReadBlock.objects.exists()
 
 
-def test_the_hour_rolls_and_the_day_holds(tight, secretary, monkeypatch):
+def test_the_hour_rolls_and_the_day_holds(tight, secretary):
     patients = _patients(DAY_BUDGET + 1)
-    client = client_for(secretary)
-    for patient in patients[:HOUR_BUDGET]:
-        assert client.get(patient.get_absolute_url()).status_code == 200
+    with time_machine.travel(timezone.now(), tick=False) as clock:
+        client = client_for(secretary)
+        for patient in patients[:HOUR_BUDGET]:
+            assert client.get(patient.get_absolute_url()).status_code == 200
 
-    # Two hours later (the budget's clock moves; the trail is append-only and stays as written).
-    later = timezone.now() + datetime.timedelta(hours=2)
-    monkeypatch.setattr(budget_module, "_now", lambda: later)
-    for patient in patients[HOUR_BUDGET:DAY_BUDGET]:
-        assert client.get(patient.get_absolute_url()).status_code == 200
-    refused = client.get(patients[DAY_BUDGET].get_absolute_url())
-    assert refused.status_code == 429
-    block = ReadBlock.objects.get()
-    assert (block.window, block.patients_read, block.budget) == ("day", DAY_BUDGET, DAY_BUDGET)
+        # Two hours later (a new login: the idle session has expired meanwhile).
+        clock.shift(datetime.timedelta(hours=2))
+        client = client_for(secretary)
+        for patient in patients[HOUR_BUDGET:DAY_BUDGET]:
+            assert client.get(patient.get_absolute_url()).status_code == 200
+        refused = client.get(patients[DAY_BUDGET].get_absolute_url())
+        assert refused.status_code == 429
+        block = ReadBlock.objects.get()
+        assert (block.window, block.patients_read, block.budget) == ("day", DAY_BUDGET, DAY_BUDGET)
 
-    # A day later the reads have left the window, but the block stays until it is lifted.
-    next_day = later + datetime.timedelta(hours=25)
-    monkeypatch.setattr(budget_module, "_now", lambda: next_day)
-    assert client.get(patients[DAY_BUDGET].get_absolute_url()).status_code == 429
+        # A day later the reads have left the window, but the block stays until it is lifted.
+        clock.shift(datetime.timedelta(hours=25))
+        assert client_for(secretary).get(patients[DAY_BUDGET].get_absolute_url()).status_code == 429
 
 
 @pytest.fixture
@@ -405,9 +395,6 @@ def test_the_nightly_purge_keeps_the_last_day(secretary):
 def test_parallel_readers_of_one_account_are_counted_once_each(secretary):
     """Eight requests of one account at once, outside any transaction as in production, over
     overlapping patients: each patient is in the tally once, and the chain verifies."""
-    from django.core.management import call_command
-    from django.db import connections
-
     patients = _patients(12)
     barrier = threading.Barrier(8)
     errors = []

@@ -10,10 +10,9 @@ import threading
 
 import pytest
 from celery.contrib.testing.worker import start_worker
-from celery.signals import task_postrun
 
-from audit.tests.helpers import patient_key, read_map, reads
-from conftest import make_patient
+from config.testing import make_patient, patient_key, read_map, reads
+from patients.tasks import patient_reindex
 
 # Slow (a real worker, a subprocess, a browser or much data): `make test-fast` skips it.
 pytestmark = pytest.mark.slow
@@ -21,27 +20,8 @@ pytestmark = pytest.mark.slow
 INDEXED_FIELDS = {"last_name", "first_names", "birth_date", "phone_mobile", "phone_other", "email"}
 
 
-@pytest.fixture
-def finished_tasks():
-    """Task id -> (state, return value, ran eagerly, thread), as reported after each run."""
-    done: dict[str, tuple] = {}
-    finished = threading.Event()
-
-    def on_postrun(task_id=None, task=None, state=None, retval=None, **kwargs):
-        done[task_id] = (state, retval, bool(task.request.is_eager), threading.get_ident())
-        finished.set()
-
-    task_postrun.connect(on_postrun, weak=False)
-    try:
-        yield done, finished
-    finally:
-        task_postrun.disconnect(on_postrun)
-
-
 @pytest.mark.django_db(transaction=True)
 def test_it_audits_a_task_run_by_a_worker_through_redis(celery_app, finished_tasks):
-    from patients.tasks import patient_reindex
-
     app, queue = celery_app
     done, finished = finished_tasks
     patient = make_patient()

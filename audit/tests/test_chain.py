@@ -2,7 +2,7 @@
 head and (PostgreSQL) the trigger that keeps the trail append-only.
 
 Tampering is done the way someone with database access would: raw SQL, and on PostgreSQL
-as the trail's owner with its triggers disabled (``conftest.trail_tampering``).
+as the trail's owner with its triggers disabled (``config.testing.trail_tampering``).
 """
 
 import contextlib
@@ -14,7 +14,7 @@ import threading
 import pytest
 from django.apps import apps as django_apps
 from django.core.management import CommandError, call_command
-from django.db import DatabaseError, connection, transaction
+from django.db import DatabaseError, connection, connections, transaction
 
 from audit import chain
 from audit.context import system_context
@@ -22,7 +22,8 @@ from audit.keys import canary_write
 from audit.models import AuditEvent, AuditHead, EventType
 from audit.services import audit_event_write
 from audit.tasks import audit_verify_nightly
-from conftest import make_patient, trail_owner, trail_tampering
+from config.testing import make_patient, trail_owner, trail_tampering
+from patients.models import Patient
 
 postgresql_only = pytest.mark.skipif(
     connection.vendor != "postgresql",
@@ -66,8 +67,6 @@ def verify_fails(*args) -> str:
 
 
 def test_it_verifies_a_clean_chain_of_events_and_reads(audit_ctx):
-    from patients.models import Patient
-
     patient = make_patient()
     with system_context("tests:reader") as ctx:
         ctx.ip = "2001:DB8:0:0::1"  # PostgreSQL's inet gives it back as 2001:db8::1
@@ -337,10 +336,6 @@ def test_the_trigger_refuses_the_orm_too():
 
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_writers_never_fork_the_chain():
-    from django.db import connections
-
-    from patients.models import Patient
-
     canary_write()
     patient = make_patient()
     barrier = threading.Barrier(8)

@@ -3,7 +3,7 @@
 from django.test import Client
 
 from audit.models import AuditEvent, EventType
-from conftest import PASSWORD
+from config.testing import PASSWORD
 
 
 def _login(client, username, password, client_ip):

@@ -15,11 +15,10 @@ from django.utils import timezone
 from audit.context import Actor, AuditContext, opened
 from audit.explain import allowance_spend
 from audit.models import AllowanceKind, AllowanceUse, AuditEvent, EventType, ReadBlock, ReadReason
-from conftest import client_for, log_in, make_patient, totp_next_code
+from config.testing import at, book, client_for, log_in, make_doctor, make_patient, make_type, today, totp_next_code
 from patients.models import Patient
 from practice.models import Practitioner
 from scheduling.models import Appointment, AppointmentStatus
-from scheduling.tests.conftest import at, book, make_doctor, make_type, today
 
 
 def _reads(user, patient=None):
@@ -240,23 +239,16 @@ def test_nobody_states_a_reason_for_a_record_they_may_not_open(other_practitione
 
 
 def test_past_the_reason_limit_the_account_is_blocked_and_the_admins_mailed_once(
-    secretary, practice_admin, small, mailoutbox, django_capture_on_commit_callbacks
+    secretary, practice_admin, small, mailoutbox, eager, django_capture_on_commit_callbacks
 ):
-    from config.celery import app
-
     practice_admin.email = "alice@clinic.example"
     practice_admin.save()
-    saved = app.conf.task_always_eager
-    app.conf.task_always_eager = True
-    try:
-        people = _people(6)
-        client = client_for(secretary)
-        statuses = []
-        with django_capture_on_commit_callbacks(execute=True):
-            for patient in people:
-                statuses.append(client.get(patient.get_absolute_url()).status_code)
-    finally:
-        app.conf.task_always_eager = saved
+    people = _people(6)
+    client = client_for(secretary)
+    statuses = []
+    with django_capture_on_commit_callbacks(execute=True):
+        for patient in people:
+            statuses.append(client.get(patient.get_absolute_url()).status_code)
     # 2 from the allowance, 2 step-ups (the reason limit), then the block.
     assert statuses == [200, 200, 403, 403, 429, 429]
     block = ReadBlock.objects.get(user_id=secretary.pk)

@@ -15,11 +15,18 @@ from django.urls import reverse
 from audit.context import system_context
 from audit.fields import CiphertextError, crypter
 from audit.models import ReadTally
-from audit.tests.helpers import patient_key, raw_patient_column, raw_patient_set, read_map, reads
-from conftest import PASSWORD, client_for, make_patient
+from config.testing import (
+    client_for,
+    make_patient,
+    patient_key,
+    raw_patient_column,
+    raw_patient_set,
+    read_map,
+    reads,
+)
 from patients.models import Patient
 
-# Anne-Marie Lefèvre (conftest.make_patient) in every form a page could show her.
+# Anne-Marie Lefèvre (config.testing.make_patient) in every form a page could show her.
 ANNE = [
     "Lefèvre",
     "LEFÈVRE",
@@ -31,12 +38,6 @@ ANNE = [
     "284037511512331",
     "12 rue des Lilas",
 ]
-
-
-@pytest.fixture(autouse=True)
-def _fast_password_hashing(settings):
-    # The default hasher spends most of a second per persona; nothing here tests it.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 @contextlib.contextmanager
@@ -74,13 +75,6 @@ def _assert_nothing_of(text: str, values) -> None:
     folded = text.casefold()
     for value in values:
         assert value.casefold() not in folded, f"{value!r} leaked"
-
-
-@pytest.fixture
-def superuser(db):
-    from django.contrib.auth.models import User
-
-    return User.objects.create_superuser("root", "root@cabinet.test", PASSWORD)
 
 
 # The trail cannot be written -----------------------------------------------------------------

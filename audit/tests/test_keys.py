@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 from urllib.parse import quote
@@ -20,21 +19,18 @@ from urllib.parse import quote
 import pytest
 from cryptography.fernet import Fernet, InvalidToken
 from django.conf import settings
-from django.contrib.auth.models import User
 from django.core.management import CommandError, call_command
 from django.core.management.base import SystemCheckError
 from django.db import connection
 from django.test import override_settings
-from django.utils import timezone
 
 from audit.context import system_context
 from audit.fields import Ciphertext, CiphertextError, encrypted_fields
 from audit.keys import canary_problem, canary_write, verify_keys_or_exit
 from audit.models import AuditEvent, EventType, RotationProgress
-from conftest import make_patient
+from config.testing import DAY, at, book, make_doctor, make_patient, make_type, user_create, wait_until
 from patients.models import Patient
 from patients.selectors import PatientQuery, patient_search
-from practice.models import Practitioner, Specialty
 from scheduling.models import Appointment
 
 ROTATOR = "system:command:rotate_keys"
@@ -58,16 +54,12 @@ def fresh_key() -> str:
 def clinic(db):
     """Six patients and an appointment (the other model with encrypted columns)."""
     patients = [make_patient(**person) for person in PEOPLE]
-    user = User.objects.create_user(username="dr.rotation")
-    practitioner = Practitioner.objects.create(
-        user=user, display_name="Dr Rotation", specialty=Specialty.objects.create(name="Médecine générale")
-    )
-    start = timezone.now().replace(microsecond=0)
-    appointment = Appointment.objects.create(
-        practitioner=practitioner,
-        patient=patients[0],
-        start=start,
-        end=start + datetime.timedelta(minutes=20),
+    doctor = make_doctor(user_create("dr.rotation"), "Dr Rotation")
+    appointment = book(
+        doctor,
+        patients[0],
+        make_type(doctor),
+        at(DAY, 9),
         reason="Douleur thoracique",
         internal_note="Rappeler après les résultats",
     )
@@ -352,12 +344,15 @@ def _changed_rows(original: dict, columns: list[str]) -> set:
 
 
 def _wait_for(predicate, what: str, *, process: subprocess.Popen, timeout: float = 60) -> None:
-    """Poll the database (not a fixed sleep) until ``predicate`` holds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
+    """Poll the database (not a fixed sleep) until ``predicate`` holds, while the rotation runs."""
+
+    def done() -> bool:
+        if predicate():
+            return True
         assert process.poll() is None, f"the rotation ended (exit {process.returncode}) before {what}"
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
+        return False
+
+    wait_until(done, what, timeout=timeout, interval=0.02)
 
 
 @contextlib.contextmanager

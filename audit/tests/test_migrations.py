@@ -25,7 +25,7 @@ from django.utils import timezone
 from audit import chain
 from audit.models import AuditEvent, EventType
 from audit.services import audit_event_write
-from conftest import client_for, trail_tampering
+from config.testing import client_for, trail_tampering
 
 OUR_APPS = ("audit", "patients", "practice", "scheduling")
 

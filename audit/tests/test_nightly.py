@@ -14,7 +14,7 @@ from audit.keys import canary_write
 from audit.models import AllowanceKind, AllowanceUse, AuditEvent, AuditHead, EventType, KeyCanary, ReadTally
 from audit.services import audit_event_write
 from audit.tasks import audit_verify_nightly, read_tally_purge
-from conftest import trail_tampering
+from config.testing import trail_tampering
 from practice.roles import PRACTICE_ADMIN
 
 
@@ -24,16 +24,6 @@ def admin_mail(practice_admin, eager, mailoutbox):
     practice_admin.save()
     assert practice_admin.groups.filter(name=PRACTICE_ADMIN).exists()
     return mailoutbox
-
-
-@pytest.fixture
-def eager():
-    from config.celery import app
-
-    saved = app.conf.task_always_eager, app.conf.task_eager_propagates
-    app.conf.task_always_eager, app.conf.task_eager_propagates = True, True
-    yield
-    app.conf.task_always_eager, app.conf.task_eager_propagates = saved
 
 
 @pytest.fixture(autouse=True)

@@ -10,7 +10,6 @@ import io
 import json
 
 import pytest
-from django.contrib.auth.models import User
 from django.core.management import call_command
 from django.db import connection, transaction
 from django.test import Client
@@ -21,10 +20,16 @@ from django.utils import timezone
 from audit.context import NoAuditContext, system_context
 from audit.fields import EncryptedLookupError, PlaintextRefused, Sealed
 from audit.models import AuditEvent
-from audit.tests.helpers import (
+from config.testing import (
     PATIENT_FIELDS,
     audit_inserts,
+    book,
+    client_for,
+    log_in,
     make_appointment,
+    make_doctor,
+    make_patient,
+    make_type,
     patient_key,
     plaintext_in_database,
     raw_patient_column,
@@ -32,12 +37,11 @@ from audit.tests.helpers import (
     reads,
     valid_nir,
 )
-from conftest import PASSWORD, client_for, log_in, make_patient
 from patients.models import Patient
 from patients.selectors import CONTACT_FIELDS
+from patients.tasks import patient_reindex
 from practice.models import Practitioner
 from scheduling.models import Appointment
-from scheduling.tests.conftest import book, make_doctor, make_type
 
 # What a search result or list row shows (patients.selectors.RESULT_FIELDS, encrypted ones).
 LIST_FIELDS = {"last_name", "first_names", "birth_name", "birth_date"}
@@ -70,29 +74,6 @@ def _chloe():
         email="chloe.moreau@example.fr",
         nir="",
     )
-
-
-@pytest.fixture(autouse=True)
-def _fast_password_hashing(settings):
-    # Personas are created with a password; the default hasher spends most of a second on
-    # each, which is the point in production and only slowness here. Nothing below tests it.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
-@pytest.fixture
-def superuser(db):
-    return User.objects.create_superuser("root", "root@cabinet.test", PASSWORD)
-
-
-@pytest.fixture
-def eager_celery():
-    """The embedded default (no broker): tasks run in the caller's process, errors propagate."""
-    from config.celery import app
-
-    saved = app.conf.task_always_eager, app.conf.task_eager_propagates
-    app.conf.task_always_eager, app.conf.task_eager_propagates = True, True
-    yield app
-    app.conf.task_always_eager, app.conf.task_eager_propagates = saved
 
 
 # Outside a context ---------------------------------------------------------------------------
@@ -375,9 +356,7 @@ def test_it_audits_reads_in_the_shell(patient, capsys):
     assert reads()[0].actor_username == "system:command:shell"
 
 
-def test_it_audits_a_task_under_its_job_name(patient, eager_celery):
-    from patients.tasks import patient_reindex
-
+def test_it_audits_a_task_under_its_job_name(patient, eager):
     result = patient_reindex.delay(str(patient.pk))
 
     assert result.get() is True
@@ -522,7 +501,7 @@ def test_it_audits_only_the_patients_a_search_finds(secretary):
 # What sits in the database ------------------------------------------------------------------
 
 
-def test_it_keeps_no_patient_plaintext_in_any_column_of_any_table(roles):
+def test_it_keeps_no_patient_plaintext_in_any_column_of_any_table(superuser):
     """Scan every cell of every table, after a login and an admin change, for a patient's
     identity in any of the forms it could be written in."""
     seeded = make_patient(
@@ -538,9 +517,8 @@ def test_it_keeps_no_patient_plaintext_in_any_column_of_any_table(roles):
         referring_doctor="Dr Hippolyte Sandoval",
         notes="Allergie pénicilline",
     )
-    root = User.objects.create_superuser("root", "root@cabinet.test", PASSWORD)
     client = Client()
-    log_in(client, root)
+    log_in(client, superuser)
     change = client.post(
         f"/admin/patients/patient/{seeded.pk}/change/",
         {

@@ -5,7 +5,7 @@ import pytest
 from audit.context import system_context
 from audit.fields import CiphertextError
 from audit.models import AuditEvent, EventType
-from audit.tests.helpers import raw_patient_set
+from config.testing import raw_patient_set
 from patients.models import Patient
 
 

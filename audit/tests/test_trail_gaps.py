@@ -8,7 +8,7 @@ drawn gap-free under the chain lock and the chain keeps its largest id drawn (th
 five minutes and compared one by one with the trail.
 
 Tampering is done as the owner would: raw SQL with the trail's triggers disabled
-(``conftest.trail_tampering``).
+(``config.testing.trail_tampering``).
 """
 
 import contextlib
@@ -25,7 +25,7 @@ from audit.keys import canary_write
 from audit.models import AuditEvent, EventType
 from audit.services import audit_event_write
 from audit.tasks import audit_verify_nightly
-from conftest import trail_tampering
+from config.testing import trail_tampering
 
 
 @pytest.fixture(autouse=True)

@@ -22,15 +22,14 @@ from django.db import connection
 from django.test import Client
 from django.urls import reverse
 
-from audit.tests.helpers import reads
-from conftest import TEST_ROLES, client_for, make_patient
+from config.testing import TEST_ROLES, client_for, make_patient, reads
 
 pytestmark = pytest.mark.skipif(
     connection.vendor != "postgresql",
     reason="SQLite has no table lock that another session can hold (writers queue on its busy timeout)",
 )
 
-# Anne-Marie Lefèvre (conftest.make_patient) as her record page would show her.
+# Anne-Marie Lefèvre (config.testing.make_patient) as her record page would show her.
 ANNE = ["Lefèvre", "LEFÈVRE", "Anne-Marie", "1984"]
 # How long past the lock timeout a withheld page may take: the rest of the request, on a busy
 # machine (two shared cores in CI).
@@ -42,7 +41,7 @@ def trail_locked(*, hold_at_most: float):
     """Another session takes ACCESS EXCLUSIVE on the trail, as the fault campaign did, and
     keeps it until the block ends, or ``hold_at_most`` seconds at the latest (so that, without
     a lock timeout, the request waiting on it ends instead of waiting for this very block)."""
-    # As the trail's owner (conftest.TEST_ROLES when the suite runs as the app's role, which may
+    # As the trail's owner (config.testing.TEST_ROLES when the suite runs as the app's role, which may
     # only read and append to the trail, so cannot lock it this way).
     credentials = TEST_ROLES.get("owner_credentials") or connection.settings_dict
     holder = psycopg.connect(

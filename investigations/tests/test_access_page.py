@@ -3,7 +3,7 @@
 from django.urls import reverse
 
 from audit.models import AuditEvent, EventType
-from conftest import client_for
+from config.testing import client_for
 
 
 def test_it_lists_who_opened_a_record_for_a_practice_admin(secretary, practice_admin, patient):
@@ -37,11 +37,8 @@ def test_it_keeps_the_trail_from_secretaries_and_practitioners(secretary, practi
         assert client_for(user).get(url).status_code == 403
 
 
-def test_it_makes_the_trail_read_only_in_admin(practice_admin, patient):
-    from django.contrib.auth.models import User
-
-    root = User.objects.create_superuser("root", password="a long enough password 1")
-    client = client_for(root)
+def test_it_makes_the_trail_read_only_in_admin(practice_admin, superuser, patient):
+    client = client_for(superuser)
     event = AuditEvent.objects.first()
     assert client.get("/admin/audit/auditevent/").status_code == 200
     assert client.get("/admin/audit/auditevent/add/").status_code == 403

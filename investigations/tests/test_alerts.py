@@ -10,13 +10,14 @@ from celery.contrib.testing.worker import start_worker
 from django.contrib.auth.models import Group, User
 from django.test import Client
 from django.utils import timezone
+from kombu.exceptions import OperationalError
 
 from audit.context import Actor
 from audit.models import AlertCursor, AuditEvent, EventType
 from audit.services import audit_event_write
-from audit.tests.test_celery_worker import finished_tasks  # noqa: F401 (fixture)
-from conftest import make_patient
+from config.testing import make_patient
 from investigations import alerts
+from investigations.tasks import security_alerts_send
 from practice.roles import PRACTICE_ADMIN
 
 NOW = datetime.timedelta(0)
@@ -35,29 +36,6 @@ def admins(practice_admin, settings):
     User.objects.create_user("sophie", email="sophie@clinic.example")
     settings.ADMINS = [("Ops", "ops@it.example"), ("Alice again", "ALICE@clinic.example")]
     return ["alice@clinic.example", "ops@it.example"]
-
-
-def _celery_eager(value: bool):
-    from config.celery import app
-
-    saved = app.conf.task_always_eager, app.conf.task_eager_propagates
-    app.conf.task_always_eager, app.conf.task_eager_propagates = value, True
-    try:
-        yield
-    finally:
-        app.conf.task_always_eager, app.conf.task_eager_propagates = saved
-
-
-@pytest.fixture
-def eager():
-    """Eager Celery, as in the embedded default (CI may point the suite at a broker)."""
-    yield from _celery_eager(True)
-
-
-@pytest.fixture
-def queued():
-    """Celery with a broker: tasks are published (tests replace the publishing)."""
-    yield from _celery_eager(False)
 
 
 def lockout(username: str = "sophie", ip: str = ATTACKER) -> AuditEvent:
@@ -233,8 +211,6 @@ def test_it_enqueues_nothing_for_an_event_that_is_not_an_alert(admins, django_ca
 def test_it_enqueues_one_task_per_batch_window(
     admins, settings, monkeypatch, queued, django_capture_on_commit_callbacks
 ):
-    from investigations.tasks import security_alerts_send
-
     settings.SECURITY_ALERT_BATCH_SECONDS = 60
     enqueued = []
     monkeypatch.setattr(security_alerts_send, "apply_async", lambda **kw: enqueued.append(kw))
@@ -254,8 +230,6 @@ def test_it_enqueues_one_task_per_batch_window(
 @pytest.fixture
 def enqueued(admins, settings, monkeypatch, queued):
     """Celery with a broker, its publishing replaced: the countdowns of the tasks enqueued."""
-    from investigations.tasks import security_alerts_send
-
     settings.SECURITY_ALERT_BATCH_SECONDS = 60
     published = []
     monkeypatch.setattr(security_alerts_send, "apply_async", lambda **kw: published.append(kw["countdown"]))
@@ -331,10 +305,6 @@ def test_the_other_alerts_keep_their_batch_window(enqueued, django_capture_on_co
 def test_a_block_enqueued_while_the_broker_is_down_is_left_to_the_sweep(
     admins, mailoutbox, monkeypatch, caplog, queued, django_capture_on_commit_callbacks
 ):
-    from kombu.exceptions import OperationalError
-
-    from investigations.tasks import security_alerts_send
-
     def broker_down(**kwargs):
         raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
 
@@ -344,9 +314,7 @@ def test_a_block_enqueued_while_the_broker_is_down_is_left_to_the_sweep(
     assert "Could not enqueue the security alert mail (broker unreachable)" in caplog.text
 
     monkeypatch.undo()
-    from config.celery import app
-
-    app.conf.task_always_eager = True  # the sweep, when the broker is back
+    queued.conf.task_always_eager = True  # the sweep, when the broker is back
     assert security_alerts_send.apply_async().get() == 1
     [mail] = mailoutbox
     assert f"/admin/audit/auditevent/{event.pk}/change/" in mail.body
@@ -355,10 +323,6 @@ def test_a_block_enqueued_while_the_broker_is_down_is_left_to_the_sweep(
 def test_a_broker_outage_is_logged_and_left_to_the_sweep(
     admins, monkeypatch, caplog, queued, django_capture_on_commit_callbacks
 ):
-    from kombu.exceptions import OperationalError
-
-    from investigations.tasks import security_alerts_send
-
     def broker_down(**kwargs):
         raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
 
@@ -375,7 +339,7 @@ def test_a_broker_outage_is_logged_and_left_to_the_sweep(
 @pytest.mark.django_db(transaction=True)
 def test_it_mails_a_lockout_from_the_login_page_through_a_real_worker(
     celery_app,
-    finished_tasks,  # noqa: F811
+    finished_tasks,
     roles,
     settings,
     mailoutbox,
@@ -383,8 +347,6 @@ def test_it_mails_a_lockout_from_the_login_page_through_a_real_worker(
 ):
     """Five wrong passwords on the real login page; the task goes through Redis to a worker
     thread, which mails the practice admin."""
-    from investigations.tasks import security_alerts_send
-
     app, queue = celery_app
     done, finished = finished_tasks
     monkeypatch.setattr(security_alerts_send, "queue", queue, raising=False)
@@ -419,8 +381,6 @@ def test_it_mails_a_lockout_from_the_login_page_through_a_real_worker(
 
 
 def test_the_task_run_eagerly_takes_events_at_once(admins, mailoutbox, eager):
-    from investigations.tasks import security_alerts_send
-
     lockout()
     # Run eagerly, right after the event's commit: no settle time to wait.
     assert security_alerts_send.apply_async(countdown=62).get() == 1

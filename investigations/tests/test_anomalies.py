@@ -13,18 +13,21 @@ import uuid
 import pytest
 import time_machine
 from django.contrib.auth.models import User
+from django.core.cache import cache
+from django.db import DatabaseError
+from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
+from audit import middleware
 from audit.context import SESSION_KEY
 from audit.models import Anomaly, AnomalyCursor, AnomalyKind, AuditEvent, EventType, Severity
-from conftest import client_for, make_patient
-from investigations import anomalies
+from config.testing import book, client_for, make_patient, make_practitioner, make_type, paris
+from investigations import alerts, anomalies
 from investigations.anomalies import anomalies_scan, anomaly_events
+from investigations.tasks import anomalies_scan as anomalies_scan_task
 from patients.models import BreakGlassGrant
 from practice.models import Clinic
-from scheduling.models import Appointment
-from scheduling.tests.factories import make_practitioner, make_type, paris
 
 MONDAY = datetime.date(2026, 11, 16)
 SUNDAY = datetime.date(2026, 11, 15)
@@ -33,21 +36,9 @@ SUNDAY = datetime.date(2026, 11, 15)
 @pytest.fixture(autouse=True)
 def _no_cached_baselines():
     """Volume baselines are cached per account and day; ids repeat between tests."""
-    from django.core.cache import cache
-
     cache.clear()
     yield
     cache.clear()
-
-
-@pytest.fixture
-def eager():
-    from config.celery import app
-
-    saved = app.conf.task_always_eager, app.conf.task_eager_propagates
-    app.conf.task_always_eager, app.conf.task_eager_propagates = True, True
-    yield
-    app.conf.task_always_eager, app.conf.task_eager_propagates = saved
 
 
 @pytest.fixture
@@ -117,8 +108,6 @@ def found(**filters):
 def test_it_flags_a_script_walking_patient_pages_and_mails_the_admins_once(
     secretary, mailed_admin, eager, mailoutbox, django_capture_on_commit_callbacks, settings
 ):
-    from investigations.tasks import anomalies_scan as task
-
     # The walk signal watches what the explanations let through: here, an allowance that does not
     # stop the walk first (audit/explain.py stops it at 20 unexplained patients by default).
     settings.READ_ALLOWANCES = {**settings.READ_ALLOWANCES, "Secretary": (100, 100)}
@@ -132,14 +121,16 @@ def test_it_flags_a_script_walking_patient_pages_and_mails_the_admins_once(
     client = client_for(secretary)
     session = client.session[SESSION_KEY]
     # A script: one page after the other, at its own steady pace. The clock is moved, not
-    # waited on, so the pace is the script's whatever the machine's load.
-    with time_machine.travel(timezone.now() - datetime.timedelta(minutes=1), tick=False) as clock:
+    # waited on, so the pace is the script's whatever the machine's load; the walk starts on
+    # the minute, a minute or two ago, so its 5 seconds are in one clock hour of the scan.
+    walk_start = timezone.now().replace(second=0, microsecond=0) - datetime.timedelta(minutes=1)
+    with time_machine.travel(walk_start, tick=False) as clock:
         for person in people:
             assert client.get(person.get_absolute_url()).status_code == 200
             clock.shift(datetime.timedelta(milliseconds=80))
 
     with django_capture_on_commit_callbacks(execute=True):
-        result = task.delay().get()
+        result = anomalies_scan_task.delay().get()
     assert result["alerts"] >= 1
 
     walks = found(kind=AnomalyKind.WALKING, session=session)
@@ -172,7 +163,7 @@ def test_it_flags_a_script_walking_patient_pages_and_mails_the_admins_once(
     # The next runs find the same: no new row, no second mail.
     rows = Anomaly.objects.count()
     with django_capture_on_commit_callbacks(execute=True):
-        task.delay().get()
+        anomalies_scan_task.delay().get()
         anomalies.anomalies_scan(start=timezone.now() - datetime.timedelta(hours=2), end=timezone.now())
     assert Anomaly.objects.count() == rows
     assert len(mailoutbox) == 1
@@ -211,10 +202,6 @@ def test_it_flags_a_session_guessing_ids_and_records_each_404_without_the_query(
 
 
 def test_a_404_whose_record_fails_stays_a_404(practitioner, monkeypatch, caplog):
-    from django.db import DatabaseError
-
-    from audit import middleware
-
     def broken(**kwargs):
         raise DatabaseError("trail unavailable")
 
@@ -225,8 +212,6 @@ def test_a_404_whose_record_fails_stays_a_404(practitioner, monkeypatch, caplog)
 
 
 def test_anonymous_404s_are_not_recorded(db):
-    from django.test import Client
-
     assert Client().get("/no-such-page/").status_code == 404
     assert not AuditEvent.objects.filter(event_type=EventType.NOT_FOUND).exists()
 
@@ -240,23 +225,14 @@ def test_a_normal_busy_day_gives_no_high_anomaly(secretary, roles):
     at 8:00 and every hour, each appointment and patient at arrival, with status changes; the
     practitioners open their patients at their appointment times. Human pace, seeded."""
     rng = random.Random(6)
-    doctors = [make_practitioner(f"dr.busy{n}") for n in range(6)]
+    doctors = [make_practitioner(f"dr.busy{n}", hours=((8, 0, 19, 0),)) for n in range(6)]
     kind = make_type(*doctors)
     people = [make_patient(last_name=f"Busy{n:03d}", email="", nir="", phone_mobile="") for n in range(120)]
     appointments = []
     for n, person in enumerate(people):
         doctor = doctors[n % 6]
         start = at(MONDAY, 8, 20 * (n // 6) % 60) + datetime.timedelta(hours=(20 * (n // 6)) // 60)
-        appointments.append(
-            Appointment.objects.create(
-                practitioner=doctor,
-                patient=person,
-                appointment_type=kind,
-                start=start,
-                end=start + datetime.timedelta(minutes=20),
-                reason="Consultation",
-            )
-        )
+        appointments.append(book(doctor, person, kind, start, reason="Consultation"))
     trail = Trail()
     for hour in range(8, 19):
         trail.page(secretary, at(MONDAY, hour, 1), people, purpose="scheduling:day")
@@ -308,15 +284,7 @@ def test_a_practitioner_reading_a_patient_without_appointment_is_flagged(practit
     doctor = make_practitioner(practitioner.username)
     kind = make_type(doctor)
     own, stranger, emergency = (make_patient(last_name=n, email="", nir="") for n in ("Own", "Stranger", "Urgent"))
-    start = at(MONDAY, 9)
-    Appointment.objects.create(
-        practitioner=doctor,
-        patient=own,
-        appointment_type=kind,
-        start=start,
-        end=start + datetime.timedelta(minutes=20),
-        reason="Suivi",
-    )
+    book(doctor, own, kind, at(MONDAY, 9), reason="Suivi")
     BreakGlassGrant.objects.create(
         user=practitioner,
         username=practitioner.username,
@@ -514,8 +482,6 @@ def test_the_chart_shows_distinct_patients_per_user_and_hour(practice_admin, sec
 
 
 def test_the_mail_describes_a_high_anomaly_without_patient_data(mailed_admin, secretary, mailoutbox):
-    from investigations import alerts
-
     trail = Trail()
     for n in range(60):  # a script at 03:00 on Sunday, a page every two seconds
         trail.page(secretary, at(SUNDAY, 3, 0, 2 * n), [uuid.uuid4()], session="night-session")

@@ -24,25 +24,13 @@ import pytest
 from celery.contrib.testing.worker import start_worker
 
 from audit.models import AlertCursor, AuditEvent, EventType, ReadBlock
-from conftest import client_for, make_patient
-from scheduling.tests.test_reminders_worker import Finished
+from config.testing import client_for, make_patient
+from investigations.tasks import security_alerts_send
 
 PROMISED = datetime.timedelta(seconds=60)
 
 # Slow (a real worker, a subprocess, a browser or much data): `make test-fast` skips it.
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
-
-
-@pytest.fixture
-def finished():
-    from celery.signals import task_postrun
-
-    tracker = Finished()
-    task_postrun.connect(tracker, weak=False)
-    try:
-        yield tracker
-    finally:
-        task_postrun.disconnect(tracker)
 
 
 @pytest.fixture
@@ -72,8 +60,6 @@ def _mails(directory: Path) -> list[tuple[float, email.message.EmailMessage]]:
 def test_a_block_is_mailed_to_the_admins_within_60_seconds_by_a_real_worker(
     celery_app, finished, mail_dir, tight_reads, secretary, practice_admin, settings
 ):
-    from investigations.tasks import security_alerts_send
-
     app, queue = celery_app
     settings.ADMINS = []
     practice_admin.email = "alice@clinic.example"

@@ -5,21 +5,21 @@ through the real pages."""
 import datetime
 import io
 from types import SimpleNamespace
-from unittest import mock
 
 import pytest
+import time_machine
 from django.core.management import call_command
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import escape
 
-from audit.context import SESSION_KEY, AuditContext
+from audit.context import SESSION_KEY, AuditContext, opened
 from audit.describe import when_text
 from audit.models import AuditEvent, EventType, ReadReason
-from conftest import client_for, make_patient, totp_next_code
+from audit.services import audit_event_write
+from config.testing import at, book, client_for, make_doctor, make_patient, make_type, today, totp_next_code
 from investigations.reports import breach_scope
 from scheduling.models import Appointment, AppointmentStatus
-from scheduling.tests.conftest import at, book, make_doctor, make_type, today
 
 
 @pytest.fixture
@@ -279,9 +279,6 @@ def test_a_page_refused_after_its_reads_were_written_is_withheld_too(secretary):
     ctx = AuditContext(purpose="patients:detail", request=request, ip="192.0.2.1", path="/patients/")
     ctx.record_read(model_label="patients.Patient", object_pk=patient.pk, patient_id=patient.pk, field_name="city")
     ctx.flush()
-    from audit.context import opened
-    from audit.services import audit_event_write
-
     with opened(AuditContext(purpose="x", request=request, request_id=ctx.request_id)):
         audit_event_write(event_type=EventType.WITHHELD, extra={"withheld": "read-limit"})
     scope = breach_scope(actor_user_id=secretary.pk, **_window())
@@ -325,10 +322,11 @@ def test_the_anomaly_page_and_the_chart_count_unexplained_patients_per_account(s
 
 
 def test_nothing_unexplained_is_counted_for_reads_on_an_appointment(secretary, practice_admin, clinic):
-    patient = _person("Rdv")
-    book(clinic["doctor"], patient, clinic["kind"], at(today() + datetime.timedelta(days=1), 9), force=True)
-    client_for(secretary).get(patient.get_absolute_url())
-    with mock.patch("django.utils.timezone.localdate", return_value=timezone.localdate()):
+    # The read and the page on the same day whatever the hour: at noon today, the clock stopped.
+    with time_machine.travel(at(today(), 12), tick=False):
+        patient = _person("Rdv")
+        book(clinic["doctor"], patient, clinic["kind"], at(today() + datetime.timedelta(days=1), 9), force=True)
+        client_for(secretary).get(patient.get_absolute_url())
         response = client_for(practice_admin).get(reverse("investigations:anomalies"))
     assert response.context["unexplained"] == []
     assert "No unexplained read today." in response.content.decode()

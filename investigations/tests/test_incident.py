@@ -16,11 +16,10 @@ from django.utils import timezone
 
 from audit.context import SESSION_KEY
 from audit.models import AuditEvent, EventType, ReadBlock
-from conftest import client_for, make_patient
+from config.testing import at, client_for, make_doctor, make_patient, make_type
 from investigations.reports import breach_scope
 from practice.roles import SECRETARY
 from scheduling.models import Appointment
-from scheduling.tests.conftest import at, make_doctor, make_type
 
 PAGES = 6_128
 # After the block, one page in this many is asked (see the replay).
@@ -31,20 +30,12 @@ PER_DAY = 30  # 20-minute appointments, 8:00-18:00 for the replay's purpose
 LINK = re.compile(r'href="/(appointments|patients)/([0-9a-f-]{36})/"')
 
 
-@pytest.fixture
-def eager():
-    from config.celery import app
-
-    saved = app.conf.task_always_eager, app.conf.task_eager_propagates
-    app.conf.task_always_eager, app.conf.task_eager_propagates = True, True
-    yield
-    app.conf.task_always_eager, app.conf.task_eager_propagates = saved
-
-
 def _clinic(*, patients: int, appointments: int, first_day: datetime.date):
     """Ten practitioners and their days of appointments from `first_day` on, one patient per
     appointment drawn in turn. Patients through the service (encrypted, blind-indexed);
-    appointments in bulk (their reason is sealed to each row like any save)."""
+    appointments as raw rows in bulk on purpose (their reason is sealed to each row like any
+    save): 4,700 bookings through the service would cost minutes and as many CREATE events in
+    the trail the replay reads."""
     doctors = [make_doctor(User.objects.create_user(f"dr.replay{n}"), f"Dr Replay {n:02d}") for n in range(10)]
     kind = make_type(*doctors)
     people = [

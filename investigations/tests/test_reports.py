@@ -7,16 +7,18 @@ import csv
 import datetime
 import io
 from types import SimpleNamespace
-from unittest import mock
 
 import pytest
+import time_machine
 from django.core.management import CommandError, call_command
+from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
 from audit.context import SESSION_KEY, AuditContext, opened
 from audit.models import AuditEvent, EventType
-from conftest import client_for, make_patient
+from audit.services import audit_event_write
+from config.testing import client_for, make_patient
 from investigations.reports import _cell, breach_scope
 from practice.models import Clinic
 
@@ -37,7 +39,7 @@ def reads_as(user, patients, *, at, ip="192.0.2.10", session="sess-a", fields=("
                 patient_id=patient.pk,
                 field_name=name,
             )
-    with mock.patch("django.utils.timezone.now", return_value=at):
+    with time_machine.travel(at, tick=False):
         ctx.flush()
 
 
@@ -168,11 +170,9 @@ def test_it_scopes_an_ip_a_session_and_everyone(secretary, practitioner, four):
 
 
 def test_it_counts_exports_but_not_changes_or_logins(secretary, four):
-    from audit.services import audit_event_write
-
     a, b, *_ = four
     ctx = AuditContext(purpose="x", request=SimpleNamespace(user=secretary, session={}), ip="192.0.2.10")
-    with mock.patch("django.utils.timezone.now", return_value=T0), opened(ctx):
+    with time_machine.travel(T0, tick=False), opened(ctx):
         label = "patients.Patient"
         audit_event_write(event_type=EventType.EXPORT, patient_id=a.pk, model_label=label, fields=["email"])
         audit_event_write(event_type=EventType.CHANGE, patient_id=b.pk, model_label=label, fields=["email"])
@@ -301,7 +301,6 @@ def test_the_notification_list_is_audited_and_watermarked(secretary, practice_ad
 
 
 def test_the_notification_list_counts_against_the_admins_read_budget(secretary, practice_admin, four, settings):
-    pytest.importorskip("audit.budget")
     client = client_for(secretary)
     for patient in four[:3]:
         client.get(patient.get_absolute_url())
@@ -391,8 +390,6 @@ def test_it_keeps_the_reports_from_everyone_but_practice_admins(name, secretary,
     for user in (secretary, practitioner, outsider):
         response = client_for(user).get(url, _scope_query() if name == "breach_scope" else {})
         assert response.status_code == 403, user
-    from django.test import Client
-
     response = Client().get(url)
     assert response.status_code == 302
     assert response["Location"].startswith("/accounts/login/")

@@ -44,9 +44,9 @@ def _anomaly() -> Anomaly:
     )
 
 
-def test_it_lifts_a_block_with_a_reason_and_one_event(secretary, practice_admin, monkeypatch):
+def test_it_lifts_a_block_with_a_reason_and_one_event(secretary, practice_admin):
     block = _block(secretary)
-    # The lift is stamped on the budget's clock: the counts start again from it.
+    # The lift is stamped with the moment it is made: the counts start again from it.
     lifted_at = timezone.now() + datetime.timedelta(minutes=7)
     actor = Actor.for_user(practice_admin)
 

@@ -6,7 +6,7 @@ from django.urls import reverse
 
 from audit.context import system_context
 from audit.models import AuditEvent, EventType
-from conftest import client_for, make_patient
+from config.testing import client_for, make_patient
 from patients.models import Patient
 
 

@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from audit.context import system_context
 from audit.models import AuditEvent, EventType
-from conftest import client_for, make_patient
+from config.testing import client_for, make_appointment, make_patient
 from patients import services
 from patients.models import BreakGlassGrant
 from practice.roles import PRACTITIONER
@@ -42,18 +42,8 @@ def _reads_by(user) -> list[AuditEvent]:
 
 def _own_patient(user):
     """A patient with an appointment with ``user``, who becomes a practitioner of the clinic."""
-    from practice.models import Practitioner, Specialty
-    from scheduling.models import Appointment
-
-    doctor = Practitioner.objects.create(
-        user=user, display_name="Dr Martin", specialty=Specialty.objects.create(name="Médecine générale")
-    )
     own = make_patient(last_name="Moreau", first_names="Paul", nir="")
-    start = datetime.datetime(2026, 1, 5, 9, tzinfo=datetime.UTC)
-    with system_context("tests"):
-        Appointment.objects.create(
-            practitioner=doctor, patient=own, start=start, end=start + datetime.timedelta(minutes=20)
-        )
+    make_appointment(own, user, reason="")
     return own
 
 

@@ -14,8 +14,7 @@ from django.urls import reverse
 
 from audit.context import system_context
 from audit.models import AuditEvent, EventType
-from audit.tests.helpers import make_appointment, patient_key, read_map, reads
-from conftest import client_for, make_patient
+from config.testing import client_for, make_appointment, make_patient, patient_key, read_map, reads
 from patients.exports import EXPORT_LIST_LIMIT, csv_cell
 from patients.selectors import CONTACT_FIELDS
 

@@ -8,8 +8,7 @@ import pytest
 from django.test import Client
 from django.urls import reverse
 
-from audit.tests.helpers import make_appointment, patient_key, read_map, reads
-from conftest import client_for, make_patient
+from config.testing import client_for, make_appointment, make_patient, patient_key, read_map, reads
 from patients.selectors import CONTACT_FIELDS, CONTACT_GROUPS
 
 IDENTITY_SHOWN = {"last_name", "first_names", "birth_name", "sex", "birth_date", "referring_doctor", "notes"}

@@ -16,7 +16,7 @@ from audit import blind
 from audit.context import system_context
 from audit.fields import EncryptedLookupError
 from audit.models import AuditEvent, EventType
-from conftest import client_for, make_patient
+from config.testing import client_for, make_patient
 from patients import selectors
 from patients.models import Patient
 from patients.selectors import RESULT_FIELDS, PatientQuery, patient_search
@@ -218,6 +218,8 @@ def _index_names(column: str) -> set[str]:
 
 
 def test_it_uses_the_blind_index_column_in_the_query_plan(db):
+    """1,000 patients as raw rows in bulk on purpose (blind-indexed as the service does): the
+    planner needs a table of some size, and the service would write them one by one."""
     patients = []
     for i in range(1000):
         patient = Patient(

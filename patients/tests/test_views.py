@@ -8,8 +8,9 @@ from django.urls import reverse
 
 from audit.context import system_context
 from audit.models import AuditEvent, EventType
-from conftest import client_for, make_patient
+from config.testing import client_for, make_appointment, make_patient
 from patients.models import Patient
+from patients.selectors import MASKED_LIMIT, SEARCH_LIMIT
 
 VALID = {
     "last_name": "Durand",
@@ -54,17 +55,7 @@ def test_it_answers_404_for_an_unknown_id_like_a_forbidden_one(secretary, practi
 
 
 def test_it_shows_a_practitioner_the_patients_they_saw(practitioner, patient):
-    from practice.models import Practitioner, Specialty
-    from scheduling.models import Appointment
-
-    doctor = Practitioner.objects.create(
-        user=practitioner, display_name="Dr Martin", specialty=Specialty.objects.create(name="Médecine générale")
-    )
-    start = datetime.datetime(2026, 1, 5, 9, tzinfo=datetime.UTC)
-    with system_context("tests"):
-        Appointment.objects.create(
-            practitioner=doctor, patient=patient, start=start, end=start + datetime.timedelta(minutes=20)
-        )
+    make_appointment(patient, practitioner, reason="")
     response = client_for(practitioner).get(patient.get_absolute_url())
     assert response.status_code == 200
     assert "Edit" not in response.content.decode()
@@ -199,8 +190,6 @@ def test_it_keeps_the_list_from_practitioners_and_outsiders(practitioner, outsid
 
 
 def test_a_common_last_name_alone_shows_masked_lines_and_asks_to_refine(secretary):
-    from patients.selectors import MASKED_LIMIT
-
     for i in range(MASKED_LIMIT + 2):
         make_patient(
             last_name="Martin",
@@ -225,8 +214,6 @@ def test_a_common_last_name_alone_shows_masked_lines_and_asks_to_refine(secretar
 
 
 def test_it_caps_full_lines_and_asks_to_refine(secretary, settings):
-    from patients.selectors import SEARCH_LIMIT
-
     settings.READ_ALLOWANCES = {**settings.READ_ALLOWANCES, "Secretary": (100, 100)}
     for i in range(SEARCH_LIMIT + 2):
         make_patient(

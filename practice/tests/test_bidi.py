@@ -9,19 +9,18 @@ from django.contrib.auth import forms as auth_forms
 from django.urls import reverse
 
 from audit.context import system_context
-from conftest import client_for
+from config.testing import client_for
+from investigations import forms as investigation_forms
+from patients import forms as patient_forms
 from patients.models import Patient
+from practice import forms as practice_forms
+from scheduling import forms as scheduling_forms
 
 CONTROLS = "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c"
 
 
 def _form_classes():
-    import investigations.forms
-    import patients.forms
-    import practice.forms
-    import scheduling.forms
-
-    for module in (patients.forms, scheduling.forms, practice.forms, investigations.forms, auth_forms):
+    for module in (patient_forms, scheduling_forms, practice_forms, investigation_forms, auth_forms):
         for _name, cls in inspect.getmembers(module, inspect.isclass):
             if issubclass(cls, forms.BaseForm) and cls.__module__ == module.__name__:
                 yield cls

@@ -21,11 +21,10 @@ from django.test import Client
 from django.urls import reverse
 
 from audit.models import AuditEvent, EventType
-from conftest import PASSWORD, TEST_ROLES, client_for, make_patient, trail_owner
+from config.testing import DAY, PASSWORD, TEST_ROLES, client_for, make_doctor, make_patient, make_type, trail_owner
 from scheduling.models import Appointment
-from scheduling.tests.conftest import DAY, make_doctor, make_type
 
-# Anne-Marie Lefèvre (conftest.make_patient) in the forms the booking page shows her.
+# Anne-Marie Lefèvre (config.testing.make_patient) in the forms the booking page shows her.
 ANNE = ["Lefèvre", "LEFÈVRE", "Anne-Marie", "+33612345678", "anne-marie.lefevre@example.fr"]
 # What an error page must never show: a trace, SQL, the driver's words (as they are written).
 LEAKS = ["Traceback", "INSERT INTO", "SELECT ", "psycopg", "sqlite3", "Error:", "read-only transaction", "readonly"]
@@ -43,7 +42,7 @@ def _pg() -> bool:
 
 def _owner_connection(dbname: str = ""):
     """A connection of our own to the test database (or ``dbname``), as its owner
-    (conftest.TEST_ROLES when the suite runs as the app's role, which may not alter the
+    (config.testing.TEST_ROLES when the suite runs as the app's role, which may not alter the
     database nor its trail)."""
     credentials = TEST_ROLES.get("owner_credentials") or connection.settings_dict
     return psycopg.connect(

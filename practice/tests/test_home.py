@@ -1,7 +1,6 @@
 """Each role lands where its day starts."""
 
-from conftest import client_for
-from scheduling.tests.factories import make_practitioner
+from config.testing import client_for, make_practitioner
 
 
 def test_it_sends_a_secretary_to_the_day(secretary):

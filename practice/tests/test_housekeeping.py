@@ -8,7 +8,8 @@ from axes.models import AccessAttempt, AccessLog
 from django.test import Client
 from django.utils import timezone
 
-from conftest import PASSWORD, client_for
+from audit.context import current
+from config.testing import PASSWORD, client_for
 from practice.models import UserSession
 from practice.sessions import SessionStore
 from practice.tasks import lockouts_purge, sessions_purge
@@ -117,8 +118,6 @@ def test_without_a_cool_off_it_keeps_every_attempt_of_a_locked_username_or_addre
 
 @pytest.mark.parametrize("task", [sessions_purge, lockouts_purge])
 def test_it_runs_as_an_audited_system_job(task, db):
-    from audit.context import current
-
     seen = []
     original = task.run
 

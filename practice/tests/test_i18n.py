@@ -11,9 +11,8 @@ from django.conf import settings
 from django.test import Client
 from django.urls import reverse
 
-from conftest import client_for
+from config.testing import at, book, client_for, make_doctor, make_type, today
 from patients.models import Patient
-from scheduling.tests.conftest import at, book, make_doctor, make_type, today
 
 LOCALE_DIR = Path(settings.BASE_DIR) / "locale" / "fr" / "LC_MESSAGES"
 PO = LOCALE_DIR / "django.po"

@@ -12,48 +12,22 @@ from axes.models import AccessAttempt
 from django.test import Client
 
 from audit.models import AuditEvent, EventType
-from conftest import PASSWORD, client_for
-from practice.models import LoginThrottle
+from config.testing import ATTACKER, LOCKED_URL, PASSWORD, client_for, elapse, login_page_text, login_post
 
-ATTACKER = "203.0.113.66"
 OFFICE = "198.51.100.10"
-LOCKED_URL = "/admin/axes/accessattempt/"
-
-
-def log_in(username: str, password: str, ip: str = ATTACKER, client: Client | None = None):
-    client = client or Client()
-    return client.post("/accounts/login/", {"username": username, "password": password}, REMOTE_ADDR=ip)
 
 
 def lock(username: str, ip: str = ATTACKER):
     """Five wrong passwords: the fifth is answered with the lockout page."""
-    responses = [log_in(username, f"wrong guess {n}", ip) for n in range(5)]
+    responses = [login_post(username, f"wrong guess {n}", ip) for n in range(5)]
     assert [r.status_code for r in responses] == [200, 200, 200, 200, 429]
     return responses
-
-
-def page(response, username: str = "") -> str:
-    """The body without what legitimately differs between two requests: the CSRF token, and
-    the username the form echoes back."""
-    body = re.sub(r'name="csrfmiddlewaretoken" value="[^"]*"', 'name="csrfmiddlewaretoken" value=""', response.text)
-    return body.replace(username, "USERNAME") if username else body
-
-
-def elapse(delta: datetime.timedelta) -> None:
-    """Time passes for the lockout: every stored attempt and counter moves ``delta`` back."""
-    for attempt in AccessAttempt.objects.all():
-        attempt.attempt_time -= delta
-        attempt.save(update_fields=["attempt_time"])
-    for throttle in LoginThrottle.objects.all():
-        throttle.window_started_at -= delta
-        throttle.retry_at -= delta
-        throttle.save(update_fields=["window_started_at", "retry_at"])
 
 
 def test_it_refuses_the_right_password_after_five_wrong_ones(secretary):
     lock(secretary.username)
     client = Client()
-    response = log_in(secretary.username, PASSWORD, client=client)
+    response = login_post(secretary.username, PASSWORD, client=client)
     assert response.status_code == 429
     assert "Too many attempts" in response.text
     assert "_auth_user_id" not in client.session
@@ -75,18 +49,18 @@ def test_it_lets_the_user_in_again_after_the_cool_off(secretary):
     elapse(cool_off - datetime.timedelta(minutes=1))
     # Still locked; and trying again starts the cool-off over (axes' default), which is why
     # the page can say "15 minutes" whenever it is shown.
-    assert log_in(secretary.username, PASSWORD).status_code == 429
+    assert login_post(secretary.username, PASSWORD).status_code == 429
     elapse(cool_off - datetime.timedelta(minutes=1))
-    assert log_in(secretary.username, PASSWORD).status_code == 429
+    assert login_post(secretary.username, PASSWORD).status_code == 429
     elapse(cool_off + datetime.timedelta(seconds=1))
-    assert log_in(secretary.username, PASSWORD).status_code == 302
+    assert login_post(secretary.username, PASSWORD).status_code == 302
 
 
 def test_a_wrong_password_reads_the_same_for_an_unknown_account(secretary):
-    known = log_in(secretary.username, "wrong guess", ip="192.0.2.1")
-    unknown = log_in("nobody.here", "wrong guess", ip="192.0.2.2")
+    known = login_post(secretary.username, "wrong guess", ip="192.0.2.1")
+    unknown = login_post("nobody.here", "wrong guess", ip="192.0.2.2")
     assert known.status_code == unknown.status_code == 200
-    assert page(known, secretary.username) == page(unknown, "nobody.here")
+    assert login_page_text(known, secretary.username) == login_page_text(unknown, "nobody.here")
     assert "Please enter a correct username and password" in known.text
 
 
@@ -94,20 +68,20 @@ def test_the_lockout_reads_the_same_for_an_unknown_account(secretary):
     known = lock(secretary.username, ip="192.0.2.1")[-1]
     unknown = lock("nobody.here", ip="192.0.2.2")[-1]
     assert known.status_code == unknown.status_code == 429
-    assert page(known) == page(unknown)
+    assert login_page_text(known) == login_page_text(unknown)
     # And trying the right password of the locked account changes nothing in the answer.
-    assert page(log_in(secretary.username, PASSWORD, ip="192.0.2.1")) == page(unknown)
+    assert login_page_text(login_post(secretary.username, PASSWORD, ip="192.0.2.1")) == login_page_text(unknown)
 
 
 def test_one_users_mistakes_never_lock_a_colleague_out_behind_the_same_address(secretary, practitioner):
     lock(secretary.username, ip=OFFICE)
     # The colleague at the next desk, behind the clinic's one address, logs in.
     colleague = Client()
-    assert log_in(practitioner.username, PASSWORD, ip=OFFICE, client=colleague).status_code == 302
+    assert login_post(practitioner.username, PASSWORD, ip=OFFICE, client=colleague).status_code == 302
     assert "_auth_user_id" in colleague.session
     # The one who mistyped waits, from that address only: from home, the password works.
-    assert log_in(secretary.username, PASSWORD, ip=OFFICE).status_code == 429
-    assert log_in(secretary.username, PASSWORD, ip="192.0.2.20").status_code == 302
+    assert login_post(secretary.username, PASSWORD, ip=OFFICE).status_code == 429
+    assert login_post(secretary.username, PASSWORD, ip="192.0.2.20").status_code == 302
 
 
 def test_the_lockout_page_says_only_this_username_from_this_network_waits(secretary):
@@ -117,10 +91,10 @@ def test_the_lockout_page_says_only_this_username_from_this_network_waits(secret
 
 
 def test_five_usernames_tried_from_one_address_lock_nobody(secretary, practitioner):
-    responses = [log_in(f"guess{n}", "wrong", ip=ATTACKER) for n in range(5)]
+    responses = [login_post(f"guess{n}", "wrong", ip=ATTACKER) for n in range(5)]
     assert [r.status_code for r in responses] == [200] * 5
-    assert log_in(practitioner.username, PASSWORD, ip=ATTACKER).status_code == 302
-    assert log_in(secretary.username, PASSWORD, ip=OFFICE).status_code == 302
+    assert login_post(practitioner.username, PASSWORD, ip=ATTACKER).status_code == 302
+    assert login_post(secretary.username, PASSWORD, ip=OFFICE).status_code == 302
 
 
 def test_failures_and_the_lockout_are_in_the_trail(secretary):
@@ -144,7 +118,7 @@ def admin_client(practice_admin):
 def test_a_practice_admin_sees_who_is_locked_and_why(admin_client, secretary):
     lock(secretary.username)
     for n in range(5):
-        log_in(f"guess{n}", "wrong", ip=OFFICE)
+        login_post(f"guess{n}", "wrong", ip=OFFICE)
     response = admin_client.get(LOCKED_URL)
     assert response.status_code == 200
     rows = re.findall(r"<tr>.*?</tr>", response.text, flags=re.S)
@@ -172,7 +146,7 @@ def test_a_practice_admin_lifts_a_lockout(admin_client, practice_admin, secretar
     assert unlock.actor_user_id == practice_admin.pk
     assert unlock.actor_username == practice_admin.username
     assert unlock.extra == {"username": secretary.username, "ip": ATTACKER, "failures": 5}
-    assert log_in(secretary.username, PASSWORD).status_code == 302
+    assert login_post(secretary.username, PASSWORD).status_code == 302
 
 
 def test_deleting_an_attempt_in_admin_is_an_unlock_too(admin_client, practice_admin, secretary):

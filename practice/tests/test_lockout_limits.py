@@ -16,14 +16,13 @@ import re
 import threading
 
 import pytest
+from axes.models import AccessAttempt
 from django.db import connection
 from django.test import Client
 
 from audit.models import AuditEvent, EventType
-from conftest import PASSWORD, client_for
-from practice.tests.test_lockout import LOCKED_URL, elapse, log_in, page
+from config.testing import ATTACKER, LOCKED_URL, PASSWORD, client_for, elapse, login_page_text, login_post
 
-ATTACKER = "203.0.113.66"
 OFFICE = "198.51.100.10"
 WRONG = "Please enter a correct username and password"
 WAITING = "logins from it are slowed down"
@@ -39,7 +38,7 @@ def fail_patiently(username: str, ip: str):
     """A wrong password, as often as needed: an attempt told to wait waits (time passes for the
     lockout) and tries again. The answer to the attempt that was checked."""
     for _ in range(5):
-        response = log_in(username, "wrong", ip)
+        response = login_post(username, "wrong", ip)
         if response.status_code != 429 or WAITING not in response.text:
             return response
         elapse(datetime.timedelta(seconds=int(response["Retry-After"])))
@@ -52,13 +51,13 @@ def fail_patiently(username: str, ip: str):
 def test_an_address_failing_past_ten_is_told_to_wait_a_growing_delay(practitioner, settings):
     assert (settings.LOGIN_ADDRESS_FREE_FAILURES, settings.LOGIN_ADDRESS_DELAY_MAX_SECONDS) == (10, 15)
     # Ten failures, ten usernames: no wait, and nobody is locked.
-    assert [log_in(f"guess{n}", "wrong").status_code for n in range(10)] == [200] * 10
+    assert [login_post(f"guess{n}", "wrong").status_code for n in range(10)] == [200] * 10
     waits = []
     for n in range(10, 16):
-        assert log_in(f"guess{n}", "wrong").status_code == 200  # checked: the wrong password
+        assert login_post(f"guess{n}", "wrong").status_code == 200  # checked: the wrong password
         # The next attempt from the address comes too early, even with a right password.
         client = Client()
-        response = log_in(practitioner.username, PASSWORD, client=client)
+        response = login_post(practitioner.username, PASSWORD, client=client)
         assert response.status_code == 429
         assert WAITING in response.text
         assert "Your password was not checked." in response.text
@@ -68,8 +67,8 @@ def test_an_address_failing_past_ten_is_told_to_wait_a_growing_delay(practitione
     assert waits == [1, 2, 4, 8, 15, 15]
     assert "Try again in 15 seconds." in response.text
     # Waiting was enough: the colleague logs in from that address, and others never waited.
-    assert log_in(practitioner.username, PASSWORD).status_code == 302
-    assert log_in(practitioner.username, PASSWORD, ip=OFFICE).status_code == 302
+    assert login_post(practitioner.username, PASSWORD).status_code == 302
+    assert login_post(practitioner.username, PASSWORD, ip=OFFICE).status_code == 302
     # A wait refuses without checking or counting: it is not a failure of the pair either.
     assert not AuditEvent.objects.filter(event_type=EventType.LOCKOUT).exists()
 
@@ -79,30 +78,30 @@ def test_fifty_failures_lock_the_address_for_every_account(practitioner, setting
     assert settings.LOGIN_ADDRESS_FAILURE_LIMIT == 50
     answers = [fail_patiently(f"guess{n}", ATTACKER).status_code for n in range(50)]
     assert answers == [200] * 49 + [429]
-    response = log_in(practitioner.username, PASSWORD)
+    response = login_post(practitioner.username, PASSWORD)
     assert response.status_code == 429
     assert ADDRESS_LOCKED in response.text
     assert "Try again in 15 minutes" in response.text
     assert response["Retry-After"] == "900"
     # Any other address logs in.
-    assert log_in(practitioner.username, PASSWORD, ip=OFFICE).status_code == 302
+    assert login_post(practitioner.username, PASSWORD, ip=OFFICE).status_code == 302
     lockout = AuditEvent.objects.get(event_type=EventType.LOCKOUT)
     assert lockout.extra == {"username": "guess49", "ip": ATTACKER}
     # Trying while locked does not start the wait again: 15 minutes after the lock, it is over.
     elapse(datetime.timedelta(minutes=10))
-    assert log_in(practitioner.username, "wrong").status_code == 429
+    assert login_post(practitioner.username, "wrong").status_code == 429
     elapse(datetime.timedelta(minutes=5))
-    assert log_in(practitioner.username, PASSWORD).status_code == 302
+    assert login_post(practitioner.username, PASSWORD).status_code == 302
 
 
 def test_a_right_password_is_not_counted_against_the_address(secretary, practitioner, settings):
     settings.LOGIN_ADDRESS_FAILURE_LIMIT = settings.LOGIN_ADDRESS_FREE_FAILURES = 3
-    assert [log_in(f"guess{n}", "wrong").status_code for n in range(2)] == [200, 200]
+    assert [login_post(f"guess{n}", "wrong").status_code for n in range(2)] == [200, 200]
     for _ in range(5):
-        assert log_in(practitioner.username, PASSWORD).status_code == 302
-        assert log_in(secretary.username, PASSWORD).status_code == 302
-    assert log_in("guess2", "wrong").status_code == 429  # the third failure locks
-    assert log_in(practitioner.username, PASSWORD).status_code == 429
+        assert login_post(practitioner.username, PASSWORD).status_code == 302
+        assert login_post(secretary.username, PASSWORD).status_code == 302
+    assert login_post("guess2", "wrong").status_code == 429  # the third failure locks
+    assert login_post(practitioner.username, PASSWORD).status_code == 429
 
 
 # An account across addresses -------------------------------------------------------------------
@@ -110,17 +109,17 @@ def test_a_right_password_is_not_counted_against_the_address(secretary, practiti
 
 def test_an_account_tried_from_many_addresses_is_locked_everywhere(secretary, practitioner, settings):
     assert settings.LOGIN_ACCOUNT_FAILURE_LIMIT == 20
-    answers = [log_in(secretary.username, "wrong", ip=attacker_address(n)).status_code for n in range(20)]
+    answers = [login_post(secretary.username, "wrong", ip=attacker_address(n)).status_code for n in range(20)]
     assert answers == [200] * 19 + [429]
-    response = log_in(secretary.username, PASSWORD, ip=OFFICE)
+    response = login_post(secretary.username, PASSWORD, ip=OFFICE)
     assert response.status_code == 429
     assert ACCOUNT_LOCKED in response.text
     assert "Try again in 15 minutes" in response.text
     # The addresses are not locked, nor the colleagues.
-    assert log_in(practitioner.username, PASSWORD, ip=attacker_address(0)).status_code == 302
-    assert log_in(practitioner.username, PASSWORD, ip=OFFICE).status_code == 302
+    assert login_post(practitioner.username, PASSWORD, ip=attacker_address(0)).status_code == 302
+    assert login_post(practitioner.username, PASSWORD, ip=OFFICE).status_code == 302
     elapse(datetime.timedelta(minutes=15))
-    assert log_in(secretary.username, PASSWORD, ip=OFFICE).status_code == 302
+    assert login_post(secretary.username, PASSWORD, ip=OFFICE).status_code == 302
 
 
 @pytest.mark.slow
@@ -132,7 +131,7 @@ def test_rotating_addresses_checks_at_most_100_passwords_an_hour(secretary):
     for _minute in range(61):
         for _ in range(30):
             address += 1
-            response = log_in(secretary.username, "wrong", ip=f"10.{address // 250}.{address % 250}.1")
+            response = login_post(secretary.username, "wrong", ip=f"10.{address // 250}.{address % 250}.1")
             if response.status_code == 200:
                 checked += 1
                 continue
@@ -149,21 +148,21 @@ def test_rotating_addresses_checks_at_most_100_passwords_an_hour(secretary):
 
 
 def test_an_account_lockout_reads_the_same_for_an_unknown_username(secretary):
-    known = [log_in(secretary.username, "wrong", ip=attacker_address(n)) for n in range(20)][-1]
-    unknown = [log_in("nobody.here", "wrong", ip=attacker_address(n)) for n in range(20)][-1]
+    known = [login_post(secretary.username, "wrong", ip=attacker_address(n)) for n in range(20)][-1]
+    unknown = [login_post("nobody.here", "wrong", ip=attacker_address(n)) for n in range(20)][-1]
     assert known.status_code == unknown.status_code == 429
-    assert page(known) == page(unknown)
+    assert login_page_text(known) == login_page_text(unknown)
     assert known["Retry-After"] == unknown["Retry-After"]
     # And the right password of the locked account changes nothing in the answer.
-    assert page(log_in(secretary.username, PASSWORD, ip=OFFICE)) == page(unknown)
+    assert login_page_text(login_post(secretary.username, PASSWORD, ip=OFFICE)) == login_page_text(unknown)
 
 
 def test_a_wait_reads_the_same_for_an_unknown_username(secretary):
     for n in range(11):
-        log_in(f"guess{n}", "wrong")
-    known, unknown = log_in(secretary.username, PASSWORD), log_in("nobody.here", PASSWORD)
+        login_post(f"guess{n}", "wrong")
+    known, unknown = login_post(secretary.username, PASSWORD), login_post("nobody.here", PASSWORD)
     assert known.status_code == unknown.status_code == 429
-    assert page(known) == page(unknown)
+    assert login_page_text(known) == login_page_text(unknown)
 
 
 def test_the_pages_that_refuse_are_in_french(secretary, settings):
@@ -180,7 +179,7 @@ def test_the_pages_that_refuse_are_in_french(secretary, settings):
     assert "Seul cet identifiant est suspendu, et seulement depuis votre réseau" in text
     settings.LOGIN_ADDRESS_FAILURE_LIMIT, settings.LOGIN_ACCOUNT_FAILURE_LIMIT = 12, 3
     for n in range(11):
-        log_in(f"guess{n}", "wrong")
+        login_post(f"guess{n}", "wrong")
     assert "Réessayez dans 1 seconde." in answer("guess11", ATTACKER)
     assert "Votre mot de passe n’a pas été vérifié." in answer("guess11", ATTACKER)
     elapse(datetime.timedelta(seconds=1))
@@ -202,7 +201,7 @@ def _burst(attempts: list[tuple[str, str]]) -> list[int]:
     def attempt(username: str, ip: str) -> None:
         try:
             barrier.wait(timeout=30)
-            statuses.append(log_in(username, "wrong", ip).status_code)
+            statuses.append(login_post(username, "wrong", ip).status_code)
         finally:
             connection.close()
 
@@ -243,32 +242,28 @@ def _rows(html: str) -> list[str]:
 
 def test_a_practice_admin_sees_and_lifts_an_address_lock(practice_admin, practitioner, settings):
     settings.LOGIN_ADDRESS_FAILURE_LIMIT = settings.LOGIN_ADDRESS_FREE_FAILURES = 3
-    assert [log_in(f"guess{n}", "wrong").status_code for n in range(3)] == [200, 200, 429]
+    assert [login_post(f"guess{n}", "wrong").status_code for n in range(3)] == [200, 200, 429]
     admin = client_for(practice_admin)
     rows = _rows(admin.get(LOCKED_URL, {"locked": "yes"}).text)
     assert len(rows) == 3
     assert all('field-locked">IP address, for every account<' in r for r in rows)
-    from axes.models import AccessAttempt
-
     attempt = AccessAttempt.objects.get(username="guess0")
     admin.post(LOCKED_URL, {"action": "lockout_lift_action", "_selected_action": [attempt.pk], "index": 0})
     unlock = AuditEvent.objects.get(event_type=EventType.UNLOCK)
     assert unlock.extra == {"username": "guess0", "ip": ATTACKER, "failures": 1}
     # Lifting a row lifts the locks it showed: the address is free again.
-    assert log_in(practitioner.username, PASSWORD).status_code == 302
+    assert login_post(practitioner.username, PASSWORD).status_code == 302
     assert 'field-locked">no<' in admin.get(LOCKED_URL).text
 
 
 def test_a_practice_admin_sees_and_lifts_an_account_lock(practice_admin, secretary, settings):
     settings.LOGIN_ACCOUNT_FAILURE_LIMIT = 3
-    answers = [log_in(secretary.username, "wrong", ip=attacker_address(n)).status_code for n in range(3)]
+    answers = [login_post(secretary.username, "wrong", ip=attacker_address(n)).status_code for n in range(3)]
     assert answers == [200, 200, 429]
     admin = client_for(practice_admin)
     rows = _rows(admin.get(LOCKED_URL, {"locked": "yes"}).text)
     assert len(rows) == 3
     assert all('field-locked">account, from every address<' in r for r in rows)
-    from axes.models import AccessAttempt
-
     attempt = AccessAttempt.objects.filter(username=secretary.username).first()
     admin.post(LOCKED_URL, {"action": "lockout_lift_action", "_selected_action": [attempt.pk], "index": 0})
-    assert log_in(secretary.username, PASSWORD, ip=OFFICE).status_code == 302
+    assert login_post(secretary.username, PASSWORD, ip=OFFICE).status_code == 302

@@ -8,8 +8,8 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.core.mail import EmailMessage, get_connection
 
+from config.testing import BREVO_API_KEY, FakeBrevo
 from practice import mail, sms
-from practice.tests.test_sms import API_KEY, FakeBrevo
 
 ADDRESS = "anne-marie.lefevre@example.fr"
 BODY = "Rappel : rendez-vous demain à 9h00."
@@ -23,7 +23,7 @@ def brevo(settings):
     thread.start()
     settings.EMAIL_BACKEND = "practice.mail.BrevoEmailBackend"
     settings.EMAIL_HTTP_URL = server.url.replace("/v3/transactionalSMS/send", "/v3/smtp/email")
-    settings.EMAIL_HTTP_API_KEY = API_KEY
+    settings.EMAIL_HTTP_API_KEY = BREVO_API_KEY
     settings.EMAIL_TIMEOUT = 5
     try:
         yield server
@@ -53,7 +53,7 @@ def test_it_posts_brevos_json_with_the_idempotency_key_and_keeps_the_message_id(
     assert message.send() == 1
     [request] = brevo.requests
     assert request["path"] == "/v3/smtp/email"
-    assert request["headers"]["api-key"] == API_KEY
+    assert request["headers"]["api-key"] == BREVO_API_KEY
     assert request["json"] == {
         "sender": {"email": "cabinet@lilas.example"},
         "to": [{"email": ADDRESS}],
@@ -94,7 +94,7 @@ def test_it_needs_its_key_and_https(settings):
     settings.EMAIL_HTTP_API_KEY = ""
     with pytest.raises(ImproperlyConfigured, match="EMAIL_HTTP_API_KEY"):
         get_connection()
-    settings.EMAIL_HTTP_API_KEY = API_KEY
+    settings.EMAIL_HTTP_API_KEY = BREVO_API_KEY
     settings.EMAIL_HTTP_URL = "http://api.brevo.com/v3/smtp/email"
     with pytest.raises(ImproperlyConfigured, match="https"):
         get_connection()

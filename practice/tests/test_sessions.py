@@ -8,14 +8,18 @@ import time
 import pytest
 from django.conf import settings
 from django.contrib.auth.tokens import default_token_generator
+from django.contrib.sessions.backends.base import UpdateError
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from django.utils.encoding import force_bytes
 from django.utils.http import urlsafe_base64_encode
 
 from audit.models import AuditEvent, EventType
-from conftest import PASSWORD, client_for, log_in, totp_code, totp_device
+from config.testing import PASSWORD, client_for, log_in, totp_code, totp_device
 from practice.models import UserSession
+from practice.sessions import SessionStore
 
 
 def _key(client: Client) -> str:
@@ -160,13 +164,6 @@ def test_it_ends_every_session_when_the_password_is_reset(secretary):
 def test_a_session_saved_outside_a_transaction_is_one_update_and_fails_when_ended_meanwhile():
     """A request saves its session in autocommit, as one UPDATE (no BEGIN/COMMIT); if the
     session was ended meanwhile (log out everywhere), the save fails instead of reviving it."""
-    from django.contrib.sessions.backends.base import UpdateError
-    from django.db import connection
-    from django.test.utils import CaptureQueriesContext
-
-    from practice.models import UserSession
-    from practice.sessions import SessionStore
-
     store = SessionStore()
     store["step"] = 1
     store.create()

@@ -2,64 +2,21 @@
 that answers like Brevo (success, refusals, throttling, errors, silence)."""
 
 import io
-import json
 import logging
 import socket
 import stat
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from django.conf import settings as django_settings
 from django.core.exceptions import ImproperlyConfigured
 
+from config.testing import BREVO_API_KEY, FakeBrevo
 from practice import sms
 
 NUMBER = "+33612345678"
 BODY = "Rappel : rendez-vous demain à 9h00 avec le Dr Martin."
-API_KEY = "xkeysib-test-0123456789"
-
-
-class FakeBrevo(ThreadingHTTPServer):
-    """Records each request and answers with ``self.answer``: (status, JSON body), or
-    ("slow", seconds) to stay silent that long."""
-
-    daemon_threads = True
-
-    def __init__(self):
-        super().__init__(("127.0.0.1", 0), _BrevoHandler)
-        self.requests: list[dict] = []
-        self.answer: tuple = (201, {"messageId": 1511882900176220})
-        self.released = threading.Event()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/v3/transactionalSMS/send"
-
-
-class _BrevoHandler(BaseHTTPRequestHandler):
-    def do_POST(self):
-        length = int(self.headers.get("Content-Length", 0))
-        self.server.requests.append(
-            {
-                "path": self.path,
-                "headers": {k.lower(): v for k, v in self.headers.items()},
-                "json": json.loads(self.rfile.read(length)),
-            }
-        )
-        status, payload = self.server.answer
-        if status == "slow":
-            self.server.released.wait(payload)
-            return
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, format, *args):
-        pass
 
 
 @pytest.fixture
@@ -69,7 +26,7 @@ def brevo(settings):
     thread.start()
     settings.SMS_BACKEND = "practice.sms.BrevoBackend"
     settings.SMS_HTTP_URL = server.url
-    settings.SMS_HTTP_API_KEY = API_KEY
+    settings.SMS_HTTP_API_KEY = BREVO_API_KEY
     settings.SMS_HTTP_TIMEOUT = 5
     settings.SMS_SENDER = "CabinetLilas"[:11]
     try:
@@ -93,7 +50,7 @@ def test_it_posts_brevos_json_with_the_api_key_and_returns_the_message_id(brevo)
 
     [request] = brevo.requests
     assert request["path"] == "/v3/transactionalSMS/send"
-    assert request["headers"]["api-key"] == API_KEY
+    assert request["headers"]["api-key"] == BREVO_API_KEY
     assert request["headers"]["content-type"] == "application/json"
     assert request["headers"]["accept"] == "application/json"
     assert request["json"] == {
@@ -199,9 +156,7 @@ def test_it_refuses_to_send_the_api_key_in_clear_to_another_host(brevo, settings
 
 
 def test_it_defaults_to_brevos_endpoint():
-    from django.conf import settings
-
-    assert settings.SMS_HTTP_URL == "https://api.brevo.com/v3/transactionalSMS/send"
+    assert django_settings.SMS_HTTP_URL == "https://api.brevo.com/v3/transactionalSMS/send"
 
 
 def test_it_prints_to_the_console_by_default(settings, monkeypatch):

@@ -16,10 +16,20 @@ from django_otp.oath import TOTP
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from audit.models import AuditEvent, EventType
-from conftest import PASSWORD, client_for, log_in, make_patient, totp_code, totp_device
+from config.testing import (
+    PASSWORD,
+    book,
+    client_for,
+    log_in,
+    make_patient,
+    make_practitioner,
+    make_type,
+    paris,
+    totp_code,
+    totp_device,
+)
 from practice import twofactor
 from practice.models import RecoveryCode
-from scheduling.tests.factories import book, make_practitioner, make_type, paris
 
 
 def _password_only(client: Client, user) -> None:

@@ -1,5 +1,6 @@
 """Every URL pattern of the project, for every role: the status each one gets, what every
-answer carries (a strict CSP, never a 500), and no existence oracle on object pages.
+answer carries (a strict CSP, never a 500; no caching of a page of patient data or of the
+agenda), and no existence oracle on object pages.
 
 The table below is the access policy in one place. A new URL without an entry fails
 `test_it_has_an_entry_for_every_url`, so nobody adds a page without deciding who may open it.
@@ -15,26 +16,34 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import pytest
+from axes.models import AccessAttempt
 from django.contrib import admin
-from django.contrib.auth.models import Group, User
 from django.contrib.contenttypes.models import ContentType
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 from django.urls.converters import IntConverter, PathConverter, UUIDConverter
 
-from audit.models import AuditEvent, EventType, ReadBlock
-from conftest import PASSWORD, client_for, make_patient, totp_device
+from audit.models import Anomaly, AnomalyKind, AuditEvent, EventType, ReadBlock, Severity
+from config.testing import (  # DAY: a Monday the practitioners work
+    DAY,
+    book,
+    client_for,
+    make_patient,
+    make_practitioner,
+    make_type,
+    paris,
+    totp_device,
+    user_create,
+)
 from patients.models import Patient
 from patients.services import break_glass_open
+from practice.models import Clinic
 from practice.roles import SECRETARY
 from scheduling.models import Absence
-from scheduling.tests.factories import book, make_practitioner, make_type, paris
 from scheduling.urls import AgendaDateConverter
 
 # Slow (a real worker, a subprocess, a browser or much data): `make test-fast` skips it.
 pytestmark = pytest.mark.slow
-
-DAY = paris(2030, 3, 4).date()  # a Monday the practitioners work
 
 
 # ---------------------------------------------------------------------------------------------
@@ -94,8 +103,9 @@ def _logged_in(expected, **overrides) -> Row:
     return Row(LOGIN, *[expected] * 5, **overrides)
 
 
-# URL objects: `pk` of patients: and investigations: URLs is the patient Dr Martin (`practitioner`) has an
-# appointment with; of scheduling: URLs, that appointment, or Dr Martin's practitioner id.
+# URL objects (OBJECT_IDS): `pk` of patients: and investigations: URLs is the patient Dr Martin
+# (`practitioner`) has an appointment with, or an anomaly's id; of scheduling: URLs, that
+# appointment, or Dr Martin's practitioner id.
 # POST-only views answer a GET with 405 once the login and the second factor are done.
 TABLE: dict[str, Row] = {
     # Accounts and the second factor
@@ -154,6 +164,10 @@ TABLE: dict[str, Row] = {
     "investigations:anomaly_review": _logged_in(405),  # POST only, with a note
     "investigations:read_chart": Row(LOGIN, 403, 403, 403, 200, 403),
 }
+
+# Pages of patient data and of the agenda: no browser or proxy keeps a copy of a 200.
+NO_STORE = ("patients:", "scheduling:", "investigations:")
+NO_STORE_EXCEPT = {"scheduling:colours"}  # the appointment types' colours: a stylesheet, private, 5 minutes
 
 # Admin views that are not a model's, for a practice admin (other roles: the admin rule).
 ADMIN_SITE = {
@@ -249,6 +263,9 @@ class World:
 
 @pytest.fixture
 def world(secretary, practitioner, other_practitioner, practice_admin, outsider) -> World:
+    """The clinic every URL is filled from. Bookings and patients through the services; rows
+    no service writes (an absence, a failed login, a read block, an anomaly) as raw rows,
+    what admin, django-axes, the read budget and the anomaly scan write."""
     doctor = make_practitioner(practitioner.username)
     other_doctor = make_practitioner(other_practitioner.username)
     kind = make_type(doctor, other_doctor)
@@ -258,8 +275,6 @@ def world(secretary, practitioner, other_practitioner, practice_admin, outsider)
     others_appointment = book(other_doctor, others_patient, kind, paris(2030, 3, 4, 10), reason="Vaccin")
     unseen_patient = make_patient(last_name="Roux", first_names="Léon", email="", nir="", phone_mobile="")
     Absence.objects.create(practitioner=doctor, start=paris(2030, 3, 11, 8), end=paris(2030, 3, 11, 19))
-
-    from axes.models import AccessAttempt
 
     AccessAttempt.objects.create(
         username="someone",
@@ -271,8 +286,6 @@ def world(secretary, practitioner, other_practitioner, practice_admin, outsider)
         post_data="",
         failures_since_start=1,
     )
-
-    from practice.models import Clinic
 
     Clinic.current()
 
@@ -291,8 +304,6 @@ def world(secretary, practitioner, other_practitioner, practice_admin, outsider)
     )
 
     # An anomaly signal about someone outside the personas.
-    from audit.models import Anomaly, AnomalyKind, Severity
-
     anomaly = Anomaly.objects.create(
         key="world",
         kind=AnomalyKind.OUT_OF_HOURS,
@@ -308,8 +319,7 @@ def world(secretary, practitioner, other_practitioner, practice_admin, outsider)
         evidence={"start": "2030-03-04T21:00:00+00:00", "end": "2030-03-04T22:00:00+00:00", "event_types": [1]},
     )
 
-    unenrolled = User.objects.create_user("nina.new", password=PASSWORD)
-    unenrolled.groups.add(Group.objects.get(name=SECRETARY))
+    unenrolled = user_create("nina.new", SECRETARY)
     users = {
         "secretary": secretary,
         "practitioner": practitioner,
@@ -355,37 +365,49 @@ class Objects:
     practitioner: int
 
 
+# The object an app URL's id stands for, by namespace and converter (see `Objects`).
+OBJECT_IDS = {
+    ("patients", UUIDConverter): "patient",
+    ("investigations", UUIDConverter): "patient",
+    ("scheduling", UUIDConverter): "appointment",
+    ("scheduling", IntConverter): "practitioner",
+    ("investigations", IntConverter): "anomaly",
+}
+
+
+def _app_value(pattern: Pattern, name: str, converter, world: World, objects: Objects):
+    """What fills <name> in an app URL: a day, the bogus reset link, or an object's id."""
+    if isinstance(converter, AgendaDateConverter):
+        return DAY
+    if pattern.key == "password_reset_confirm":
+        return {"uidb64": "MQ", "token": "not-a-real-token"}[name]
+    what = OBJECT_IDS.get((pattern.key.split(":")[0], type(converter)))
+    if what is None:
+        pytest.fail(f"{pattern.key}: no rule to fill <{name}> ({type(converter).__name__}): add one to OBJECT_IDS")
+    return world.anomaly if what == "anomaly" else getattr(objects, what)
+
+
+def _admin_value(pattern: Pattern, name: str, converter, world: World, objects: Objects):
+    """What fills <name> in an admin URL: a content type, the patient, or a real row's id."""
+    if name == "content_type_id":
+        return ContentType.objects.get_for_model(Patient).pk
+    if pattern.key == "admin:view_on_site" and name == "object_id":
+        return world.patient.pk
+    if not (isinstance(converter, PathConverter) or name in ("id", "pk")):
+        pytest.fail(f"{pattern.key}: no rule to fill <{name}> ({type(converter).__name__}): add one to _admin_value")
+    model = _admin_model(pattern)
+    if model is None or world.admin_rows.get(model) is None:
+        pytest.fail(f"{pattern.key}: no row to fill <{name}> with: create one in the `world` fixture")
+    return world.admin_rows[model]
+
+
 def _kwargs(pattern: Pattern, world: World, objects: Objects) -> list[dict]:
     """The keyword arguments that fill this pattern (several for admin:app_list)."""
-    kwargs = {}
-    for name, converter in pattern.converters.items():
-        if isinstance(converter, UUIDConverter) and pattern.key.startswith(("patients:", "investigations:")):
-            kwargs[name] = objects.patient
-        elif isinstance(converter, UUIDConverter) and pattern.key.startswith("scheduling:"):
-            kwargs[name] = objects.appointment
-        elif isinstance(converter, IntConverter) and pattern.key.startswith("scheduling:"):
-            kwargs[name] = objects.practitioner
-        elif isinstance(converter, IntConverter) and pattern.key.startswith("investigations:"):
-            kwargs[name] = world.anomaly
-        elif isinstance(converter, AgendaDateConverter):
-            kwargs[name] = DAY
-        elif pattern.key == "password_reset_confirm":
-            kwargs[name] = {"uidb64": "MQ", "token": "not-a-real-token"}[name]
-        elif pattern.is_admin and name == "content_type_id":
-            kwargs[name] = ContentType.objects.get_for_model(Patient).pk
-        elif pattern.key == "admin:view_on_site" and name == "object_id":
-            kwargs[name] = world.patient.pk
-        elif pattern.is_admin and (isinstance(converter, PathConverter) or name in ("id", "pk")):
-            model = _admin_model(pattern)
-            if model is None or world.admin_rows.get(model) is None:
-                pytest.fail(f"{pattern.key}: no row to fill <{name}> with: create one in the `world` fixture")
-            kwargs[name] = world.admin_rows[model]
-        else:
-            pytest.fail(f"{pattern.key}: no rule to fill <{name}> ({type(converter).__name__}): add one to _kwargs")
     if pattern.key == "admin:app_list":
         labels = sorted({model._meta.app_label for model in admin.site._registry})
         return [{"app_label": label} for label in labels]
-    return [kwargs]
+    fill = _admin_value if pattern.is_admin else _app_value
+    return [{name: fill(pattern, name, converter, world, objects) for name, converter in pattern.converters.items()}]
 
 
 def _url(pattern: Pattern, kwargs: dict) -> str:
@@ -402,24 +424,35 @@ def _url(pattern: Pattern, kwargs: dict) -> str:
 # Admin: one rule
 
 
+# Before the admin is reached: the login, the second factor, its set-up.
+ADMIN_BEFORE = {"anonymous": "to login", "unverified": VERIFY, "unenrolled": SETUP}
+
+
 def _admin_expectation(pattern: Pattern, role: str, user, kwargs: dict, world: World):
     """What a role gets from an admin URL. Only the practice admin is staff; every other role is
     sent from the admin's login to the app's (anonymous) or refused (403)."""
-    if role == "anonymous":
-        return "to login"
-    if role == "unverified":
-        return VERIFY
-    if role == "unenrolled":
-        return SETUP
+    if role in ADMIN_BEFORE:
+        return ADMIN_BEFORE[role]
     if not user.is_staff:
         return "refused"
     if pattern.key in ADMIN_SITE:
-        expected = ADMIN_SITE[pattern.key]
-        if expected == "app perms":
-            return 200 if user.has_module_perms(kwargs["app_label"]) else 404
-        if expected == "object page":
-            return Redirect(world.patient.get_absolute_url())
-        return expected
+        return _admin_site_expectation(pattern, user, kwargs, world)
+    return _model_admin_expectation(pattern, user, kwargs)
+
+
+def _admin_site_expectation(pattern: Pattern, user, kwargs: dict, world: World):
+    """A view of the admin site itself (ADMIN_SITE), for a staff user."""
+    expected = ADMIN_SITE[pattern.key]
+    if expected == "app perms":
+        return 200 if user.has_module_perms(kwargs["app_label"]) else 404
+    if expected == "object page":
+        return Redirect(world.patient.get_absolute_url())
+    return expected
+
+
+def _model_admin_expectation(pattern: Pattern, user, kwargs: dict):
+    """A model admin's view, for a staff user: what their permissions allow, less what the
+    model admin refuses to anyone (ADMIN_REFUSES)."""
     model = _admin_model(pattern)
     if model is None:
         pytest.fail(f"{pattern.key}: an admin URL outside any model admin: add it to ADMIN_SITE")
@@ -511,6 +544,20 @@ def _check_admin(client, response, expected, problems, where):
         problems.append(f"{where}: expected {expected!r}, got {_describe(response)}")
 
 
+def _check_app(response, pattern: Pattern, role: str, problems: list[str], where: str) -> None:
+    """The TABLE's answer; and a page of patient data or of the agenda that answers 200 says
+    ``Cache-Control: no-store`` (NO_STORE)."""
+    expected = getattr(TABLE[pattern.key], role)
+    if not _matches(response, expected):
+        problems.append(f"{where}: expected {expected!r}, got {_describe(response)}")
+    elif response.status_code == 200 and _no_store(pattern) and "no-store" not in response.get("Cache-Control", ""):
+        problems.append(f"{where}: 200 without Cache-Control: no-store ({response.get('Cache-Control')!r})")
+
+
+def _no_store(pattern: Pattern) -> bool:
+    return pattern.key.startswith(NO_STORE) and pattern.key not in NO_STORE_EXCEPT
+
+
 # ---------------------------------------------------------------------------------------------
 # Tests
 
@@ -553,9 +600,7 @@ def test_it_answers_every_url_as_the_table_says(role, world):
                 expected = _admin_expectation(pattern, role, user, kwargs, world)
                 _check_admin(client, response, expected, problems, where)
             else:
-                expected = getattr(TABLE[pattern.key], role)
-                if not _matches(response, expected):
-                    problems.append(f"{where}: expected {expected!r}, got {_describe(response)}")
+                _check_app(response, pattern, role, problems, where)
     assert checked > 100
     assert not problems, "\n".join(problems)
 

@@ -8,7 +8,7 @@ from django.test import Client
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from audit.models import AuditEvent, EventType
-from conftest import PASSWORD, client_for, totp_device
+from config.testing import PASSWORD, client_for, totp_device
 from practice import twofactor
 from practice.models import RecoveryCodeDevice, UserSession
 from practice.roles import PRACTICE_ADMIN

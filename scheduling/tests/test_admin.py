@@ -7,11 +7,9 @@ import pytest
 from django.contrib.auth.models import User
 
 from audit.models import AuditEvent, EventType
-from audit.tests.helpers import valid_nir
-from conftest import client_for, make_patient
+from config.testing import book, client_for, make_patient, make_practitioner, make_type, paris, valid_nir
 from practice.models import Practitioner, Specialty
 from scheduling.models import Absence, Appointment, AppointmentType, WorkingHours
-from scheduling.tests.factories import book, make_practitioner, make_type, paris
 
 MONDAY = (2026, 3, 2)
 

@@ -13,15 +13,13 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings
-from django.contrib.auth.models import Group, User
 from django.utils import timezone
 from django_otp.oath import TOTP
 from playwright.sync_api import sync_playwright
 
-from conftest import PASSWORD, totp_code, totp_device
-from practice.models import Practitioner, Specialty
+from config.testing import PASSWORD, make_type, practitioner_create, totp_code, totp_device, user_create
 from practice.roles import PRACTITIONER, SECRETARY
-from scheduling.models import Appointment, AppointmentType, Weekday, WorkingHours
+from scheduling.models import Appointment
 
 # Slow (a real worker, a subprocess, a browser or much data): `make test-fast` skips it.
 pytestmark = pytest.mark.slow
@@ -44,22 +42,9 @@ def _daytime_zone() -> str:
 @pytest.fixture
 def clinic(transactional_db, settings):
     settings.TIME_ZONE = _daytime_zone()
-    from practice.roles import roles_sync
-
-    roles_sync()
-    secretary = User.objects.create_user("claire.secretary", password=PASSWORD)
-    secretary.groups.add(Group.objects.get(name=SECRETARY))
-    doctor_user = User.objects.create_user("dr.leroy", password=PASSWORD)
-    doctor_user.groups.add(Group.objects.get(name=PRACTITIONER))
-    doctor = Practitioner.objects.create(
-        user=doctor_user, display_name="Dr Paul Leroy", specialty=Specialty.objects.create(name="Médecine générale")
-    )
-    for weekday in Weekday:
-        WorkingHours.objects.create(
-            practitioner=doctor, weekday=weekday, start_time=datetime.time(0, 0), end_time=datetime.time(23, 55)
-        )
-    consultation = AppointmentType.objects.create(name="Consultation", duration_minutes=20, colour="#2f80ed")
-    consultation.practitioners.add(doctor)
+    secretary = user_create("claire.secretary", SECRETARY)
+    doctor = practitioner_create(user_create("dr.leroy", PRACTITIONER), "Dr Paul Leroy", hours=((0, 0, 23, 55),))
+    consultation = make_type(doctor, colour="#2f80ed")
     return {"secretary": secretary, "doctor": doctor, "type": consultation}
 
 

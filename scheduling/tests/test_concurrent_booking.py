@@ -7,13 +7,12 @@ PostgreSQL relies on the exclusion constraint; SQLite on immediate transactions.
 import threading
 
 import pytest
-from django.db import connection
+from django.db import IntegrityError, connection, transaction
 
 from audit.context import system_context
-from conftest import make_patient
+from config.testing import make_patient, make_practitioner, make_type, paris
 from scheduling import services
 from scheduling.models import Appointment
-from scheduling.tests.factories import make_practitioner, make_type, paris
 
 ATTEMPTS = 50
 
@@ -64,9 +63,8 @@ def test_it_gives_a_contested_slot_to_exactly_one_booking(roles):
 
 def test_it_has_the_database_refuse_an_overlap_that_skips_the_service(roles, patient):
     """On PostgreSQL the exclusion constraint has the last word, even against code that
-    forgets the service; SQLite has no such constraint, which is why booking serializes."""
-    from django.db import IntegrityError, transaction
-
+    forgets the service; SQLite has no such constraint, which is why booking serializes. (The
+    clashing appointment is a raw row on purpose: it is the code that skips the service.)"""
     doctor = make_practitioner()
     consultation = make_type(doctor)
     first = services_book(doctor, patient, consultation)

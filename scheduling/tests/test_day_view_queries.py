@@ -13,9 +13,8 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from audit.models import AuditEvent, EventType
-from conftest import client_for, make_patient
+from config.testing import DAY, at, book, client_for, make_doctor, make_patient, make_type
 from practice.models import Practitioner
-from scheduling.tests.conftest import DAY, at, book, make_doctor, make_type
 
 # The trail write (audit/services.py): the chain's statements (tagged) and the INSERT of the
 # reads, which on PostgreSQL also upserts the read budget's tally (WITH trail AS (INSERT ...)).

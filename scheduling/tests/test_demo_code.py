@@ -12,7 +12,7 @@ from django.test import Client, override_settings
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from audit.models import AuditEvent, EventType
-from conftest import totp_device
+from config.testing import totp_device
 from scheduling.management.commands.seed_demo import DEFAULT_PASSWORD, USERS
 
 pytestmark = pytest.mark.django_db

@@ -6,9 +6,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from conftest import make_patient
+from config.testing import book, make_doctor, make_patient, make_type, practitioner_create
 from scheduling import availability, services
-from scheduling.tests.conftest import book, make_doctor, make_type
 
 PARIS = ZoneInfo("Europe/Paris")
 AUTUMN = datetime.date(2027, 10, 31)  # 03:00 CEST -> 02:00 CET: 02:00-02:59 happen twice
@@ -62,11 +61,7 @@ def test_a_move_and_a_change_of_type_keep_real_durations_across_the_change(pract
 
 def test_free_slots_over_the_autumn_change_are_of_real_length(practitioner):
     """A practitioner who works through the night of the change (an on-call night)."""
-    from scheduling.models import WorkingHours
-
-    doctor = make_doctor(practitioner, "Dr Claire Martin")
-    WorkingHours.objects.filter(practitioner=doctor).delete()
-    WorkingHours.objects.create(practitioner=doctor, weekday=6, start_time=datetime.time(1), end_time=datetime.time(4))
+    doctor = practitioner_create(practitioner, "Dr Claire Martin", days=(6,), hours=((1, 0, 4, 0),))
     after = datetime.datetime(2027, 10, 31, 0, 30, tzinfo=PARIS)
     slots = availability.free_slots(
         practitioner_id=doctor.pk, duration_minutes=20, after=after, count=20, horizon_days=0

@@ -12,7 +12,6 @@ import datetime
 import re
 import secrets
 import threading
-import time
 
 import pytest
 from django.db import connection, transaction
@@ -23,12 +22,12 @@ from django.utils import timezone
 from audit.chain import ADVISORY_LOCK_ID
 from audit.context import system_context
 from audit.models import AuditEvent, EventType
-from conftest import client_for, make_patient
+from config.testing import DAY, at, book, client_for, make_patient, today, wait_until
 from patients.models import Patient
+from practice.models import FormSubmission
 from practice.tasks import sessions_purge
 from scheduling import services
 from scheduling.models import Appointment, AppointmentStatus
-from scheduling.tests.conftest import DAY, at, book, today
 
 KEY = "submission_key"
 
@@ -395,10 +394,8 @@ def test_a_retry_while_the_first_is_still_at_work_waits_for_it_and_answers_with_
         threads = [threading.Thread(target=send, args=(name,)) for name in ("first", "retry")]
         for thread in threads:
             thread.start()
-        deadline = time.monotonic() + 60
-        while _waiting_locks() < 2:  # one at the trail's lock, the other behind it
-            assert time.monotonic() < deadline, "the two requests never both waited"
-            time.sleep(0.01)
+        # One at the trail's lock, the other behind it.
+        wait_until(lambda: _waiting_locks() >= 2, "the two requests to both wait", interval=0.01)
     for thread in threads:
         thread.join(timeout=120)
 
@@ -451,8 +448,6 @@ def test_it_does_not_warn_for_another_practitioner_a_cancelled_one_or_one_weeks_
 
 
 def test_keys_are_purged_with_the_expired_sessions(secretary, doctor, consultation, patient):
-    from practice.models import FormSubmission
-
     client = client_for(secretary)
     client.post(reverse("scheduling:book"), {**_booking(doctor, consultation, patient), KEY: _key()})
     client.post(

@@ -8,11 +8,10 @@ from django.core.exceptions import ValidationError
 
 from audit.context import system_context
 from audit.models import AuditEvent, EventType
-from conftest import make_patient
+from config.testing import DAY, at, book, make_patient
 from patients.models import Patient
 from scheduling import services
 from scheduling.models import Appointment
-from scheduling.tests.conftest import DAY, at, book
 
 NEW = {
     "last_name": "Morel",

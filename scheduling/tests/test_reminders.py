@@ -14,14 +14,14 @@ from django.utils import timezone
 from kombu.exceptions import OperationalError
 
 from audit.context import system_context
-from audit.tests.helpers import patient_key, reads
-from conftest import client_for, make_patient
+from config.celery import app as celery_app
+from config.testing import DAY, at, book, client_for, make_patient, patient_key, reads
+from patients.services import patient_archive, patient_restore, patient_update
 from practice import sms
 from practice.models import Clinic
 from scheduling import services, tasks
 from scheduling.models import AppointmentStatus, Reminder, ReminderChannel, ReminderStatus
 from scheduling.reminders import reminders_plan
-from scheduling.tests.conftest import DAY, at, book
 
 REASON, NOTE = "Douleur au genou droit", "Préfère le matin"
 
@@ -29,10 +29,8 @@ REASON, NOTE = "Douleur au genou droit", "Préfère le matin"
 @pytest.fixture(autouse=True)
 def _outboxes(settings, db):
     # Eager whatever CELERY_BROKER_URL says (CI sets one): the app read it at start-up.
-    from config.celery import app
-
-    eager = app.conf.task_always_eager
-    app.conf.task_always_eager = True
+    eager = celery_app.conf.task_always_eager
+    celery_app.conf.task_always_eager = True
     settings.SMS_BACKEND = "practice.sms.LocmemBackend"
     settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
     settings.REMINDERS_ENABLED = True
@@ -41,7 +39,7 @@ def _outboxes(settings, db):
     sms.outbox.clear()
     yield
     sms.outbox.clear()
-    app.conf.task_always_eager = eager
+    celery_app.conf.task_always_eager = eager
 
 
 @pytest.fixture
@@ -461,8 +459,6 @@ def test_another_practitioner_sees_no_reminders_of_an_appointment_not_theirs(oth
 
 
 def _update(patient, **data):
-    from patients.services import patient_update
-
     with system_context("tests"):
         return patient_update(patient=patient, data=data, actor=None)
 
@@ -492,8 +488,6 @@ def test_a_mobile_number_added_after_booking_plans_the_sms(doctor, consultation,
 
 
 def test_archiving_a_patient_cancels_their_reminders_and_restoring_plans_them_again(booked, consenting):
-    from patients.services import patient_archive, patient_restore
-
     with system_context("tests"):
         patient_archive(patient=consenting, actor=None)
     assert {status for _c, _k, status in _rows(booked)} == {"cancelled"}

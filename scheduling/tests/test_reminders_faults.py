@@ -37,26 +37,28 @@ from django.db import connection, connections
 from django.urls import reverse
 from django.utils import timezone
 
+from audit.chain import ADVISORY_LOCK_ID
 from audit.models import AuditEvent, EventType
-from conftest import TEST_BROKER_URL, broker_connections_drop, client_for, make_patient
+from config.testing import (
+    PARIS,
+    TEST_BROKER_URL,
+    book,
+    broker_connections_drop,
+    client_for,
+    make_doctor,
+    make_patient,
+    make_type,
+    wait_until,
+)
 from practice import sms
 from practice.models import Clinic
 from scheduling.models import Appointment, Reminder, ReminderStatus
 from scheduling.tasks import reminder_send, reminders_sweep
-from scheduling.tests.conftest import book, make_doctor, make_type
-from scheduling.tests.factories import PARIS
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 API_KEY = "xkeysib-test-0123456789"
 READY_TIMEOUT = 90  # a worker process starting on a loaded 2-core machine
-
-
-def _wait_until(predicate, what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 def _reminder_reads(patient) -> int:
@@ -307,17 +309,6 @@ def trail_refuses_reminders():
 
 
 @pytest.fixture
-def eager():
-    """Tasks run in the caller's process, as with no broker (the embedded default)."""
-    from config.celery import app
-
-    saved = app.conf.task_always_eager
-    app.conf.task_always_eager = True
-    yield
-    app.conf.task_always_eager = saved
-
-
-@pytest.fixture
 def locmem_outboxes(settings):
     settings.SMS_BACKEND = "practice.sms.LocmemBackend"
     settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
@@ -392,10 +383,11 @@ def test_an_email_interrupted_by_a_killed_worker_is_delivered_exactly_once_after
 
     killed_at = time.monotonic()
     group.start()  # the same worker, restarted: its start-up sweep takes up the claim
-    _wait_until(
+    wait_until(
         lambda: Reminder.objects.get().status == ReminderStatus.SENT,
         f"the reminder to be sent after the restart\n{_worker_log(tmp_path)}",
-        READY_TIMEOUT,
+        timeout=READY_TIMEOUT,
+        interval=0.1,
     )
     taken_up_in = time.monotonic() - killed_at
 
@@ -422,10 +414,11 @@ def test_an_sms_interrupted_by_a_killed_worker_is_never_sent_twice(hold, agenda,
     server.release.set()
 
     group.start()
-    _wait_until(
+    wait_until(
         lambda: Reminder.objects.get().status == ReminderStatus.FAILED,
         f"the interrupted SMS to be closed after the restart\n{_worker_log(tmp_path)}",
-        READY_TIMEOUT,
+        timeout=READY_TIMEOUT,
+        interval=0.1,
     )
     assert Reminder.objects.get().error == "interrupted"
     assert len(server.requests) == 1
@@ -451,8 +444,6 @@ def test_a_worker_killed_inside_its_claim_leaves_no_row_no_message_and_the_resta
     claim and its audit row back together; the message that was queued before the kill (not
     acknowledged: it is lost with the worker until Redis's visibility time-out) is queued again
     by the restart's sweep."""
-    from audit.chain import ADVISORY_LOCK_ID
-
     doctor, kind, patient, server, group = _book_with_worker_up(agenda, brevo_setup, workers, email=True)
     book(doctor, patient, kind, _day_after_tomorrow_at_ten())  # queued; no worker is up yet
     holder = connections.create_connection("default")
@@ -466,8 +457,11 @@ def test_a_worker_killed_inside_its_claim_leaves_no_row_no_message_and_the_resta
                 cursor.execute(CHAIN_LOCK_WAIT)
                 return cursor.fetchone()[0] > 0
 
-            _wait_until(
-                claim_waits, f"the worker's claim to wait on the chain lock\n{_worker_log(tmp_path)}", READY_TIMEOUT
+            wait_until(
+                claim_waits,
+                f"the worker's claim to wait on the chain lock\n{_worker_log(tmp_path)}",
+                timeout=READY_TIMEOUT,
+                interval=0.1,
             )
         group.kill()
     finally:
@@ -481,10 +475,11 @@ def test_a_worker_killed_inside_its_claim_leaves_no_row_no_message_and_the_resta
     assert server.requests == []
 
     group.start()
-    _wait_until(
+    wait_until(
         lambda: Reminder.objects.get().status == ReminderStatus.SENT,
         f"the reminder to be sent after the restart\n{_worker_log(tmp_path)}",
-        READY_TIMEOUT,
+        timeout=READY_TIMEOUT,
+        interval=0.1,
     )
     assert len(server.deliveries) == 1
     assert server.requests[0]["audited"] == 1
@@ -532,7 +527,7 @@ def paused_redis(tmp_path):
         except OSError:
             return False
 
-    _wait_until(answers, "the test's Redis to start", 30)
+    wait_until(answers, "the test's Redis to start", timeout=30, interval=0.1)
     server.send_signal(signal.SIGSTOP)
     try:
         yield server, url

@@ -7,58 +7,34 @@ queues `reminder_send` without naming a queue, and only this test's worker must 
 """
 
 import datetime
-import threading
 import time
 
 import pytest
 from celery.contrib.testing.worker import start_worker
-from celery.signals import task_postrun
 from django.core import mail
 from django.utils import timezone
 
-from audit.tests.helpers import reads
-from conftest import TEST_BROKER_URL, broker_connections_drop, make_patient
+from config.testing import (
+    DAY,
+    TEST_BROKER_URL,
+    TaskRuns,
+    at,
+    book,
+    broker_connections_drop,
+    make_doctor,
+    make_patient,
+    make_type,
+    reads,
+)
 from practice import sms
 from practice.models import Clinic
 from scheduling.models import Reminder, ReminderStatus
 from scheduling.tasks import reminders_sweep
-from scheduling.tests.conftest import DAY, at, book, make_doctor, make_type
 
 DEAD_BROKER_URL = "redis://127.0.0.1:1/14"  # nothing listens there: the broker is down
 
 # Slow (a real worker, a subprocess, a browser or much data): `make test-fast` skips it.
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
-
-
-class Finished:
-    """Counts task runs by name, as the worker reports them."""
-
-    def __init__(self):
-        self.runs: list[tuple[str, str, object]] = []
-        self.changed = threading.Condition()
-
-    def __call__(self, task=None, state=None, retval=None, **kwargs):
-        with self.changed:
-            self.runs.append((task.name.rsplit(".", 1)[-1], state, retval))
-            self.changed.notify_all()
-
-    def wait_for(self, name: str, count: int, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        with self.changed:
-            while sum(1 for n, _s, _r in self.runs if n == name) < count:
-                left = deadline - time.monotonic()
-                assert left > 0, f"the worker ran {self.runs}, not {count} x {name}"
-                self.changed.wait(left)
-
-
-@pytest.fixture
-def finished():
-    tracker = Finished()
-    task_postrun.connect(tracker, weak=False)
-    try:
-        yield tracker
-    finally:
-        task_postrun.disconnect(tracker)
 
 
 @pytest.fixture(autouse=True)
@@ -81,7 +57,7 @@ def agenda(practitioner):
     return doctor, make_type(doctor), make_patient(consent_sms=True, consent_email=True, language="en")
 
 
-def _sweep_in_worker(finished: Finished, *, sweeps: int, sends: int) -> None:
+def _sweep_in_worker(finished: TaskRuns, *, sweeps: int, sends: int) -> None:
     reminders_sweep.delay()
     # Only the worker touches the database until its tasks are over (SQLite's shared
     # in-memory test database takes one writer at a time).

@@ -4,19 +4,20 @@ import io
 import os
 import subprocess
 import sys
-import zoneinfo
 from pathlib import Path
 
 import phonenumbers
 import pytest
+import time_machine
 from django.contrib.auth.models import User
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
 from audit.context import system_context
 from audit.models import AuditEvent, EventType
+from config.testing import PARIS, today
 from patients.access import patient_queryset_for
-from patients.models import Patient
+from patients.models import Patient, full_name_index
 from patients.validators import validate_nir
 from practice.models import Practitioner
 from practice.roles import PRACTICE_ADMIN, PRACTITIONER, SECRETARY, role_of
@@ -30,22 +31,9 @@ pytestmark = [pytest.mark.django_db, pytest.mark.slow]
 DEMO_PASSWORD = "a demo password for tests"
 
 
-@pytest.fixture(autouse=True)
-def _fast_hasher(settings):
-    # Five accounts per run: PBKDF2 at production cost would dominate these tests.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 @pytest.fixture
 def demo_password(monkeypatch):
     monkeypatch.setenv("DEMO_PASSWORD", DEMO_PASSWORD)
-
-
-PARIS = zoneinfo.ZoneInfo("Europe/Paris")
-
-
-def today() -> datetime.date:
-    return timezone.now().astimezone(PARIS).date()
 
 
 def seed(**options) -> str:
@@ -208,8 +196,6 @@ def test_it_seeds_valid_phones_and_nirs(demo_password):
 
 
 def test_it_computes_blind_indexes(demo_password):
-    from patients.models import full_name_index
-
     seed(patients=30)
     assert not Patient.objects.filter(bidx_full_name__isnull=True).exists()
     assert not Patient.objects.filter(bidx_phone_mobile__isnull=True).exists()
@@ -253,24 +239,24 @@ NOWS = {
 }
 
 
-def _clock_set(request, monkeypatch) -> datetime.datetime:
-    """Seed at this moment: the command reads the clock through django.utils.timezone.now."""
-    if request.param == "real":
-        return timezone.now()
-    moment = NOWS[request.param]
-    monkeypatch.setattr(timezone, "now", lambda: moment.astimezone(datetime.UTC))
-    return moment
+def _clock_at(name: str):
+    """Seed at this moment, the clock stopped there for the test (time-machine); "real": now."""
+    if name == "real":
+        yield timezone.now()
+        return
+    with time_machine.travel(NOWS[name], tick=False):
+        yield NOWS[name]
 
 
 @pytest.fixture(params=["real", *NOWS])
-def now(request, monkeypatch):
-    return _clock_set(request, monkeypatch)
+def now(request):
+    yield from _clock_at(request.param)
 
 
 @pytest.fixture(params=["real", "after-spring-dst"])
-def a_now(request, monkeypatch):
+def a_now(request):
     """Fewer moments, for what does not depend much on the clock."""
-    return _clock_set(request, monkeypatch)
+    yield from _clock_at(request.param)
 
 
 def fortnight_appointments():
@@ -425,13 +411,15 @@ def test_statuses_follow_the_clock(demo_password, now):
             assert a.arrived_at < a.consultation_started_at < a.done_at
 
 
-def test_today_is_under_way_on_a_weekday_morning(demo_password, monkeypatch):
+def test_today_is_under_way_on_a_weekday_morning(demo_password):
     moment = NOWS["tuesday-10:05"]
-    monkeypatch.setattr(timezone, "now", lambda: moment.astimezone(datetime.UTC))
-    seed(patients=200, seed=13)
-    todays = collections.Counter(
-        a.status for a in fortnight_appointments() if local_day(a.start) == moment.date() and a.status != "cancelled"
-    )
+    with time_machine.travel(moment, tick=False):
+        seed(patients=200, seed=13)
+        todays = collections.Counter(
+            a.status
+            for a in fortnight_appointments()
+            if local_day(a.start) == moment.date() and a.status != "cancelled"
+        )
     assert todays[AppointmentStatus.DONE] >= 6  # three practitioners since 8:30 or 9:00
     assert todays[AppointmentStatus.BOOKED] >= 20
     assert todays[AppointmentStatus.IN_CONSULTATION] + todays[AppointmentStatus.ARRIVED] >= 1
@@ -457,15 +445,14 @@ def test_re_running_adds_nothing(demo_password, a_now):
     assert Absence.objects.count() == 1
 
 
-def test_a_run_days_later_fills_only_the_new_days(demo_password, monkeypatch):
+def test_a_run_days_later_fills_only_the_new_days(demo_password):
     first = NOWS["tuesday-10:05"]
-    monkeypatch.setattr(timezone, "now", lambda: first.astimezone(datetime.UTC))
-    seed(patients=100, seed=23)
-    per_day = collections.Counter((a.practitioner_id, local_day(a.start)) for a in Appointment.objects.all())
+    with time_machine.travel(first, tick=False) as clock:
+        seed(patients=100, seed=23)
+        per_day = collections.Counter((a.practitioner_id, local_day(a.start)) for a in Appointment.objects.all())
 
-    later = first + datetime.timedelta(days=4)
-    monkeypatch.setattr(timezone, "now", lambda: later.astimezone(datetime.UTC))
-    seed(patients=100, seed=23)
+        clock.shift(datetime.timedelta(days=4))
+        seed(patients=100, seed=23)
     again = collections.Counter((a.practitioner_id, local_day(a.start)) for a in Appointment.objects.all())
     for key, count in per_day.items():
         assert again[key] == count  # days filled before are left alone

@@ -6,11 +6,10 @@ import pytest
 
 from audit.context import system_context
 from audit.models import AuditEvent, EventType
-from conftest import make_patient
+from config.testing import PARIS, book, make_patient, make_practitioner, make_type, paris
 from scheduling import services
 from scheduling.availability import free_slots
 from scheduling.models import Absence, Appointment, AppointmentStatus
-from scheduling.tests.factories import PARIS, book, make_practitioner, make_type, paris
 
 MONDAY = (2026, 3, 2)  # an ordinary Monday
 
@@ -58,8 +57,13 @@ def test_it_refuses_an_overlap(doctor, consultation, patient, minute):
 def test_it_lets_another_practitioner_take_the_same_time(doctor, consultation, patient):
     other = make_practitioner("dr.other")
     consultation.practitioners.add(other)
-    book(doctor, patient, consultation, paris(*MONDAY, 9, 0))
-    book(other, patient, consultation, paris(*MONDAY, 9, 0))
+    mine = book(doctor, patient, consultation, paris(*MONDAY, 9, 0))
+    theirs = book(other, patient, consultation, paris(*MONDAY, 9, 0))
+    assert (mine.practitioner, theirs.practitioner) == (doctor, other)
+    assert theirs.start == mine.start
+    assert not theirs.forced  # booked as an ordinary slot: nothing was overridden
+    booked = Appointment.objects.filter(start=paris(*MONDAY, 9, 0), status=AppointmentStatus.BOOKED)
+    assert set(booked.values_list("practitioner", flat=True)) == {doctor.pk, other.pk}
 
 
 def test_it_frees_the_slot_of_a_cancelled_appointment(doctor, consultation, patient):

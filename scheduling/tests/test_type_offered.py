@@ -5,11 +5,10 @@ forms and services that refuse a type its practitioner does not offer."""
 import pytest
 
 from audit.context import system_context
-from conftest import make_patient
+from config.testing import DAY, at, book, make_patient, make_type
 from scheduling import services
 from scheduling.forms import BookingForm, ChangeTypeForm, FreeSlotsForm
 from scheduling.models import AppointmentType
-from scheduling.tests.conftest import DAY, at, book, make_type
 
 NOT_OFFERED = "This practitioner does not offer this appointment type."
 

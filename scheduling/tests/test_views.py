@@ -1,10 +1,12 @@
-"""The agenda pages as the front desk, the practitioners and outsiders see them: every URL for
-every role, booking (existing and new patient, slot taken, forced), the appointment's actions,
-and bad input that comes back with errors instead of a 500."""
+"""The agenda pages as the front desk, the practitioners and outsiders see them: the actions
+refused, booking (existing and new patient, slot taken, forced), the appointment's actions, and
+bad input that comes back with errors instead of a 500. Which page each role gets, and that
+none is cached, is in the one access table: practice/tests/test_url_access.py."""
 
 import datetime
 import re
 import uuid
+from pathlib import Path
 
 import pytest
 from django.urls import reverse
@@ -12,13 +14,11 @@ from django.utils import timezone
 
 from audit.context import system_context
 from audit.models import AuditEvent, EventType
-from conftest import client_for, make_patient
+from config.testing import DAY, at, book, client_for, make_patient, today
 from patients.models import Patient
+from patients.services import patient_archive
 from scheduling import services
 from scheduling.models import Absence, Appointment, AppointmentStatus, AppointmentType
-from scheduling.tests.conftest import DAY, at, book, today
-
-PERSONAS = ["secretary", "practice_admin", "practitioner", "other_practitioner", "outsider"]
 
 
 def _booking(doctor, kind, **changes) -> dict:
@@ -52,64 +52,7 @@ def _reads(path: str) -> list[AuditEvent]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Every page, every role
-
-
-@pytest.fixture
-def pages(doctor, other_doctor, appointment, others_appointment):
-    """url name -> (url, {persona: expected status}). Practitioners see their own (doctor is
-    `practitioner`'s), get 404 for another's objects and 403 for front-desk pages."""
-    own = {"practitioner": 200, "other_practitioner": 404}
-    return {
-        "today": (reverse("scheduling:today"), {"practitioner": 403, "other_practitioner": 403}),
-        "day": (reverse("scheduling:day", args=[DAY]), {"practitioner": 403, "other_practitioner": 403}),
-        "colours": (reverse("scheduling:colours"), {"practitioner": 200, "other_practitioner": 200}),
-        "free_slots": (reverse("scheduling:free_slots"), {"practitioner": 403, "other_practitioner": 403}),
-        "book": (reverse("scheduling:book"), {"practitioner": 403, "other_practitioner": 403}),
-        "this_week": (reverse("scheduling:this_week", args=[doctor.pk]), own),
-        "week": (reverse("scheduling:week", args=[doctor.pk, DAY]), own),
-        "print_day": (reverse("scheduling:print_day", args=[DAY, doctor.pk]), own),
-        "appointment": (appointment.get_absolute_url(), own),
-        "my_day": (
-            reverse("scheduling:my_day"),
-            {"secretary": 403, "practice_admin": 403, "practitioner": 200, "other_practitioner": 200},
-        ),
-        "waiting_room": (reverse("scheduling:waiting_room"), {"practitioner": 200, "other_practitioner": 200}),
-    }
-
-
-PAGE_NAMES = [
-    "today",
-    "day",
-    "colours",
-    "free_slots",
-    "book",
-    "this_week",
-    "week",
-    "print_day",
-    "appointment",
-    "my_day",
-    "waiting_room",
-]
-
-
-@pytest.mark.parametrize("persona", PERSONAS)
-@pytest.mark.parametrize("name", PAGE_NAMES)
-def test_it_answers_each_page_for_each_role(request, pages, name, persona):
-    url, expected = pages[name]
-    status = expected.get(persona, 403 if persona == "outsider" else 200)
-    response = client_for(request.getfixturevalue(persona)).get(url)
-    assert response.status_code == status, (name, persona)
-    if status == 200 and name != "colours":
-        assert "no-store" in response["Cache-Control"]
-
-
-@pytest.mark.parametrize("name", PAGE_NAMES)
-def test_it_sends_anonymous_users_to_login(client, pages, name):
-    url, _ = pages[name]
-    response = client.get(url)
-    assert response.status_code == 302
-    assert response["Location"].startswith("/accounts/login/")
+# Who may do what (every page for every role, and that none is cached: practice/tests/test_url_access.py)
 
 
 @pytest.mark.parametrize("action", ["move", "change_type", "cancel", "status"])
@@ -247,8 +190,6 @@ def test_it_serves_colours_as_css_and_skips_bad_values(secretary, doctor, consul
 
 
 def test_it_has_a_grid_class_for_every_grid_line(settings):
-    from pathlib import Path
-
     css = (Path(settings.BASE_DIR) / "static" / "css" / "agenda.css").read_text()
     for line in range(1, 24 * 60 // settings.AGENDA_SLOT_MINUTES + 2):
         assert f".rs-{line} {{ grid-row-start: {line}; }}" in css
@@ -604,8 +545,6 @@ def test_it_lets_a_practice_admin_book_but_not_create_patients(practice_admin, d
 
 
 def test_it_ignores_an_unknown_or_archived_patient_id(secretary, doctor, consultation, patient):
-    from patients.services import patient_archive
-
     for value in ["not-a-uuid", str(uuid.uuid4())]:
         data = {**_booking(doctor, consultation), "action": "book_existing", "patient": value}
         assert client_for(secretary).post(reverse("scheduling:book"), data).status_code == 200
