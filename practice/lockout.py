@@ -52,6 +52,9 @@ WAIT = "wait"  # this address is slowed down: too early for the next attempt
 # "Until a practice admin lifts it", when there is no cool-off.
 FOREVER = datetime.timedelta(days=36500)
 
+# A counter's retry_at when no wait is pending: before any attempt's clock.
+NO_WAIT = datetime.datetime(2000, 1, 1, tzinfo=datetime.UTC)
+
 
 @dataclass(frozen=True)
 class Refusal:
@@ -105,21 +108,27 @@ def _keys(address: str | None, username: str) -> list[tuple[str, str]]:
     return sorted([(ADDRESS, (address or "")[:255]), (ACCOUNT, username[:255])])
 
 
-def attempt_admit(*, address: str | None, username: str, now: datetime.datetime) -> Refusal | Reservation:
+def attempt_admit(*, address: str | None, username: str) -> Refusal | Reservation:
     """Count a login attempt against its address and its username before its password is
     checked, or refuse it (a wait, or a lock) without counting it. One transaction, both
-    counters locked: two attempts racing see each other's count."""
+    counters locked: two attempts racing see each other's count.
+
+    The clock is read once both rows are locked, so it is never older than what the attempt
+    that held them last wrote; and a counter with no wait pending has its ``retry_at`` at
+    ``NO_WAIT``, in the past for every attempt, whatever its clock."""
     cool_off = get_cool_off()
     if cool_off is not None:
         # Counters of a finished window with nothing pending are worth the same as none.
-        LoginThrottle.objects.filter(window_started_at__lt=now - cool_off, retry_at__lt=now).delete()
+        purge_before = timezone.now()
+        LoginThrottle.objects.filter(window_started_at__lt=purge_before - cool_off, retry_at__lt=purge_before).delete()
     with transaction.atomic():
         rows = [
             LoginThrottle.objects.select_for_update().get_or_create(
-                scope=scope, value=value, defaults={"window_started_at": now, "retry_at": now}
+                scope=scope, value=value, defaults={"window_started_at": timezone.now(), "retry_at": NO_WAIT}
             )[0]
             for scope, value in _keys(address, username)
         ]
+        now = timezone.now()
         refusals = []
         for row in rows:
             if now < row.retry_at:
@@ -136,8 +145,6 @@ def attempt_admit(*, address: str | None, username: str, now: datetime.datetime)
             row.failures += 1
             wait = _wait_after(rule, row.failures, cool_off)
             if wait:
-                # Only a real wait moves retry_at: "now" is read before the lock, so another
-                # attempt's may be a little older, and must not be refused for that.
                 row.retry_at = now + wait
             row.save(update_fields=["failures", "window_started_at", "retry_at"])
             reservation.rows.append((row.pk, row.window_started_at, row.retry_at if wait else None))
@@ -146,7 +153,7 @@ def attempt_admit(*, address: str | None, username: str, now: datetime.datetime)
         return reservation
 
 
-def attempt_succeeded(reservation: Reservation, *, now: datetime.datetime) -> None:
+def attempt_succeeded(reservation: Reservation) -> None:
     """The password was right: give back what the attempt counted, and release the wait it
     set, unless another attempt has counted since (then the wait is that attempt's)."""
     with transaction.atomic():
@@ -154,7 +161,7 @@ def attempt_succeeded(reservation: Reservation, *, now: datetime.datetime) -> No
             same_window = LoginThrottle.objects.filter(pk=pk, window_started_at=window_started_at)
             same_window.filter(failures__gt=0).update(failures=F("failures") - 1)
             if retry_at is not None:
-                same_window.filter(retry_at=retry_at).update(retry_at=now)
+                same_window.filter(retry_at=retry_at).update(retry_at=NO_WAIT)
 
 
 def locked_values(scope: str, *, now: datetime.datetime | None = None) -> list[str]:
@@ -187,9 +194,7 @@ class LockoutHandler(AxesDatabaseHandler):
         if self.is_whitelisted(request, credentials) or getattr(request, "login_reservation", None):
             return True
         outcome = attempt_admit(
-            address=request.axes_ip_address,
-            username=str(get_client_username(request, credentials) or ""),
-            now=timezone.now(),
+            address=request.axes_ip_address, username=str(get_client_username(request, credentials) or "")
         )
         if isinstance(outcome, Refusal):
             request.login_refusal = outcome
@@ -227,7 +232,7 @@ class LockoutHandler(AxesDatabaseHandler):
         reservation = getattr(request, "login_reservation", None)
         if reservation is not None:
             request.login_reservation = None
-            attempt_succeeded(reservation, now=timezone.now())
+            attempt_succeeded(reservation)
 
 
 def lockout_response(
