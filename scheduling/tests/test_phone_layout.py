@@ -26,9 +26,11 @@ STATUSES = [
 
 
 @pytest.fixture
-def clinic_day(transactional_db, secretary, practitioner):
-    """DAY at 11:00, the clock held there: Dr Martin's morning, with long names (what overflows)."""
+def clinic_day(transactional_db, secretary, practitioner, other_practitioner):
+    """DAY at 11:00, the clock held there: Dr Martin's morning, with long names (what overflows);
+    Dr Bernard has nobody (an empty list keeps its column headings)."""
     with time_machine.travel(at(DAY, 11), tick=True):
+        make_doctor(other_practitioner, "Dr Paul Bernard")
         doctor = make_doctor(practitioner, "Dr Claire Martin-Dupont de la Fontaine")
         kind = make_type(doctor, name="Première consultation longue durée", minutes=20)
         for n, statuses in enumerate(STATUSES):
@@ -88,6 +90,8 @@ def _fits_a_phone(page) -> list[str]:
         ("practitioner", "/my-day/", 5),
         ("practitioner", "/waiting-room/", 2),
         ("secretary", "/waiting-room/", 2),
+        ("other_practitioner", "/my-day/", 0),
+        ("other_practitioner", "/waiting-room/", 0),
     ],
 )
 def test_it_fits_a_phone_with_every_button_in_reach(request, browser, live_server, who, path, actions, locale):
