@@ -26,6 +26,7 @@ import zoneinfo
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from axes.models import AccessAttempt
+from django.conf import settings
 from django.contrib.auth.models import Group, User
 from django.contrib.sessions.backends.db import SessionStore
 from django.db import connection
@@ -34,6 +35,7 @@ from django_otp import DEVICE_ID_SESSION_KEY
 from django_otp.oath import TOTP
 from django_otp.plugins.otp_totp.models import TOTPDevice
 from kombu import pools
+from playwright.sync_api import sync_playwright
 
 from audit.context import system_context
 from audit.fields import encrypted_fields
@@ -142,6 +144,48 @@ def client_for(user, *, verified: bool = True) -> Client:
         session[DEVICE_ID_SESSION_KEY] = totp_device(user).persistent_id
         session.save()
     return client
+
+
+# ---------------------------------------------------------------------------------------------
+# Browsers: Debian's Chromium, headless, driven by Playwright (tests marked slow)
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-features=HttpsUpgrades,HttpsFirstBalancedModeAutoEnable",
+]
+
+
+@contextlib.contextmanager
+def chromium():
+    """A headless Chromium. Playwright runs an event loop in the calling thread: Django refuses
+    database work there unless DJANGO_ALLOW_ASYNC_UNSAFE is set (the test sets it first)."""
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def browser_page(browser, base_url: str, user, *, width: int, height: int = 800, locale: str = "en-GB", **options):
+    """A tab of its own browser (cookies, language, size) logged in as ``user``, past the second
+    factor: the session of ``client_for``, as its cookie. ``options`` go to Playwright's
+    ``new_context`` (``timezone_id``...)."""
+    session = client_for(user).cookies[settings.SESSION_COOKIE_NAME].value
+    context = browser.new_context(viewport={"width": width, "height": height}, locale=locale, **options)
+    context.add_cookies([{"name": settings.SESSION_COOKIE_NAME, "value": session, "url": base_url}])
+    return context.new_page()
+
+
+def boxes_overlap(a: dict, b: dict) -> bool:
+    """Whether two bounding boxes (Playwright's: x, y, width, height) share any area."""
+    across = a["x"] < b["x"] + b["width"] and b["x"] < a["x"] + a["width"]
+    down = a["y"] < b["y"] + b["height"] and b["y"] < a["y"] + a["height"]
+    return across and down
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,13 +1,14 @@
 from typing import ClassVar
 
 from django.contrib import admin, messages
+from django.contrib.admin.views.main import ChangeList
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
 from patients import services
 from patients.forms import PatientForm
 from patients.models import BreakGlassGrant, Patient
-from patients.selectors import PatientQuery, patient_search
+from patients.selectors import PatientQuery, patient_names, patient_search
 
 
 @admin.register(Patient)
@@ -68,19 +69,38 @@ class ReviewedFilter(admin.SimpleListFilter):
         return queryset
 
 
+# Each grant names its patient: a read of two fields, explained or paid from the reader's
+# allowance like any other (audit/explain.py). A page of grants stays under a practice admin's
+# hourly allowance of unexplained patients (30), so a page alone never asks for a reason.
+GRANTS_PER_PAGE = 20
+
+
+class GrantChangeList(ChangeList):
+    """The page of grants, their patients' names loaded in one batch (one query, explained in
+    one more), whatever the number of rows."""
+
+    def get_results(self, request):
+        super().get_results(request)
+        self.result_list = list(self.result_list)
+        names = patient_names((grant.patient_id for grant in self.result_list), limit=GRANTS_PER_PAGE)
+        for grant in self.result_list:
+            grant.named_patient = names.get(grant.patient_id)
+
+
 @admin.register(BreakGlassGrant)
 class BreakGlassGrantAdmin(admin.ModelAdmin):
     """Practice admins review every emergency access. Grants are made only by the
     break-the-glass page (patients.services.break_glass_open, audited): here nothing is added
     or deleted, and the only thing written is the review, through break_glass_review (audited).
 
-    The patient is shown by id, never by name: reviewing grants decrypts nothing. The
-    "who opened this record" report (audit) says what was read under the grant.
+    The patient is named (and their id shown): the name is an audited read, in the request's
+    audit context, explained or paid from the reader's allowance like any other. The "who
+    opened this record" report (audit) says what was read under the grant.
     """
 
-    list_display = ["username", "patient_ref", "reason", "granted_at", "expires_at", "reviewed"]
+    list_display = ["username", "patient_name", "patient_ref", "reason", "granted_at", "expires_at", "reviewed"]
     list_filter = [ReviewedFilter]
-    list_per_page = 50
+    list_per_page = GRANTS_PER_PAGE
     show_full_result_count = False
     search_fields = ["username", "=patient__id"]
     date_hierarchy = "granted_at"
@@ -88,6 +108,7 @@ class BreakGlassGrantAdmin(admin.ModelAdmin):
     fields: ClassVar[tuple[str, ...]] = (
         "username",
         "user",
+        "patient_name",
         "patient_ref",
         "reason",
         "granted_at",
@@ -97,6 +118,17 @@ class BreakGlassGrantAdmin(admin.ModelAdmin):
         "review_note",
     )
     readonly_fields = [f for f in fields if f != "review_note"]
+
+    def get_changelist(self, request, **kwargs):
+        return GrantChangeList
+
+    @admin.display(description=_("patient"))
+    def patient_name(self, obj: BreakGlassGrant) -> str:
+        if hasattr(obj, "named_patient"):  # a row of the list: loaded with the page's others
+            patient = obj.named_patient
+        else:  # the grant's own page
+            patient = patient_names([obj.patient_id]).get(obj.patient_id)
+        return patient.display_name if patient is not None else "—"
 
     @admin.display(description=_("patient id"), ordering="patient_id")
     def patient_ref(self, obj: BreakGlassGrant) -> str:

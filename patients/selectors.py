@@ -240,6 +240,21 @@ def patient_duplicates(
     ]
 
 
+# Admin pages that name the patients of their rows (emergency accesses, appointments during an
+# absence): the two name fields, nothing else encrypted.
+NAME_FIELDS = ("id", "last_name", "first_names")
+
+
+def patient_names(ids: Iterable[UUID], *, limit: int = 50) -> dict[UUID, Patient]:
+    """The patients of these ids (at most ``limit``), with their two name fields, in one query:
+    their reads are explained (or paid from the reader's allowance) in one batch before the first
+    name is decrypted (audit/explain.py). Nothing is decrypted here: showing a name is the read."""
+    wanted = list(dict.fromkeys(ids))[:limit]
+    if not wanted:
+        return {}
+    return {patient.pk: patient for patient in Patient.objects.filter(pk__in=wanted).only(*NAME_FIELDS)}
+
+
 def patient_recent(*, limit: int = 50) -> QuerySet[Patient]:
     """The list page: recently changed active patients, name columns only."""
     return Patient.objects.filter(is_archived=False).only(*RESULT_FIELDS).order_by("-updated_at")[:limit]

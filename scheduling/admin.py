@@ -15,14 +15,17 @@ from typing import ClassVar
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
+from django.template.loader import render_to_string
 from django.utils import timezone
+from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
 from practice.admin import PractitionerAdmin
 from practice.models import Practitioner
-from scheduling.availability import active_appointments_between
-from scheduling.models import ACTIVE_STATUSES, Absence, Appointment, AppointmentType, Reminder, WorkingHours
+from scheduling.availability import practice_tz
+from scheduling.models import Absence, Appointment, AppointmentType, Reminder, WorkingHours
+from scheduling.selectors import absence_conflicts
 
 # Working hours -----------------------------------------------------------------------------
 
@@ -146,26 +149,45 @@ class AbsenceAdmin(admin.ModelAdmin):
     def who(self, obj: Absence) -> str:
         return str(obj.practitioner) if obj.practitioner_id else str(_("Whole practice"))
 
+    def get_readonly_fields(self, request, obj=None):
+        # An absence's own page lists what it leaves to move (nothing to list before it exists).
+        return ["booked_during"] if obj is not None else []
+
+    @admin.display(description=_("booked during this absence"))
+    def booked_during(self, obj: Absence) -> str:
+        """The appointments to move, each linked to its page, with the patient's name: an audited
+        read, explained (or paid from the allowance) in one batch for the list."""
+        appointments, count = absence_conflicts(obj, names=True)
+        return _booked_list(appointments, count, names=True) or "—"
+
     def save_model(self, request, obj, form, change):
         super().save_model(request, obj, form, change)
-        # Existing bookings stay where they are: tell the admin, so the front desk moves them.
-        # Plain columns only: nothing is decrypted to count them.
-        if obj.practitioner_id:
-            booked = active_appointments_between([obj.practitioner_id], obj.start, obj.end)
-        else:  # the whole practice closed
-            booked = Appointment.objects.filter(status__in=ACTIVE_STATUSES, start__lt=obj.end, end__gt=obj.start)
-        count = booked.count()
+        # Existing bookings stay where they are: tell the admin which, so the front desk moves
+        # them. The message goes through the session: times and practitioners only (plain
+        # columns, nothing decrypted); the absence's page names the patients.
+        appointments, count = absence_conflicts(obj)
         if count:
-            self.message_user(
-                request,
-                ngettext(
-                    "%(count)d appointment is booked during this absence: the front desk should move it.",
-                    "%(count)d appointments are booked during this absence: the front desk should move them.",
-                    count,
-                )
-                % {"count": count},
-                messages.WARNING,
-            )
+            said = ngettext(
+                "%(count)d appointment is booked during this absence: the front desk should move it.",
+                "%(count)d appointments are booked during this absence: the front desk should move them.",
+                count,
+            ) % {"count": count}
+            listed = _booked_list(appointments, count, names=False)
+            self.message_user(request, format_html("{}{}", said, listed), messages.WARNING)
+
+
+def _booked_list(appointments: list[Appointment], count: int, *, names: bool) -> str:
+    """Appointments booked during an absence (scheduling.selectors.absence_conflicts) as a list
+    of links to their pages, then how many more of the ``count``; "" when there are none."""
+    if not appointments:
+        return ""
+    context = {
+        "appointments": appointments,
+        "names": names,
+        "more": count - len(appointments),
+        "day": timezone.localtime(appointments[-1].start, practice_tz()).date(),
+    }
+    return render_to_string("admin/scheduling/absence_booked.html", context)
 
 
 class AbsenceInline(admin.TabularInline):

@@ -202,11 +202,37 @@ class PatientFindForm(forms.Form):
         return cleaned
 
 
+# A consent to reminders, and the contact detail its channel needs.
+REMINDER_CONTACTS = {
+    "consent_sms": ("phone_mobile", _("Give a mobile phone number for reminders by SMS.")),
+    "consent_email": ("email", _("Give an e-mail address for reminders by e-mail.")),
+}
+
+
 class NewPatientForm(PatientForm):
-    """A new patient created while booking: the few fields the front desk asks on the phone."""
+    """A new patient created while booking: the few fields the front desk asks on the phone,
+    and whether the patient wants reminders (by SMS, by e-mail) with the number or address
+    they go to: a walk-in booked here gets reminders like a patient created on the patient
+    form. A consent without its contact detail is refused here (it would plan nothing)."""
 
     class Meta(PatientForm.Meta):
-        fields = ["last_name", "first_names", "sex", "birth_date", "phone_mobile"]
+        fields = [
+            "last_name",
+            "first_names",
+            "sex",
+            "birth_date",
+            "phone_mobile",
+            "email",
+            "consent_sms",
+            "consent_email",
+        ]
+
+    def clean(self):
+        cleaned = super().clean()
+        for consent, (contact, missing) in REMINDER_CONTACTS.items():
+            if cleaned.get(consent) and not cleaned.get(contact) and not self.has_error(contact):
+                self.add_error(consent, missing)
+        return cleaned
 
 
 class MoveForm(SubmissionKeyMixin, ForceMixin, WhenMixin, forms.Form):

@@ -17,7 +17,9 @@ from practice.models import Practitioner
 from scheduling import availability
 from scheduling.grid import Column, Grid
 from scheduling.models import (
+    ACTIVE_STATUSES,
     MAX_APPOINTMENT_LENGTH,
+    Absence,
     Appointment,
     AppointmentStatus,
     Reminder,
@@ -133,6 +135,32 @@ REMINDER_FIELDS = ("id", "channel", "kind", "planned_for", "due_at", "status", "
 def appointment_reminders(appointment: Appointment) -> list[Reminder]:
     """Every reminder of the appointment, planned, sent, failed or cancelled, in due order."""
     return list(Reminder.objects.filter(appointment=appointment).only(*REMINDER_FIELDS).order_by("due_at", "id"))
+
+
+# An absence over booked time (Django admin): the appointments it leaves to move, at most this
+# many listed, with how many there are in all.
+ABSENCE_CONFLICTS_SHOWN = 20
+CONFLICT_FIELDS = ("id", "start", "end", "status", "practitioner_id", "patient_id", "practitioner__display_name")
+CONFLICT_NAMES = ("patient__id", "patient__last_name", "patient__first_names")
+
+
+def absence_conflicts(
+    absence: Absence, *, names: bool = False, limit: int = ABSENCE_CONFLICTS_SHOWN
+) -> tuple[list[Appointment], int]:
+    """The appointments still booked (not cancelled, not a no-show) during ``absence``: its
+    practitioner's, or everyone's when the whole practice closes. The first ``limit`` by time,
+    with their practitioner, and how many there are in all. Plain columns, unless ``names``:
+    then the patients' two name fields too, loaded in the same query so that their reads are
+    explained in one batch (audit/explain.py); nothing is decrypted here."""
+    if absence.practitioner_id:
+        booked = availability.active_appointments_between([absence.practitioner_id], absence.start, absence.end)
+    else:
+        booked = Appointment.objects.filter(status__in=ACTIVE_STATUSES, start__lt=absence.end, end__gt=absence.start)
+    related = ("practitioner", "patient") if names else ("practitioner",)
+    fields = (*CONFLICT_FIELDS, *CONFLICT_NAMES) if names else CONFLICT_FIELDS
+    shown = list(booked.select_related(*related).only(*fields).order_by("start", "id")[:limit])
+    total = booked.count() if len(shown) == limit else len(shown)
+    return shown, total
 
 
 def patient_export_appointments(

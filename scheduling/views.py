@@ -153,6 +153,15 @@ def _quick_actions(user, appointment: Appointment) -> list[tuple[str, str, str]]
     return _status_buttons([s for s in NEXT_STEPS.get(appointment.status, []) if s in allowed])
 
 
+def _page_status_buttons(user, appointment: Appointment) -> tuple[list[tuple[str, str, str]], bool]:
+    """The appointment page's status buttons, and whether the first is the main one: the day
+    flow's next step (NEXT_STEPS) comes first and is the main button; the buttons that undo a
+    click follow. A status with no next step (done, no-show) has no main button."""
+    allowed = allowed_statuses(user, appointment)
+    forward = [s for s in NEXT_STEPS.get(appointment.status, []) if s in allowed]
+    return _status_buttons([*forward, *(s for s in allowed if s not in forward)]), bool(forward)
+
+
 # ---------------------------------------------------------------------------------------------
 # Forms sent once (practice.models.FormSubmission)
 
@@ -737,10 +746,12 @@ def _render_appointment(request: HttpRequest, pk, *, forms: dict | None = None, 
     front_desk = is_front_desk(request.user)
     local = timezone.localtime(appointment.start, availability.practice_tz())
     forms = forms or {}
+    status_buttons, status_main = _page_status_buttons(request.user, appointment)
     context = {
         "appointment": appointment,
         "front_desk": front_desk,
-        "status_buttons": _status_buttons(allowed_statuses(request.user, appointment)),
+        "status_buttons": status_buttons,
+        "status_main": status_main,
         "can_change": front_desk and appointment.status == AppointmentStatus.BOOKED,
         "can_cancel": front_desk and appointment.can_become(AppointmentStatus.CANCELLED),
         "move_form": forms.get("move")

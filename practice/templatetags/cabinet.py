@@ -6,6 +6,8 @@ import math
 from django import template
 from django.apps import apps
 from django.core.exceptions import FieldDoesNotExist
+from django.template.defaultfilters import date as date_filter
+from django.template.defaultfilters import time as time_filter
 
 from practice.roles import role_label
 
@@ -40,3 +42,13 @@ def field_labels(names, model_label: str) -> str:
         except FieldDoesNotExist:  # a field removed since the event: show its name
             labels.append(name)
     return ", ".join(labels)
+
+
+@register.filter(expects_localtime=True)
+def short_datetime(value: datetime.datetime | None) -> str:
+    """A moment as the short date of the language and the time on 24 hours ("03/04/2030 14:30",
+    "04/03/2030 14:30"), in the current time zone. Django's SHORT_DATETIME_FORMAT ends an
+    English time with "p.m.", which doubles the full stop of a sentence ending with it."""
+    if not value:
+        return ""
+    return f"{date_filter(value, 'SHORT_DATE_FORMAT')} {time_filter(value, 'H:i')}"
