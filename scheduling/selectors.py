@@ -13,13 +13,14 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from patients.models import Patient
-from practice.models import Practitioner
+from practice.models import Practitioner, Specialty
 from scheduling import availability
 from scheduling.grid import Column, Grid
 from scheduling.models import (
     MAX_APPOINTMENT_LENGTH,
     Appointment,
     AppointmentStatus,
+    AppointmentType,
     Reminder,
     ReminderStatus,
 )
@@ -170,3 +171,28 @@ def patient_export_appointments(
     for reminder in sent.only("id", "appointment_id", "channel", "kind", "status", "sent_at").order_by("sent_at"):
         reminders.setdefault(reminder.appointment_id, []).append(reminder)
     return appointments, reminders
+
+
+# ---------------------------------------------------------------------------------------------
+# The free-slot finder (scheduling.finder)
+
+
+def practitioners_offering(kind: AppointmentType, *, specialty: Specialty | None = None) -> list[Practitioner]:
+    """The active practitioners who offer ``kind`` (the relation ``AppointmentType.is_offered_by``
+    asks about), of ``specialty`` when given, by name. One query."""
+    practitioners = Practitioner.objects.filter(is_active=True, appointment_types=kind)
+    if specialty is not None:
+        practitioners = practitioners.filter(specialty=specialty)
+    return list(practitioners.select_related("specialty").order_by("display_name", "pk"))
+
+
+def default_appointment_type(practitioner_id: int | None) -> AppointmentType | None:
+    """The finder's type when none is asked for: the first (by name) of the active types the
+    practitioner offers, or that any active practitioner offers. One or two queries."""
+    types = AppointmentType.objects.filter(is_active=True).order_by("name", "pk")
+    if practitioner_id is not None:
+        offered: AppointmentType | None = types.offered_by(practitioner_id).first()
+        if offered is not None:
+            return offered
+    return types.filter(practitioners__is_active=True).first()
+
