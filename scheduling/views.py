@@ -777,7 +777,8 @@ def _act_once(
 
     def act() -> str:
         work()
-        return appointment.get_absolute_url()
+        # Back where the form was (the patient's record offers these forms too), else the appointment.
+        return _safe_next(request, appointment.get_absolute_url())
 
     if form.is_valid():
         try:
