@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 import re
 import secrets
+import uuid
 
 from django import forms
 from django.utils.translation import gettext_lazy as _
@@ -293,7 +294,7 @@ class FreeSlotsForm(forms.Form):
     )
     # The "more" view: every slot of one day (reached by a link, never typed).
     day = forms.DateField(required=False, widget=forms.HiddenInput)
-    patient = forms.UUIDField(required=False, widget=forms.HiddenInput)
+    patient = forms.CharField(required=False, widget=forms.HiddenInput)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -310,6 +311,13 @@ class FreeSlotsForm(forms.Form):
             if kind is not None:
                 data["appointment_type"] = str(kind.pk)
         return cls(data)
+
+    def clean_patient(self) -> uuid.UUID | None:
+        value = self.cleaned_data["patient"]
+        try:
+            return uuid.UUID(value) if value else None
+        except ValueError:
+            raise forms.ValidationError(_("This link to a patient's record is broken."), code="invalid") from None
 
     def clean(self):
         cleaned = super().clean()

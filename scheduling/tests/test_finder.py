@@ -393,3 +393,9 @@ def test_it_says_when_no_type_is_set_up(desk, doctor):
     assert response.context["form"].errors["appointment_type"] == [
         "Choose an appointment type (practice admins set them up in Administration)."
     ]
+
+
+def test_the_booking_page_finds_a_slot_for_the_patient_picked(desk, doctor, consultation, patient):
+    body = desk.get(f"{reverse('scheduling:book')}?patient={patient.pk}").content.decode()
+    assert f'href="{URL}?patient={patient.pk}"' in body
+    assert f'href="{URL}"' in desk.get(reverse("scheduling:book")).content.decode()
