@@ -28,6 +28,7 @@ from patients.forms import (
     RevealForm,
 )
 from patients.models import Patient
+from patients.panels import record_panel_stylesheets, record_panels
 from patients.selectors import (
     CONTACT_GROUPS,
     DETAIL_FIELDS,
@@ -161,7 +162,11 @@ def patient_detail(request: HttpRequest, pk: UUID) -> HttpResponse:
         # or not (no existence oracle): nothing about the patient is looked up here.
         return render(request, "patients/no_access.html", {"pk": pk}, status=404)
     grant = break_glass_grant_for(request.user, patient)
-    return render(request, "patients/detail.html", _contact_context(patient, grant=grant, shown=[]))
+    context = _contact_context(patient, grant=grant, shown=[])
+    # Other apps' panels (scheduling: the patient's appointments), asked only now that the
+    # record is known to be this user's to open (patients.panels).
+    context.update(panels=record_panels(request, patient), panel_stylesheets=record_panel_stylesheets())
+    return render(request, "patients/detail.html", context)
 
 
 def _contact_context(patient: Patient, *, grant, shown: list[str]) -> dict:

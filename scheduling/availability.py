@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime
 import zoneinfo
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -146,14 +146,62 @@ def free_slots(
     day = first
     while day <= last and len(slots) < count:
         for free_start, free_end in subtract(hours.get((practitioner_id, day), []), busy):
-            moment = max(free_start, earliest)
-            if moment != free_start:
-                moment = _round_up(moment, settings.AGENDA_SLOT_MINUTES)
-            # Stepped in UTC: a local aware datetime plus a timedelta moves on the wall clock,
-            # which on a DST night gives slots of the wrong real length.
-            moment, free_end = moment.astimezone(datetime.UTC), free_end.astimezone(datetime.UTC)
-            while moment + step <= free_end and len(slots) < count:
-                slots.append(Slot(moment, moment + step))
-                moment += step
+            for slot in interval_slots(free_start, free_end, step=step, earliest=earliest):
+                if len(slots) == count:
+                    break
+                slots.append(slot)
         day += datetime.timedelta(days=1)
     return slots
+
+
+def interval_slots(
+    free_start: datetime.datetime,
+    free_end: datetime.datetime,
+    *,
+    step: datetime.timedelta,
+    earliest: datetime.datetime,
+    latest_start: datetime.datetime | None = None,
+) -> Iterator[Slot]:
+    """Back-to-back slots of `step` in one free interval, from its start (or from `earliest`,
+    rounded up to the agenda's grid), each starting before `latest_start` when given."""
+    moment = max(free_start, earliest)
+    if moment != free_start:
+        moment = _round_up(moment, settings.AGENDA_SLOT_MINUTES)
+    # Stepped in UTC: a local aware datetime plus a timedelta moves on the wall clock,
+    # which on a DST night gives slots of the wrong real length.
+    moment, free_end = moment.astimezone(datetime.UTC), free_end.astimezone(datetime.UTC)
+    while moment + step <= free_end and (latest_start is None or moment < latest_start):
+        yield Slot(moment, moment + step)
+        moment += step
+
+
+def busy_by_day(
+    practitioner_ids: Iterable[int], first: datetime.date, last: datetime.date
+) -> dict[tuple[int, datetime.date], list[Interval]]:
+    """{(practitioner_id, local date): the busy intervals overlapping that day}, from `first`
+    to `last`: absences (a practice closure counts for everyone) and active appointments.
+    Two queries whatever the span; plain columns only (nothing is loaded that could be
+    decrypted, so nothing is explained or audited)."""
+    ids = list(practitioner_ids)
+    window_start, _ = local_day_bounds(first)
+    _, window_end = local_day_bounds(last)
+    tz = practice_tz()
+    busy: dict[tuple[int, datetime.date], list[Interval]] = {}
+
+    def add(practitioner_id: int, start: datetime.datetime, end: datetime.datetime) -> None:
+        day = max(start.astimezone(tz).date(), first)
+        # An interval ending at midnight does not reach into the next day.
+        final = min((end - datetime.timedelta(microseconds=1)).astimezone(tz).date(), last)
+        while day <= final:
+            busy.setdefault((practitioner_id, day), []).append((start, end))
+            day += datetime.timedelta(days=1)
+
+    for absence in absences_between(ids, window_start, window_end).only("practitioner_id", "start", "end"):
+        for practitioner_id in [absence.practitioner_id] if absence.practitioner_id else ids:
+            add(practitioner_id, absence.start, absence.end)
+    appointments = active_appointments_between(ids, window_start, window_end)
+    for practitioner_id, start, end in appointments.values_list("practitioner_id", "start", "end"):
+        add(practitioner_id, start, end)
+    for intervals in busy.values():
+        intervals.sort()
+    return busy

@@ -6,14 +6,17 @@ from __future__ import annotations
 import datetime
 import re
 import secrets
+import uuid
 
 from django import forms
 from django.utils.translation import gettext_lazy as _
 
 from patients.forms import DateInput, PatientForm
-from practice.models import Practitioner
+from practice.models import Practitioner, Specialty
 from scheduling.availability import practice_tz
-from scheduling.models import TYPE_NOT_OFFERED, AppointmentType
+from scheduling.finder import AFTERNOON, MORNING, SEARCH_DAYS, SlotQuery
+from scheduling.models import TYPE_NOT_OFFERED, AppointmentType, Weekday
+from scheduling.selectors import default_appointment_type, practitioners_offering
 
 
 class TimeInput(forms.TimeInput):
@@ -276,20 +279,132 @@ class CancelForm(SubmissionKeyMixin, forms.Form):
 
 
 class FreeSlotsForm(forms.Form):
-    practitioner = forms.ModelChoiceField(label=_("Practitioner"), queryset=Practitioner.objects.none())
-    appointment_type = forms.ModelChoiceField(label=_("Appointment type"), queryset=AppointmentType.objects.none())
+    """The free-slot finder's filters (scheduling.finder), sent by GET so that a search is a link.
+
+    Every filter is optional but the appointment type (it gives the slots' length); when the
+    query names none, ``for_query`` takes the first type the practitioner asked for offers (or
+    any practitioner offers), so the finder answers as soon as it opens. ``patient``: the record
+    the finder was opened from, carried into the booking links (its id only: nothing about the
+    patient is loaded here)."""
+
+    appointment_type = forms.ModelChoiceField(
+        label=_("Appointment type"),
+        queryset=AppointmentType.objects.none(),
+        empty_label=None,
+        error_messages={"required": _("Choose an appointment type (practice admins set them up in Administration).")},
+    )
+    practitioner = forms.ModelChoiceField(
+        label=_("Practitioner"),
+        queryset=Practitioner.objects.none(),
+        required=False,
+        empty_label=_("Any practitioner"),
+    )
+    specialty = forms.ModelChoiceField(
+        label=_("Specialty"), queryset=Specialty.objects.none(), required=False, empty_label=_("Any specialty")
+    )
+    from_date = forms.DateField(label=_("From"), required=False, widget=DateInput(format="%Y-%m-%d"))
+    weekdays = forms.TypedMultipleChoiceField(
+        label=_("Days"), choices=Weekday.choices, coerce=int, required=False, widget=forms.CheckboxSelectMultiple
+    )
+    part = forms.ChoiceField(
+        label=_("Time of day"),
+        choices=[("", _("Any time")), (MORNING, _("Morning")), (AFTERNOON, _("Afternoon"))],
+        required=False,
+        widget=forms.RadioSelect,
+    )
+    time_from = forms.TimeField(
+        label=_("Starting from"), required=False, widget=TimeInput(format="%H:%M", attrs={"step": 300})
+    )
+    time_to = forms.TimeField(
+        label=_("Starting before"), required=False, widget=TimeInput(format="%H:%M", attrs={"step": 300})
+    )
+    # The "more" view: every slot of one day (reached by a link, never typed).
+    day = forms.DateField(required=False, widget=forms.HiddenInput)
+    patient = forms.CharField(required=False, widget=forms.HiddenInput)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["practitioner"].queryset = _practitioners()
         self.fields["appointment_type"].queryset = _types()
+        self.fields["specialty"].queryset = Specialty.objects.order_by("name")
+
+    @classmethod
+    def for_query(cls, params) -> FreeSlotsForm:
+        """The form bound to a query string, with the default appointment type when it names none."""
+        data = params.copy()
+        if not data.get("appointment_type"):
+            kind = default_appointment_type(_int_or_none(data.get("practitioner")))
+            if kind is not None:
+                data["appointment_type"] = str(kind.pk)
+        return cls(data)
+
+    def clean_patient(self) -> uuid.UUID | None:
+        value = self.cleaned_data["patient"]
+        try:
+            return uuid.UUID(value) if value else None
+        except ValueError:
+            raise forms.ValidationError(_("This link to a patient's record is broken."), code="invalid") from None
 
     def clean(self):
         cleaned = super().clean()
         practitioner, kind = cleaned.get("practitioner"), cleaned.get("appointment_type")
+        specialty = cleaned.get("specialty")
         if practitioner and kind and not kind.is_offered_by(practitioner):
             self.add_error("appointment_type", TYPE_NOT_OFFERED)
+        if practitioner and specialty and practitioner.specialty_id != specialty.pk:
+            self.add_error("practitioner", _("This practitioner is not of the specialty chosen."))
+        time_from, time_to = cleaned.get("time_from"), cleaned.get("time_to")
+        if time_from and time_to and time_to <= time_from:
+            self.add_error("time_to", _("Enter a time after the first one."))
+        for name in ("from_date", "day"):
+            day = cleaned.get(name)
+            if day and not FIRST_DAY <= day <= LAST_DAY - datetime.timedelta(days=SEARCH_DAYS):
+                self.add_error(name, _("Enter a date the agenda covers."))
         return cleaned
+
+    def query(self, *, today: datetime.date) -> SlotQuery:
+        """The search this valid form asks for; its practitioners: the one chosen, or every
+        active one offering the type (of the specialty chosen)."""
+        data = self.cleaned_data
+        kind = data["appointment_type"]
+        chosen = data["practitioner"]
+        return SlotQuery(
+            appointment_type=kind,
+            practitioners=[chosen] if chosen else practitioners_offering(kind, specialty=data["specialty"]),
+            first=data["from_date"] or today,
+            weekdays=frozenset(data["weekdays"]),
+            part=data["part"],
+            time_from=data["time_from"],
+            time_to=data["time_to"],
+            day=data["day"],
+        )
+
+    def params(self) -> dict[str, list[str]]:
+        """The valid form's filters as GET parameters, normalized (the page's links re-run them)."""
+        data = self.cleaned_data
+
+        def one(value) -> list[str]:
+            if value is None or value == "":
+                return []
+            if isinstance(value, datetime.time):
+                return [value.strftime("%H:%M")]
+            if isinstance(value, datetime.date):
+                return [value.isoformat()]
+            return [str(getattr(value, "pk", value))]
+
+        params = {name: one(data[name]) for name in ("appointment_type", "practitioner", "specialty", "from_date")}
+        params["weekdays"] = [str(day) for day in sorted(data["weekdays"])]
+        params.update({name: one(data[name]) for name in ("part", "time_from", "time_to", "patient")})
+        return params
+
+
+def _int_or_none(value) -> int | None:
+    """A primary key from a query string, or None (not a number, or past what a column holds)."""
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        return None
+    return number if 0 < number < 2**63 else None
 
 
 # The agenda's reach: far enough for any real booking, near enough that day arithmetic

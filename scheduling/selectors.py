@@ -7,13 +7,14 @@ from __future__ import annotations
 import datetime
 import uuid
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from django.conf import settings
 from django.db.models import QuerySet
 from django.utils import timezone
 
 from patients.models import Patient
-from practice.models import Practitioner
+from practice.models import Practitioner, Specialty
 from scheduling import availability
 from scheduling.grid import Column, Grid
 from scheduling.models import (
@@ -22,6 +23,7 @@ from scheduling.models import (
     Absence,
     Appointment,
     AppointmentStatus,
+    AppointmentType,
     Reminder,
     ReminderStatus,
 )
@@ -198,3 +200,103 @@ def patient_export_appointments(
     for reminder in sent.only("id", "appointment_id", "channel", "kind", "status", "sent_at").order_by("sent_at"):
         reminders.setdefault(reminder.appointment_id, []).append(reminder)
     return appointments, reminders
+
+
+# ---------------------------------------------------------------------------------------------
+# The free-slot finder (scheduling.finder)
+
+
+def practitioners_offering(kind: AppointmentType, *, specialty: Specialty | None = None) -> list[Practitioner]:
+    """The active practitioners who offer ``kind`` (the relation ``AppointmentType.is_offered_by``
+    asks about), of ``specialty`` when given, by name. One query."""
+    practitioners = Practitioner.objects.filter(is_active=True, appointment_types=kind)
+    if specialty is not None:
+        practitioners = practitioners.filter(specialty=specialty)
+    return list(practitioners.select_related("specialty").order_by("display_name", "pk"))
+
+
+def default_appointment_type(practitioner_id: int | None) -> AppointmentType | None:
+    """The finder's type when none is asked for: the first (by name) of the active types the
+    practitioner offers, or that any active practitioner offers. One or two queries."""
+    types = AppointmentType.objects.filter(is_active=True).order_by("name", "pk")
+    if practitioner_id is not None:
+        offered: AppointmentType | None = types.offered_by(practitioner_id).first()
+        if offered is not None:
+            return offered
+    return types.filter(practitioners__is_active=True).first()
+
+
+# ---------------------------------------------------------------------------------------------
+# A patient's appointments on their record (scheduling.record)
+
+# What the record's appointments panel shows: plain columns only. The reason, the internal
+# note and the cancellation reason (encrypted) stay on the appointment page.
+RECORD_FIELDS = (
+    "id",
+    "patient_id",
+    "practitioner_id",
+    "appointment_type_id",
+    "start",
+    "end",
+    "status",
+    "practitioner__id",
+    "practitioner__display_name",
+    "appointment_type__id",
+    "appointment_type__name",
+)
+
+
+@dataclass(frozen=True)
+class PatientAppointments:
+    """Upcoming appointments (not yet over), soonest first; past ones, latest first; each list
+    cut at its limit (``more_*``: there are others). ``reminders``: each shown appointment's
+    latest reminder per channel and kind. ``next``: the first upcoming one that still holds the
+    practitioner's time."""
+
+    upcoming: list[Appointment]
+    past: list[Appointment]
+    more_upcoming: bool
+    more_past: bool
+    next: Appointment | None
+    reminders: dict[uuid.UUID, list[Reminder]]
+
+
+def latest_reminders(appointment_ids: list[uuid.UUID]) -> dict[uuid.UUID, list[Reminder]]:
+    """Each appointment's latest reminder per channel and kind (a move cancels one and plans
+    another: the page shows the one that counts), in due order. One query; plain columns."""
+    latest: dict[tuple[uuid.UUID, str, str], Reminder] = {}
+    rows = Reminder.objects.filter(appointment_id__in=appointment_ids).only("appointment_id", *REMINDER_FIELDS)
+    for reminder in rows.order_by("id"):
+        latest[(reminder.appointment_id, reminder.channel, reminder.kind)] = reminder
+    found: dict[uuid.UUID, list[Reminder]] = {}
+    for reminder in sorted(latest.values(), key=lambda r: (r.due_at, r.pk)):
+        found.setdefault(reminder.appointment_id, []).append(reminder)
+    return found
+
+
+def patient_appointments(
+    patient_id: uuid.UUID,
+    *,
+    practitioner: Practitioner | None,
+    now: datetime.datetime,
+    upcoming_limit: int,
+    past_limit: int,
+) -> PatientAppointments:
+    """The patient's appointments, cancelled ones and no-shows included; a practitioner's own
+    only when ``practitioner`` is given. Three queries whatever their number; plain columns
+    only, so nothing is decrypted (and no read is explained or audited)."""
+    appointments = Appointment.objects.filter(patient_id=patient_id)
+    if practitioner is not None:
+        appointments = appointments.filter(practitioner=practitioner)
+    appointments = appointments.select_related("practitioner", "appointment_type").only(*RECORD_FIELDS)
+    upcoming = list(appointments.filter(end__gt=now).order_by("start", "id")[: upcoming_limit + 1])
+    past = list(appointments.filter(end__lte=now).order_by("-start", "-id")[: past_limit + 1])
+    shown = upcoming[:upcoming_limit] + past[:past_limit]
+    return PatientAppointments(
+        upcoming=upcoming[:upcoming_limit],
+        past=past[:past_limit],
+        more_upcoming=len(upcoming) > upcoming_limit,
+        more_past=len(past) > past_limit,
+        next=next((a for a in upcoming[:upcoming_limit] if a.is_active), None),
+        reminders=latest_reminders([a.pk for a in shown]) if shown else {},
+    )

@@ -27,7 +27,6 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlencode
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -35,7 +34,6 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
-from django.urls import reverse
 from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.translation import gettext as _
@@ -54,7 +52,7 @@ from patients.selectors import (
 from practice.http import AuthenticatedHttpRequest
 from practice.models import FormSubmission, Practitioner
 from practice.roles import is_front_desk
-from scheduling import availability, selectors, services
+from scheduling import availability, finder, selectors, services
 from scheduling.access import (
     FRONT_DESK_STATUSES,
     PRACTITIONER_STATUSES,
@@ -66,6 +64,7 @@ from scheduling.access import (
     require_front_desk,
 )
 from scheduling.forms import (
+    LAST_DAY,
     MALFORMED_KEY,
     SUBMISSION_KEY,
     BookingForm,
@@ -407,29 +406,19 @@ def print_day(request: HttpRequest, day: datetime.date, pk: int) -> HttpResponse
 @login_required
 @require_GET
 def free_slots(request: HttpRequest) -> HttpResponse:
-    """The next free slots of a practitioner for an appointment type, each one click from booking."""
+    """The free-slot finder: filters (type, practitioner or specialty, from a date, days of the
+    week, time of day), results by day with each practitioner's first slot of the morning and
+    of the afternoon, each one click from the booking page filled in (scheduling.finder). It
+    searches as soon as it opens; bad input comes back with errors. Front desk only; it
+    decrypts nothing."""
     require_front_desk(request)
-    if "appointment_type" in request.GET:
-        form = FreeSlotsForm(request.GET)
-    else:
-        form = FreeSlotsForm(initial={"practitioner": _as_int(request.GET.get("practitioner"))})
-    days: list[dict[str, Any]] = []
-    if form.is_bound and form.is_valid():
-        practitioner, kind = form.cleaned_data["practitioner"], form.cleaned_data["appointment_type"]
-        slots = availability.free_slots(
-            practitioner_id=practitioner.pk, duration_minutes=kind.duration_minutes, after=timezone.now()
-        )
-        book_url = reverse("scheduling:book")
-        tz = availability.practice_tz()
-        for slot in slots:
-            local = slot.start.astimezone(tz)
-            query = urlencode({"practitioner": practitioner.pk, "type": kind.pk, "start": local.isoformat()})
-            entry = {"slot": slot, "url": f"{book_url}?{query}"}
-            if days and days[-1]["day"] == local.date():
-                days[-1]["slots"].append(entry)
-            else:
-                days.append({"day": local.date(), "slots": [entry]})
-    return render(request, "scheduling/free_slots.html", {"form": form, "days": days})
+    form = FreeSlotsForm.for_query(request.GET)
+    context: dict[str, Any] = {"form": form, "days": [], "results": None}
+    if form.is_valid():
+        query = form.query(today=_today())
+        patient = form.cleaned_data["patient"]
+        context.update(finder.page(query, params=form.params(), patient=patient, now=timezone.now(), last_day=LAST_DAY))
+    return render(request, "scheduling/free_slots.html", context)
 
 
 def _booking_initial(params) -> dict:
@@ -799,7 +788,8 @@ def _act_once(
 
     def act() -> str:
         work()
-        return appointment.get_absolute_url()
+        # Back where the form was (the patient's record offers these forms too), else the appointment.
+        return _safe_next(request, appointment.get_absolute_url())
 
     if form.is_valid():
         try:

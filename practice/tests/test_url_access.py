@@ -127,6 +127,7 @@ TABLE: dict[str, Row] = {
     # Patients: the front desk sees every record, a practitioner the patients they have seen
     "patients:list": Row(LOGIN, 200, 403, 403, 200, 403),
     "patients:create": Row(LOGIN, 200, 403, 403, 403, 403),  # practice admins do not add patients
+    # The record, with its appointments panel (scheduling.record): the front desk's all, a practitioner's own
     "patients:detail": Row(LOGIN, 200, 200, 404, 200, 404),
     "patients:edit": Row(LOGIN, 200, 403, 403, 200, 403),
     "patients:archive": _logged_in(405),
@@ -141,7 +142,7 @@ TABLE: dict[str, Row] = {
     "scheduling:today": Row(LOGIN, 200, 403, 403, 200, 403),
     "scheduling:day": Row(LOGIN, 200, 403, 403, 200, 403),
     "scheduling:colours": Row(LOGIN, 200, 200, 200, 200, 403),
-    "scheduling:free_slots": Row(LOGIN, 200, 403, 403, 200, 403),
+    "scheduling:free_slots": Row(LOGIN, 200, 403, 403, 200, 403),  # the finder: searches as it opens
     "scheduling:print_day": Row(LOGIN, 200, 200, 404, 200, 403),
     "scheduling:this_week": Row(LOGIN, 200, 200, 404, 200, 403),
     "scheduling:week": Row(LOGIN, 200, 200, 404, 200, 403),

@@ -276,14 +276,15 @@ def test_it_prints_a_day_sheet(secretary, doctor, appointment):
 # Free slots
 
 
-def test_it_lists_the_next_ten_free_slots_as_booking_links(secretary, doctor, consultation):
+def test_it_lists_free_slots_as_booking_links(secretary, doctor, consultation):
+    """Each filter of the finder, and what it shows: scheduling/tests/test_finder.py."""
     response = client_for(secretary).get(
         reverse("scheduling:free_slots"), {"practitioner": doctor.pk, "appointment_type": consultation.pk}
     )
     body = response.content.decode()
     assert response.status_code == 200
     links = re.findall(r'href="(/appointments/new/\?[^"]+)"', body)
-    assert len(links) == 10
+    assert len(links) >= 10  # the first morning and afternoon slot of each day shown
     assert f"practitioner={doctor.pk}" in links[0]
     assert f"type={consultation.pk}" in links[0]
     assert "start=" in links[0]
