@@ -4,8 +4,8 @@ and audited like any read, scheduling.selectors.slot_conflict) and the next free
 sentences the booking page, the appointment page and the grid's script show alike.
 
 Whether the front desk may squeeze an emergency in over it is said here too: the clinic
-allows it (practice.Clinic.squeeze_in_allowed), the user is the front desk, and what holds
-the time is not itself squeezed in (scheduling.services enforces the same rules).
+allows it (practice.Clinic.squeeze_in_allowed), the user is the front desk, and no squeezed
+appointment holds any of the time already (scheduling.services enforces the same rules).
 """
 
 from __future__ import annotations
@@ -30,13 +30,11 @@ def conflict_of(
     it, else None."""
     if not isinstance(exc, SlotTaken) or exc.conflict is None or wanted is None:
         return None
-    return selectors.slot_conflict(exc.conflict, user=user, duration=duration, wanted=wanted)
+    return selectors.slot_conflict(exc.conflict, user=user, duration=duration, wanted=wanted, squeezable=exc.squeezable)
 
 
 def squeeze_offered(conflict: SlotConflict | None, *, user: User | AnonymousUser) -> bool:
-    return (
-        conflict is not None and not conflict.squeezed and is_front_desk(user) and Clinic.current().squeeze_in_allowed
-    )
+    return conflict is not None and conflict.squeezable and is_front_desk(user) and Clinic.current().squeeze_in_allowed
 
 
 def _when(moment: datetime.datetime) -> str:

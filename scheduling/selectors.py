@@ -164,17 +164,24 @@ class SlotConflict:
     practitioner: str
     patient: str | None
     squeezed: bool
+    squeezable: bool
     next_free: availability.Slot | None
 
 
 def slot_conflict(
-    conflict: Appointment, *, user: User | AnonymousUser, duration: datetime.timedelta, wanted: datetime.datetime
+    conflict: Appointment,
+    *,
+    user: User | AnonymousUser,
+    duration: datetime.timedelta,
+    wanted: datetime.datetime,
+    squeezable: bool = False,
 ) -> SlotConflict:
     """Describe `conflict` (loaded by scheduling.services with its practitioner, nothing of the
     patient) for `user`. The patient's two name fields are decrypted (and so audited and
     explained like any read) only when the user may open that patient's record
     (patients.access); the next free time of `duration` is searched from the time wanted (or
-    now, if that is past). A few queries, on a refusal only."""
+    now, if that is past). `squeezable`: no squeezed appointment holds the time (the service
+    said). A few queries, on a refusal only."""
     patient = patient_queryset_for(user).filter(pk=conflict.patient_id).only("id", "last_name", "first_names").first()
     minutes = max(1, round(duration.total_seconds() / 60))
     free = availability.free_slots(
@@ -190,6 +197,7 @@ def slot_conflict(
         practitioner=conflict.practitioner.display_name,
         patient=patient.display_name if patient is not None else None,
         squeezed=conflict.squeezed,
+        squeezable=squeezable,
         next_free=free[0] if free else None,
     )
 

@@ -47,11 +47,21 @@ class BookingError(ValidationError):
 
 class SlotTaken(BookingError):
     """The time is held by another appointment: ``conflict`` is that appointment when known
-    (plain columns and its practitioner's name: nothing of the patient is decrypted)."""
+    (plain columns and its practitioner's name: nothing of the patient is decrypted), and
+    ``squeezable`` says whether an emergency could be squeezed in over it (no squeezed
+    appointment holds any of the time already)."""
 
-    def __init__(self, message: str, code: str = "slot_taken", *, conflict: Appointment | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        code: str = "slot_taken",
+        *,
+        conflict: Appointment | None = None,
+        squeezable: bool = False,
+    ) -> None:
         super().__init__(message, code=code)
         self.conflict = conflict
+        self.squeezable = squeezable
 
 
 class SqueezeRefused(BookingError):
@@ -107,15 +117,14 @@ CLASH_FIELDS = (
 )
 
 
-def _clash(
+def _clashes(
     *, practitioner_id: int, start: datetime.datetime, end: datetime.datetime, exclude_pk: uuid.UUID | None
-) -> Appointment | None:
-    """The active appointment that holds part of [start, end): a squeezed one first (none may be
-    squeezed over), then the earliest. One query."""
+) -> list[Appointment]:
+    """The active appointments that hold part of [start, end), earliest first. One query."""
     clashes = availability.active_appointments_between([practitioner_id], start, end)
     if exclude_pk is not None:
         clashes = clashes.exclude(pk=exclude_pk)
-    return clashes.select_related("practitioner").only(*CLASH_FIELDS).order_by("-squeezed", "start", "id").first()
+    return list(clashes.select_related("practitioner").only(*CLASH_FIELDS).order_by("start", "id"))
 
 
 @dataclass(frozen=True)
@@ -139,11 +148,14 @@ def _check_slot(
     """Raise if the slot cannot be booked; say what `force` and `squeeze` overrode."""
     if timezone.is_naive(start) or timezone.is_naive(end):
         raise ValueError("Appointment times must be aware datetimes.")
-    clash = _clash(practitioner_id=practitioner_id, start=start, end=end, exclude_pk=exclude_pk)
-    if clash is not None and not squeeze:
-        raise SlotTaken(_("This slot is already taken. Pick another time."), conflict=clash)
-    if clash is not None and clash.squeezed:
-        raise SlotTaken(_("An emergency is already squeezed in at this time. Pick another time."), conflict=clash)
+    clashes = _clashes(practitioner_id=practitioner_id, start=start, end=end, exclude_pk=exclude_pk)
+    squeezed = next((c for c in clashes if c.squeezed), None)
+    if clashes and not squeeze:
+        raise SlotTaken(
+            _("This slot is already taken. Pick another time."), conflict=clashes[0], squeezable=squeezed is None
+        )
+    if squeezed is not None:
+        raise SlotTaken(_("An emergency is already squeezed in at this time. Pick another time."), conflict=squeezed)
     overridden = []
     if availability.absences_between([practitioner_id], start, end).exists():
         if not force:
@@ -153,7 +165,7 @@ def _check_slot(
         if not force:
             raise OutsideWorkingHours(_("This time is outside the practitioner's working hours."), code="outside_hours")
         overridden.append("working_hours")
-    return SlotCheck(forced=overridden, squeezed_over=clash)
+    return SlotCheck(forced=overridden, squeezed_over=clashes[0] if clashes else None)
 
 
 def _squeeze_reason(*, actor: User | None, reason: str) -> str:
@@ -181,14 +193,16 @@ def _save_guarded(appointment: Appointment, **save_kwargs: Any) -> None:
             appointment.save(**save_kwargs)
     except IntegrityError as exc:
         if "appointment_no_overlap" in str(exc):
-            winner = _clash(
+            winners = _clashes(
                 practitioner_id=appointment.practitioner_id,
                 start=appointment.start,
                 end=appointment.end,
                 exclude_pk=appointment.pk,
             )
             raise SlotTaken(
-                _("This slot was just taken by another booking. Pick another time."), conflict=winner
+                _("This slot was just taken by another booking. Pick another time."),
+                conflict=winners[0] if winners else None,
+                squeezable=not any(w.squeezed for w in winners),
             ) from None
         raise
 

@@ -270,3 +270,20 @@ def test_it_shows_a_squeeze_double_on_the_agenda(squeezing, secretary, doctor, c
         ("patients.Patient", str(appointment.patient_id)): {"last_name", "first_names"},
         ("patients.Patient", str(walk_in.pk)): {"last_name", "first_names"},
     }
+
+
+def test_it_offers_no_second_squeeze_over_the_same_time(
+    squeezing, secretary, doctor, consultation, appointment, walk_in
+):
+    _squeeze(doctor, walk_in, consultation, at(DAY, 9, 10), actor=secretary)
+    other = make_patient(last_name="Third", email="", nir="")
+    body = (
+        client_for(secretary).post(reverse("scheduling:book"), _booking(doctor, consultation, other)).content.decode()
+    )
+    assert "Held by the appointment of Monday 4 March 2030, 09:00–09:20, with Dr Claire Martin" in body  # the first
+    assert 'name="squeeze"' not in body  # an emergency already holds 9:10-9:30
+    refused = client_for(secretary).post(
+        reverse("scheduling:book"), _booking(doctor, consultation, other, squeeze="on", squeeze_reason=REASON)
+    )
+    assert "An emergency is already squeezed in at this time." in refused.content.decode()
+    assert Appointment.objects.count() == 2
