@@ -4,6 +4,8 @@ reason; at most one squeezed appointment at any moment, and ordinary bookings ne
 it. On PostgreSQL the database holds the same line (migration 0009's two exclusion
 constraints), ordinary bookings as strictly as before."""
 
+import re
+
 import pytest
 from django.db import IntegrityError, connection, transaction
 from django.urls import reverse
@@ -287,3 +289,19 @@ def test_it_offers_no_second_squeeze_over_the_same_time(
     )
     assert "An emergency is already squeezed in at this time." in refused.content.decode()
     assert Appointment.objects.count() == 2
+
+
+def test_a_practice_admin_turns_squeezing_on_in_admin(practice_admin):
+    clinic = Clinic.current()
+    url = reverse("admin:practice_clinic_change", args=[clinic.pk])
+    client = client_for(practice_admin)
+    page = client.get(url).content.decode()
+    assert "checked" not in re.search(r'<input type="checkbox" name="squeeze_in_allowed"[^>]*>', page).group(0)
+    data = {"name": clinic.name, "address": "", "phone": "", "email": "", "squeeze_in_allowed": "on"}
+    for day in ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"):
+        for edge in ("opens", "closes"):
+            value = getattr(clinic, f"{day}_{edge}")
+            data[f"{day}_{edge}"] = value.strftime("%H:%M") if value else ""
+    response = client.post(url, data)
+    assert response.status_code == 302, response.content.decode()[:2000]
+    assert Clinic.current().squeeze_in_allowed is True
