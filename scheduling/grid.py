@@ -10,9 +10,10 @@ works without the script (static/js/agenda.js only refines them):
 - the free time of a practitioner (working hours less absences and appointments, from now on)
   is cut into links of FREE_LINK_MINUTES to the booking page, prefilled with the practitioner
   and the time: a link per free quarter of an hour, not per grid row, and none in the past;
-- today's appointments carry a one-click button to the next step of the day (arrived, in
-  consultation, done): a `formaction` to the status endpoint, all buttons sharing one small
-  form of the page (its CSRF token and submission key), not a form each;
+- today's appointments carry a one-click button to the next step of the day (arrived, for
+  those due within ARRIVAL_AHEAD; in consultation; done): a `formaction` to the status
+  endpoint, all buttons sharing one small form of the page (its CSRF token and submission
+  key), not a form each;
 - an emergency squeezed in over another appointment shows beside it, both half width.
 """
 
@@ -51,6 +52,9 @@ ONE_CLICK: dict[str, tuple[AppointmentStatus, StrOrPromise]] = {
 }
 # The one form of the page that every one-click button submits (templates/scheduling/_grid.html).
 STATUS_FORM_ID = "grid-status"
+# "Arrived" is offered on the grid for appointments starting before now plus this: the
+# patients who may walk in now (the waiting room lists every one expected, each one click away).
+ARRIVAL_AHEAD = datetime.timedelta(hours=2)
 
 
 @dataclass
@@ -144,11 +148,14 @@ def block_html(
     )
 
 
-def button_html(appointment: Appointment, *, first: int, labels: dict, double: bool = False) -> str:
-    """The one-click button to the appointment's next step of the day, or "" (none from here).
-    It submits the page's status form (STATUS_FORM_ID) to the appointment's status endpoint."""
+def button_html(
+    appointment: Appointment, *, first: int, labels: dict, arrivals_until: datetime.datetime, double: bool = False
+) -> str:
+    """The one-click button to the appointment's next step of the day, or "" (none from here;
+    no "arrived" for an appointment starting at `arrivals_until` or later). It submits the
+    page's status form (STATUS_FORM_ID) to the appointment's status endpoint."""
     step = ONE_CLICK.get(appointment.status)
-    if step is None:
+    if step is None or (appointment.status == AppointmentStatus.BOOKED and appointment.start >= arrivals_until):
         return ""
     status, _label = step
     side = " dbl" if double and not appointment.squeezed else ""
@@ -245,7 +252,9 @@ def _column_layout(grid: Grid, column: Column, *, today: datetime.date, now, lab
         double = appointment.pk in doubles
         blocks.append(block_html(appointment, first=first, last=last, compact=compact, labels=labels, double=double))
         if buttons:
-            blocks.append(button_html(appointment, first=first, labels=labels, double=double))
+            blocks.append(
+                button_html(appointment, first=first, labels=labels, arrivals_until=now + ARRIVAL_AHEAD, double=double)
+            )
     free = ""
     if actions.book and column.day >= today:
         free = free_html(grid, column, labels=labels, not_before=now if column.day == today else None)

@@ -109,6 +109,20 @@ def test_it_offers_one_click_status_buttons_on_todays_appointments_only(secretar
     assert f'name="next" value="/agenda/{DAY}/#now"' in form
     assert 'class="go ' not in later
     assert str(tomorrow.pk) in later
+    assert body.count('class="go ') == 1
+
+
+def test_it_offers_arrival_for_the_next_two_hours_only(secretary, doctor, consultation, appointment):
+    """Who may walk in now: due within two hours, or late (the waiting room lists everyone)."""
+    later = book(doctor, make_patient(last_name="Plus", email="", nir=""), consultation, at(DAY, 11))
+    with time_machine.travel(at(DAY, 8, 30), tick=False):
+        early = _day(client_for(secretary))
+    with time_machine.travel(at(DAY, 10, 30), tick=False):
+        late = _day(client_for(secretary))
+    assert f"/appointments/{appointment.pk}/status/" in early
+    assert f"/appointments/{later.pk}/status/" not in early  # 11:00 is two and a half hours ahead
+    assert f"/appointments/{appointment.pk}/status/" in late  # 9:00, not arrived yet: late
+    assert f"/appointments/{later.pk}/status/" in late
 
 
 @pytest.mark.parametrize(
