@@ -167,13 +167,14 @@ def button_html(
 
 
 def block_labels() -> dict:
-    labels: dict[str, Any] = {status.value: escape(status.label) for status in AppointmentStatus}
+    # str() first: escape() keeps a lazy translation lazy, and each use would translate again.
+    labels: dict[str, Any] = {status.value: escape(str(status.label)) for status in AppointmentStatus}
     labels.update(
         no_type=escape(_("No type")),
         forced=escape(_("forced")),
         squeezed=escape(_("squeezed in")),
         book=escape(_("Book")),
-        go={status: escape(label) for status, label in ONE_CLICK.values()},
+        go={status: escape(str(label)) for status, label in ONE_CLICK.values()},
         tz=availability.practice_tz(),
         url_prefix=reverse("scheduling:appointment", args=[uuid.UUID(int=0)]).rsplit("/", 2)[0] + "/",
         book_url=reverse("scheduling:book"),
