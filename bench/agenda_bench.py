@@ -485,6 +485,8 @@ def day_view_bench(client, url: str, args) -> dict:
         audit_fields=fields,
         html=len(response.content),
         blocks=response.content.decode().count('class="appt '),
+        free=response.content.decode().count('class="free '),
+        buttons=response.content.decode().count('class="go '),
     )
     return result
 
@@ -542,9 +544,11 @@ def selector_bench(day: datetime.date, args) -> dict:
         ctx.discard()
 
         today = views._today()
+        # What day_view offers the front desk: free time to book, one-click status buttons.
+        actions = agenda_grid.Actions(book=True, status_next=f"/agenda/{day.isoformat()}/#now")
 
         def layout():
-            return agenda_grid.grid_context(grid, today=today)
+            return agenda_grid.grid_context(grid, today=today, actions=actions)
 
         prepared = layout()
 
@@ -565,6 +569,16 @@ def selector_bench(day: datetime.date, args) -> dict:
             out["render_error"] = f"{exc.__class__.__name__}: {exc}"
         ctx.discard()
     return out
+
+
+def empty_day(plan: Plan) -> datetime.date:
+    """A working day after the last seeded one: nothing booked, so the grid offers its whole
+    working time as links to book (10 practitioners x 12 hours by quarters: 480 links), the
+    clickable grid's largest page."""
+    day = plan.last + datetime.timedelta(days=7)
+    while not Plan.open(day):
+        day += datetime.timedelta(days=1)
+    return day
 
 
 def free_slots_bench(day: datetime.date, practitioners, args) -> dict:
@@ -745,9 +759,19 @@ def report(env, view, sel, slots, plans, args, load_end) -> list[tuple[str, str,
     print(head)
     print(line_of("day view", view, f"{len(view['queries'])} queries"))
     print(line_of("request floor: GET /agenda/colours.css (same stack, no grid)", view["floor"]))
+    if "empty" in view:
+        empty = view["empty"]
+        print(
+            line_of(
+                f"an empty working day ({empty['day']:%Y-%m-%d}: all free)",
+                empty,
+                f"{len(empty['queries'])} queries, {empty['free']} free-time links, {empty['html']:,} bytes",
+            )
+        )
     print(
         f"    one request: {len(view['queries'])} queries, {view['audit_rows']} audit rows written "
-        f"({'; '.join(view['audit_fields'])}), {view['blocks']} appointment blocks, {view['html']:,} bytes of HTML"
+        f"({'; '.join(view['audit_fields'])}), {view['blocks']} appointment blocks, {view['buttons']} one-click "
+        f"status buttons, {view['free']} free-time links, {view['html']:,} bytes of HTML"
     )
     for n, sql in enumerate(view["queries"], start=1):
         print(f"      {n:>2}. {sql_head(sql)}")
@@ -891,6 +915,9 @@ def main(argv=None) -> int:
 
     print("Measuring the day view...", flush=True)
     view = day_view_bench(client, url, args)
+    empty = empty_day(plan)
+    view["empty"] = day_view_bench(client, f"/agenda/{empty.isoformat()}/", args)
+    view["empty"]["day"] = empty
     print("Measuring the selector...", flush=True)
     sel = selector_bench(day, args)
     print("Measuring free slots...", flush=True)

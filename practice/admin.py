@@ -28,10 +28,12 @@ from practice.services import lockout_lift, user_second_factor_reset, user_sessi
 @admin.register(Clinic)
 class ClinicAdmin(admin.ModelAdmin):
     """The clinic's one row: its name, address and phone, as reminders show them, and its
-    opening hours (reads of patient data outside them are an anomaly signal)."""
+    opening hours (reads of patient data outside them are an anomaly signal), and whether the
+    front desk may squeeze an emergency in over an existing appointment."""
 
     fieldsets = [
         (None, {"fields": ["name", "address", "phone", "email", "reminders_show_specialty"]}),
+        (_("Agenda"), {"fields": ["squeeze_in_allowed"]}),
         (
             _("Opening hours"),
             {

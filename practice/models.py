@@ -260,6 +260,14 @@ class Clinic(models.Model):
         default=False,
         help_text=_("Off by default: a specialty can say more about a patient than they would like on a phone screen."),
     )
+    squeeze_in_allowed = models.BooleanField(
+        _("let secretaries squeeze in emergencies"),
+        default=False,
+        help_text=_(
+            "Off by default. When on, the front desk may book an emergency over an existing appointment, "
+            "with a written reason kept in the audit trail; the agenda shows both appointments."
+        ),
+    )
     # Opening hours, wall-clock time in the practice's time zone (settings.TIME_ZONE), one
     # interval a day; a day without both times is closed. Reads of patient data outside them
     # are an anomaly signal (investigations/anomalies.py).

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime
 import re
-import secrets
 import uuid
 
 from django import forms
@@ -17,6 +16,8 @@ from scheduling.availability import practice_tz
 from scheduling.finder import AFTERNOON, MORNING, SEARCH_DAYS, SlotQuery
 from scheduling.models import TYPE_NOT_OFFERED, AppointmentType, Weekday
 from scheduling.selectors import default_appointment_type, practitioners_offering
+from scheduling.services import SQUEEZE_REASON_MIN_LENGTH
+from scheduling.submission_keys import submission_key_new
 
 
 class TimeInput(forms.TimeInput):
@@ -51,11 +52,6 @@ SUBMISSION_KEY = "submission_key"
 _SUBMISSION_KEY = re.compile(r"[A-Za-z0-9_-]{16,64}")
 
 
-def submission_key_new() -> str:
-    """A fresh key for a form (192 random bits, 32 URL-safe characters)."""
-    return secrets.token_urlsafe(24)
-
-
 def submission_key_from(data) -> str | None:
     """The well-formed key in posted data, or None (missing, or malformed: the form says so)."""
     value = data.get(SUBMISSION_KEY) if data else None
@@ -85,6 +81,11 @@ class SubmissionKeyMixin(forms.Form):
         super().__init__(*args, **kwargs)
         self._rendered_key = None
         self.first_result = ""  # set when the key went with other values: where that went
+        # Set by the view after a "slot taken" refusal (scheduling.conflicts): what holds the
+        # time, in words, and (booking) a link to book the next free time instead.
+        self.conflict = None
+        self.conflict_sentences = []
+        self.next_free_url = ""
 
     @property
     def submission_key(self) -> str | None:
@@ -124,6 +125,43 @@ class ForceMixin(forms.Form):
         self.offer_force = bool(self.data.get(self.add_prefix("force")))
 
 
+class SqueezeMixin(forms.Form):
+    """`squeeze`: book an emergency over the appointment that holds the time, saying why
+    (scheduling.services: the clinic must allow it, and only the front desk may; the reason
+    goes to the audit trail). Rendered only after a "slot taken" refusal that may be
+    overridden so (`offer_squeeze`, set by the view)."""
+
+    squeeze = forms.BooleanField(
+        label=_("Squeeze in anyway: an emergency, booked over the appointment that holds this time"),
+        required=False,
+    )
+    squeeze_reason = forms.CharField(
+        label=_("Why it cannot wait"),
+        required=False,
+        max_length=200,
+        help_text=_("Kept in the audit trail as written: no name and no health details."),
+    )
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.offer_squeeze = bool(self.data.get(self.add_prefix("squeeze")))
+
+    def clean(self):
+        cleaned = super().clean()
+        reason = " ".join((cleaned.get("squeeze_reason") or "").split())
+        cleaned["squeeze_reason"] = reason
+        if cleaned.get("squeeze") and len(reason) < SQUEEZE_REASON_MIN_LENGTH:
+            self.add_error(
+                "squeeze_reason",
+                forms.ValidationError(
+                    _("Say why this cannot wait (at least %(min)d characters)."),
+                    code="squeeze_reason",
+                    params={"min": SQUEEZE_REASON_MIN_LENGTH},
+                ),
+            )
+        return cleaned
+
+
 class WhenMixin(forms.Form):
     date = forms.DateField(label=_("Date"), widget=DateInput(format="%Y-%m-%d"))
     time = forms.TimeField(label=_("Time"), widget=TimeInput(format="%H:%M", attrs={"step": 300}))
@@ -141,7 +179,7 @@ class WhenMixin(forms.Form):
         return cleaned
 
 
-class BookingForm(SubmissionKeyMixin, ForceMixin, WhenMixin, forms.Form):
+class BookingForm(SubmissionKeyMixin, SqueezeMixin, ForceMixin, WhenMixin, forms.Form):
     """The slot part of booking: who, what, when, and the (encrypted) reason and note.
 
     `confirm_duplicate`: book although the patient already has an appointment with this
@@ -175,6 +213,8 @@ class BookingForm(SubmissionKeyMixin, ForceMixin, WhenMixin, forms.Form):
         "reason",
         "internal_note",
         "force",
+        "squeeze",
+        "squeeze_reason",
         "confirm_duplicate",
     ]
 

@@ -213,8 +213,9 @@ class Appointment(EncryptedModel):
     """An appointment. Nothing is hard-deleted: cancelling records who, when and why.
 
     The reason, the internal note and the cancellation reason are patient data: encrypted.
-    No two active appointments of a practitioner overlap: an exclusion constraint on
-    PostgreSQL (migration 0003), immediate transactions on SQLite (scheduling.services).
+    No two active appointments of a practitioner overlap, except an emergency squeezed in over
+    one (``squeezed``): exclusion constraints on PostgreSQL (migrations 0004 and 0009),
+    immediate transactions on SQLite (scheduling.services).
     """
 
     practitioner = models.ForeignKey(
@@ -240,6 +241,15 @@ class Appointment(EncryptedModel):
     internal_note = EncryptedTextField(_("internal note"), blank=True)
     forced = models.BooleanField(
         _("booked outside opening hours"), default=False, help_text=_("Set when a secretary overrode the hours check.")
+    )
+    # An emergency booked over another appointment (scheduling.services.appointment_book with a
+    # squeeze reason, when the clinic allows it). The exclusion constraints keep ordinary
+    # appointments apart from each other and squeezed ones apart from each other (migration
+    # 0009): at any moment a practitioner has at most one of each.
+    squeezed = models.BooleanField(
+        _("squeezed in"),
+        default=False,
+        help_text=_("Booked over another appointment as an emergency; the reason is in the audit trail."),
     )
     arrived_at = models.DateTimeField(_("arrived at"), null=True, blank=True)
     consultation_started_at = models.DateTimeField(_("consultation started at"), null=True, blank=True)

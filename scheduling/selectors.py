@@ -10,9 +10,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from django.conf import settings
+from django.contrib.auth.models import AnonymousUser, User
 from django.db.models import QuerySet
 from django.utils import timezone
 
+from patients.access import patient_queryset_for
 from patients.models import Patient
 from practice.models import Practitioner, Specialty
 from scheduling import availability
@@ -38,6 +40,7 @@ AGENDA_FIELDS = (
     "end",
     "status",
     "forced",
+    "squeezed",
     "arrived_at",
     "appointment_type__id",
     "appointment_type__name",
@@ -127,6 +130,78 @@ def waiting_room(*, practitioner: Practitioner | None = None) -> list[Appointmen
     qs = qs.select_related("patient", "appointment_type")
     return list(
         qs.select_related("practitioner").only(*AGENDA_FIELDS, "practitioner__display_name").order_by("arrived_at")
+    )
+
+
+def waiting_and_expected(*, practitioner: Practitioner | None = None) -> tuple[list[Appointment], list[Appointment]]:
+    """Today's patients who arrived and are not yet in consultation, longest wait first, and
+    those expected who have not arrived yet (booked), in order of their start: one query."""
+    start, end = availability.local_day_bounds(timezone.localdate())
+    qs = Appointment.objects.filter(
+        start__lt=end,
+        start__gt=start - MAX_APPOINTMENT_LENGTH,
+        end__gt=start,
+        status__in=[AppointmentStatus.ARRIVED, AppointmentStatus.BOOKED],
+    )
+    if practitioner is not None:
+        qs = qs.filter(practitioner=practitioner)
+    rows = list(
+        qs.select_related("patient", "appointment_type", "practitioner")
+        .only(*AGENDA_FIELDS, "practitioner__display_name")
+        .order_by("start", "id")
+    )
+    arrived = [a for a in rows if a.status == AppointmentStatus.ARRIVED]
+    arrived.sort(key=lambda a: (a.arrived_at is None, a.arrived_at or a.start))
+    expected = [a for a in rows if a.status == AppointmentStatus.BOOKED]
+    return arrived, expected
+
+
+@dataclass(frozen=True)
+class SlotConflict:
+    """A taken slot in a refusal's words: the appointment that holds it (when, with whom, and
+    the patient's name when the user may open their record), and the next free time."""
+
+    start: datetime.datetime
+    end: datetime.datetime
+    practitioner_id: int
+    practitioner: str
+    patient: str | None
+    squeezed: bool
+    squeezable: bool
+    next_free: availability.Slot | None
+
+
+def slot_conflict(
+    conflict: Appointment,
+    *,
+    user: User | AnonymousUser,
+    duration: datetime.timedelta,
+    wanted: datetime.datetime,
+    squeezable: bool = False,
+) -> SlotConflict:
+    """Describe `conflict` (loaded by scheduling.services with its practitioner, nothing of the
+    patient) for `user`. The patient's two name fields are decrypted (and so audited and
+    explained like any read) only when the user may open that patient's record
+    (patients.access); the next free time of `duration` is searched from the time wanted (or
+    now, if that is past). `squeezable`: no squeezed appointment holds the time (the service
+    said). A few queries, on a refusal only."""
+    patient = patient_queryset_for(user).filter(pk=conflict.patient_id).only("id", "last_name", "first_names").first()
+    minutes = max(1, round(duration.total_seconds() / 60))
+    free = availability.free_slots(
+        practitioner_id=conflict.practitioner_id,
+        duration_minutes=minutes,
+        after=max(wanted, timezone.now()),
+        count=1,
+    )
+    return SlotConflict(
+        start=conflict.start,
+        end=conflict.end,
+        practitioner_id=conflict.practitioner_id,
+        practitioner=conflict.practitioner.display_name,
+        patient=patient.display_name if patient is not None else None,
+        squeezed=conflict.squeezed,
+        squeezable=squeezable,
+        next_free=free[0] if free else None,
     )
 
 

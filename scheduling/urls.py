@@ -1,6 +1,6 @@
 from django.urls import path, register_converter
 
-from scheduling import views
+from scheduling import agenda_views, views
 from scheduling.forms import parse_day
 
 
@@ -27,6 +27,7 @@ urlpatterns = [
     path("agenda/free-slots/", views.free_slots, name="free_slots"),
     path("agenda/<agendadate:day>/", views.day_view, name="day"),
     path("agenda/<agendadate:day>/practitioner/<int:pk>/print/", views.print_day, name="print_day"),
+    path("agenda/<agendadate:day>/print/", agenda_views.print_all, name="print_all"),
     path("agenda/practitioner/<int:pk>/week/", views.week_view, name="this_week"),
     path("agenda/practitioner/<int:pk>/week/<agendadate:day>/", views.week_view, name="week"),
     path("my-day/", views.my_day, name="my_day"),
@@ -37,4 +38,5 @@ urlpatterns = [
     path("appointments/<uuid:pk>/type/", views.appointment_change_type, name="change_type"),
     path("appointments/<uuid:pk>/cancel/", views.appointment_cancel, name="cancel"),
     path("appointments/<uuid:pk>/status/", views.appointment_status, name="status"),
+    path("appointments/<uuid:pk>/drag-move/", agenda_views.appointment_drag_move, name="drag_move"),
 ]

@@ -27,6 +27,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlencode
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -34,6 +35,7 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.translation import gettext as _
@@ -52,7 +54,7 @@ from patients.selectors import (
 from practice.http import AuthenticatedHttpRequest
 from practice.models import FormSubmission, Practitioner
 from practice.roles import is_front_desk
-from scheduling import availability, finder, selectors, services
+from scheduling import availability, conflicts, finder, selectors, services
 from scheduling.access import (
     FRONT_DESK_STATUSES,
     PRACTITIONER_STATUSES,
@@ -79,7 +81,7 @@ from scheduling.forms import (
     submission_key_malformed,
     submission_key_new,
 )
-from scheduling.grid import grid_context
+from scheduling.grid import Actions, grid_context
 from scheduling.models import Appointment, AppointmentStatus, AppointmentType
 
 logger = logging.getLogger(__name__)
@@ -238,6 +240,19 @@ def _refused(form, exc: ValidationError) -> None:
         form.first_result = exc.result
 
 
+def _conflict_shown(
+    request: HttpRequest, form, exc: Exception, *, duration: datetime.timedelta, wanted: datetime.datetime | None = None
+) -> None:
+    """After a "slot taken" refusal: the form names the appointment in the way and the next free
+    time (scheduling.conflicts), and offers to squeeze in where that may be done."""
+    wanted = form.cleaned_data.get("start", wanted)
+    conflict = conflicts.conflict_of(exc, user=request.user, duration=duration, wanted=wanted)
+    form.conflict = conflict
+    form.conflict_sentences = conflicts.conflict_sentences(conflict) if conflict else []
+    if hasattr(form, "offer_squeeze"):
+        form.offer_squeeze = form.offer_squeeze or conflicts.squeeze_offered(conflict, user=request.user)
+
+
 # ---------------------------------------------------------------------------------------------
 # Agenda grids
 
@@ -258,14 +273,25 @@ def day_view(request: HttpRequest, day: datetime.date | None = None) -> HttpResp
                 messages.error(request, _("Enter a date as yyyy-mm-dd."))
         day = today
     grid = selectors.agenda_day(day)
+    actions = _grid_actions(request, days=(day, day), today=today, front_desk=True)
     context = {
         "day": day,
         "today": today,
         "previous": day - datetime.timedelta(days=1),
         "next": day + datetime.timedelta(days=1),
-        **grid_context(grid, today=today),
+        **grid_context(grid, today=today, actions=actions),
     }
     return render(request, "scheduling/day.html", context)
+
+
+def _grid_actions(
+    request: HttpRequest, *, days: tuple[datetime.date, datetime.date], today: datetime.date, front_desk: bool
+) -> Actions:
+    """What a grid of `days` (first, last) offers: booking free time and moving blocks (the
+    front desk), and one-click status buttons on today's appointments, which come back to this
+    page (at now, when it shows today)."""
+    back = request.path + ("#now" if days[0] <= today <= days[1] else "")
+    return Actions(book=front_desk, status_next=back)
 
 
 @never_cache
@@ -275,9 +301,13 @@ def week_view(request: HttpRequest, pk: int, day: datetime.date | None = None) -
     """One practitioner's week (Monday to Sunday). The front desk sees anyone's; a practitioner
     their own (another's answers 404, like one that does not exist)."""
     practitioner = get_practitioner_for(request, pk)
+    front_desk = is_front_desk(request.user)
     today = _today()
     monday = _monday(day or today)
     grid = selectors.agenda_week(practitioner, monday)
+    actions = _grid_actions(
+        request, days=(monday, monday + datetime.timedelta(days=6)), today=today, front_desk=front_desk
+    )
     context = {
         "practitioner": practitioner,
         "monday": monday,
@@ -286,8 +316,8 @@ def week_view(request: HttpRequest, pk: int, day: datetime.date | None = None) -
         "previous": monday - datetime.timedelta(days=7),
         "next": monday + datetime.timedelta(days=7),
         "this_week": _monday(today),
-        "front_desk": is_front_desk(request.user),
-        **grid_context(grid, today=today),
+        "front_desk": front_desk,
+        **grid_context(grid, today=today, actions=actions),
     }
     return render(request, "scheduling/week.html", context)
 
@@ -355,16 +385,17 @@ def my_day(request: HttpRequest) -> HttpResponse:
 @login_required
 @require_GET
 def waiting_room(request: HttpRequest) -> HttpResponse:
-    """Arrived patients, longest wait first: all of them for the front desk, a practitioner's own."""
+    """Arrived patients, longest wait first, then those expected who have not arrived yet, in
+    order of their start: all of them for the front desk, a practitioner's own."""
     require_agenda_role(request)
     front_desk = is_front_desk(request.user)
     if front_desk:
-        appointments = selectors.waiting_room()
+        appointments, expected = selectors.waiting_and_expected()
     else:
         practitioner = own_practitioner(request.user)
         if practitioner is None:
             raise PermissionDenied
-        appointments = selectors.waiting_room(practitioner=practitioner)
+        appointments, expected = selectors.waiting_and_expected(practitioner=practitioner)
     now = timezone.now()
     rows = [
         {
@@ -374,7 +405,9 @@ def waiting_room(request: HttpRequest) -> HttpResponse:
         }
         for a in appointments
     ]
-    return render(request, "scheduling/waiting_room.html", {"rows": rows, "front_desk": front_desk})
+    expected_rows = [{"appt": a, "late": a.start < now, "actions": _quick_actions(request.user, a)} for a in expected]
+    context = {"rows": rows, "expected": expected_rows, "front_desk": front_desk}
+    return render(request, "scheduling/waiting_room.html", context)
 
 
 @never_cache
@@ -480,6 +513,8 @@ def _slot_of(form: BookingForm) -> dict:
         "reason": data["reason"].strip(),
         "internal_note": data["internal_note"].strip(),
         "force": data["force"],
+        "squeeze": data["squeeze"],
+        "squeeze_reason": data["squeeze_reason"],
     }
 
 
@@ -618,6 +653,7 @@ def _book_existing(request: AuthenticatedHttpRequest, form: BookingForm, page: _
         url = _once(request, "scheduling.book_existing", lambda: _book_with(request, form, selected).get_absolute_url())
     except (services.BookingError, FormSubmission.Reused) as exc:
         _refused(form, exc)
+        _booking_conflict_shown(request, form, exc, patient=selected)
         return None
     messages.success(request, BOOKED["book_existing"])
     return redirect(url)
@@ -643,6 +679,7 @@ def _book_new(request: AuthenticatedHttpRequest, form: BookingForm, page: _BookP
             url = _once(request, "scheduling.book_new", create_and_book)
         except (services.BookingError, FormSubmission.Reused) as exc:
             _refused(form, exc)
+            _booking_conflict_shown(request, form, exc, patient=None)
         except ValidationError as exc:
             new.add_error(None, exc)
         else:
@@ -650,6 +687,23 @@ def _book_new(request: AuthenticatedHttpRequest, form: BookingForm, page: _BookP
             return redirect(url)
     page.results = [*page.results, *(d for d in new.duplicates if d not in page.results)]
     return None
+
+
+def _booking_conflict_shown(
+    request: HttpRequest, form: BookingForm, exc: Exception, *, patient: Patient | None
+) -> None:
+    """A taken slot on the booking page: what holds it, and a link to book the next free time
+    instead (the same practitioner, type and patient; the reason and note are typed again)."""
+    kind = form.cleaned_data["appointment_type"]
+    _conflict_shown(request, form, exc, duration=datetime.timedelta(minutes=kind.duration_minutes))
+    fields = conflicts.next_free_fields(form.conflict)
+    form.next_free_url = ""
+    if fields is not None:
+        query = {"practitioner": form.cleaned_data["practitioner"].pk, "type": kind.pk}
+        query["start"] = f"{fields['date']}T{fields['time']}"
+        if patient is not None:
+            query["patient"] = str(patient.pk)
+        form.next_free_url = f"{reverse('scheduling:book')}?{urlencode(query)}"
 
 
 def _new_patient_duplicates(new: NewPatientForm, results: Sequence[Patient | MaskedLine]) -> bool:
@@ -702,6 +756,7 @@ PAGE_FIELDS = (
     "reason",
     "internal_note",
     "forced",
+    "squeezed",
     "arrived_at",
     "consultation_started_at",
     "done_at",
@@ -796,6 +851,11 @@ def _act_once(
             url = _once(request, action, act)
         except (services.BookingError, FormSubmission.Reused) as exc:
             _refused(form, exc)
+            kind = form.cleaned_data.get("appointment_type")
+            duration = (
+                datetime.timedelta(minutes=kind.duration_minutes) if kind else appointment.end - appointment.start
+            )
+            _conflict_shown(request, form, exc, duration=duration, wanted=appointment.start)
         else:
             messages.success(request, confirmation)
             return redirect(url)

@@ -57,7 +57,7 @@ def test_a_logged_in_user_gets_our_404_with_their_menu(secretary):
     assert response.status_code == 404
     body = _page(response)
     assert "<h1>Page not found</h1>" in body
-    assert 'href="/agenda/"' in body  # the secretary's menu
+    assert 'href="/agenda/#now"' in body  # the secretary's menu (the agenda opens at now)
     assert secretary.username in body
     assert 'href="/accounts/login/"' not in body
 

@@ -144,6 +144,7 @@ TABLE: dict[str, Row] = {
     "scheduling:colours": Row(LOGIN, 200, 200, 200, 200, 403),
     "scheduling:free_slots": Row(LOGIN, 200, 403, 403, 200, 403),  # the finder: searches as it opens
     "scheduling:print_day": Row(LOGIN, 200, 200, 404, 200, 403),
+    "scheduling:print_all": Row(LOGIN, 200, 403, 403, 200, 403),  # every practitioner's day: front desk
     "scheduling:this_week": Row(LOGIN, 200, 200, 404, 200, 403),
     "scheduling:week": Row(LOGIN, 200, 200, 404, 200, 403),
     "scheduling:my_day": Row(LOGIN, 403, 200, 200, 403, 403),  # needs a practitioner profile
@@ -154,6 +155,7 @@ TABLE: dict[str, Row] = {
     "scheduling:change_type": _logged_in(405),
     "scheduling:cancel": _logged_in(405),
     "scheduling:status": _logged_in(405),
+    "scheduling:drag_move": _logged_in(405),  # POST only, from the grid's script
     # The audit trail: practice admins only
     "investigations:patient_access": Row(LOGIN, 403, 403, 403, 200, 403),
     "investigations:patient_access_print": Row(LOGIN, 403, 403, 403, 200, 403),

@@ -1,7 +1,9 @@
-"""Fifty people book the same slot at the same instant: exactly one gets it.
+"""Fifty people book the same slot at the same instant: exactly one gets it; fifty squeeze an
+emergency in over the same appointment: exactly one is squeezed in.
 
 Real threads, each with its own database connection, released together by a barrier.
-PostgreSQL relies on the exclusion constraint; SQLite on immediate transactions.
+PostgreSQL relies on the exclusion constraints (migrations 0004 and 0009); SQLite on
+immediate transactions.
 """
 
 import threading
@@ -11,6 +13,7 @@ from django.db import IntegrityError, connection, transaction
 
 from audit.context import system_context
 from config.testing import make_patient, make_practitioner, make_type, paris
+from practice.models import Clinic
 from scheduling import services
 from scheduling.models import Appointment
 
@@ -86,3 +89,54 @@ def services_book(doctor, patient, consultation):
         return services.appointment_book(
             practitioner=doctor, patient=patient, appointment_type=consultation, start=paris(2026, 3, 2, 9), actor=None
         )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_gives_a_contested_emergency_to_exactly_one_squeeze(roles, secretary):
+    """Fifty secretaries squeeze an emergency in over the same appointment at once: one is
+    squeezed in, 49 are told an emergency already holds the time (PostgreSQL: the second
+    exclusion constraint, migration 0009; SQLite: immediate transactions). The ordinary
+    constraint is untouched: the appointment squeezed over is the only ordinary one."""
+    Clinic.objects.update_or_create(pk=1, defaults={"squeeze_in_allowed": True})
+    doctor = make_practitioner()
+    consultation = make_type(doctor)
+    held = services_book(doctor, make_patient(last_name="Held"), consultation)
+    patients = [make_patient(last_name=f"Emergency{i}") for i in range(ATTEMPTS)]
+    barrier = threading.Barrier(ATTEMPTS)
+    outcomes: list[str] = []
+    lock = threading.Lock()
+
+    def attempt(patient):
+        try:
+            barrier.wait()
+            with system_context("tests:concurrency"):
+                services.appointment_book(
+                    practitioner=doctor,
+                    patient=patient,
+                    appointment_type=consultation,
+                    start=paris(2026, 3, 2, 9, 10),
+                    actor=secretary,
+                    squeeze=True,
+                    squeeze_reason="Chest pain, sent by the pharmacist",
+                )
+            result = "squeezed"
+        except services.SlotTaken as exc:
+            result = "taken: " + exc.messages[0]
+        except Exception as exc:
+            result = f"error: {exc!r}"
+        finally:
+            connection.close()
+        with lock:
+            outcomes.append(result)
+
+    threads = [threading.Thread(target=attempt, args=(p,)) for p in patients]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+
+    assert len(outcomes) == ATTEMPTS
+    assert outcomes.count("squeezed") == 1, [o for o in outcomes if o.startswith("error")][:3]
+    assert sum(o.startswith("taken: ") for o in outcomes) == ATTEMPTS - 1
+    assert Appointment.objects.filter(squeezed=True).count() == 1
+    assert list(Appointment.objects.filter(squeezed=False).values_list("pk", flat=True)) == [held.pk]
