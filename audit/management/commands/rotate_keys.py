@@ -151,3 +151,8 @@ class Command(AuditedCommand):
         for obj in batch:
             obj.blind_indexes_update(force=True)
         model._base_manager.bulk_update(batch, index_fields)
+        # Indexes kept in a table of their own (the patients' search tokens), rebuilt with the
+        # batch: same transaction, same progress, same reads.
+        tokens_write = getattr(model, "blind_tokens_write", None)
+        if tokens_write is not None:
+            tokens_write(batch)
