@@ -45,7 +45,7 @@ FUZZY_MIN = 4
 PHONE_SUFFIX_MIN = 4
 PHONE_SUFFIX_MAX = 6
 # More words than this in the name box are taken as a last name only (no last/first split).
-SPLIT_MAX_WORDS = 4
+SPLIT_MAX_WORDS = 6
 
 # Leading particles of French (and neighbouring) surnames, after normalize_name ("d'Arc" is "d arc").
 PARTICLES = frozenset(

@@ -4,12 +4,14 @@ and decrypts only the rows it returns (plus blind-index false candidates, discar
 from __future__ import annotations
 
 import datetime
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TypeVar
 from uuid import UUID
 
-from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.db import connection
+from django.db.models import Exists, OuterRef, Q, QuerySet, Value
 from django.urls import reverse
 from django.utils import timezone
 
@@ -286,36 +288,57 @@ def _row_rank(patient: Patient, query: PatientQuery, readings: list[search.NameT
     return None if best is None else (int(best[0]), best[1])
 
 
+def _candidate_branches(
+    query: PatientQuery, readings: list[search.NameTerms | None], *, cap: int
+) -> list[QuerySet[Patient, tuple[UUID, int]]]:
+    """(id, branch number) of the candidates of each tier (exact, prefix, typo) of each reading,
+    in that order, each branch capped."""
+    branches: list[QuerySet[Patient, tuple[UUID, int]]] = []
+    for tier in search.Tier:
+        for terms in readings:
+            qs = _tier_candidates(query, terms, tier)
+            if qs is not None:
+                branches.append(qs.annotate(branch=Value(len(branches))).values_list("pk", "branch")[:cap])
+    return branches
+
+
+def _candidate_ids(
+    query: PatientQuery, readings: list[search.NameTerms | None], *, cap: int
+) -> tuple[list[UUID], bool]:
+    """The candidates' ids in branch order, and whether a branch reached its cap. On PostgreSQL
+    in one round trip (the branches as one UNION ALL, each with its own LIMIT); elsewhere one
+    query per branch."""
+    branches = _candidate_branches(query, readings, cap=cap)
+    if not branches:
+        return [], False
+    if len(branches) > 1 and connection.features.supports_slicing_ordering_in_compound:
+        pairs = list(branches[0].union(*branches[1:], all=True))
+    else:
+        pairs = [pair for branch in branches for pair in branch]
+    counts = Counter(branch for _, branch in pairs)
+    ordered = [pk for pk, _ in sorted(pairs, key=lambda pair: pair[1])]
+    return list(dict.fromkeys(ordered)), any(n >= cap for n in counts.values())
+
+
 def _ranked(
     query: PatientQuery, readings: list[search.NameTerms | None], *, limit: int, fields: list[str], exclude: set[object]
 ) -> Found[tuple[tuple[int, int], Patient]]:
-    """Matches of these readings, tier by tier, each tier's candidates capped at what the page
-    still has room for plus a margin for false candidates; decrypted until the page is full."""
+    """Matches of these readings: the candidates of every tier (each capped at the page's limit
+    plus a margin for false candidates) loaded at once, nothing decrypted, then decrypted in
+    tier order until the page is full; the rest stay sealed."""
     found: Found[tuple[tuple[int, int], Patient]] = Found()
-    seen = set(exclude)
-    for tier in search.Tier:
-        for terms in readings:
-            room = limit - len(found)
-            if room <= 0:
-                found.more = True
-                return found
-            candidates = _tier_candidates(query, terms, tier)
-            if candidates is None:
-                continue
-            if seen:
-                candidates = candidates.exclude(pk__in=list(seen))
-            cap = room + 1 + FALSE_CANDIDATE_MARGIN
-            rows = list(candidates.only(*fields)[:cap])
-            for row in rows:
-                if len(found) == limit:
-                    found.more = True
-                    break
-                seen.add(row.pk)
-                rank = _row_rank(row, query, readings)
-                if rank is not None:
-                    found.append((rank, row))
-            if len(rows) == cap:
-                found.more = True  # candidates left unfetched: ask for more criteria
+    ids, found.more = _candidate_ids(query, readings, cap=limit + 1 + FALSE_CANDIDATE_MARGIN)
+    ids = [pk for pk in ids if pk not in exclude]
+    if not ids:
+        return found
+    rows = {row.pk: row for row in Patient.objects.filter(pk__in=ids).only(*fields)}
+    for pk in ids:
+        if len(found) == limit:
+            found.more = True
+            break
+        rank = _row_rank(rows[pk], query, readings)
+        if rank is not None:
+            found.append((rank, rows[pk]))
     return found
 
 

@@ -285,6 +285,17 @@ def test_last_and_first_name_in_the_name_box_give_full_lines(practice, secretary
     assert all(set(e.fields) <= set(RESULT_FIELDS) for e in events)
 
 
+def test_the_name_box_read_both_ways_shows_full_lines_then_masked_ones(practice, secretary):
+    compound = make_patient(last_name="Bertin-Simone", first_names="Odile", phone_mobile="+33620202020", nir="")
+    with system_context("tests:search"):
+        found = patient_find(PatientQuery(last_name="Bertin Simone"))
+    assert [(type(line), line.pk) for line in found] == [(Patient, practice["bertin"].pk), (MaskedLine, compound.pk)]
+    page = client_for(secretary).post(reverse("patients:list"), {"last_name": "Bertin Simone"}).content.decode()
+    assert "BERTIN Simone" in page  # read as last and first name: a full line
+    assert "BERTIN-SIMONE O." in page  # read as a last name alone: a masked line
+    assert "Odile" not in page
+
+
 def test_the_booking_page_forgives_too(practice, secretary):
     client = client_for(secretary)
     response = client.post(
@@ -450,11 +461,8 @@ def test_every_tier_reads_indexes_never_the_whole_table(db):
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE patients_patient")
         cursor.execute("ANALYZE patients_searchtoken")
-    for query in (
-        PatientQuery(last_name="Nom0734"),
-        PatientQuery(last_name="Nom0734 Jean"),
-        PatientQuery(phone="1234"),
-    ):
+    queries = (PatientQuery(last_name="Nom0734"), PatientQuery(last_name="Nom0734 Jean"), PatientQuery(phone="1234"))
+    for query in queries:
         for terms, _ in selectors._readings(query):
             for tier in search.Tier:
                 qs = selectors._tier_candidates(query, terms, tier)
@@ -462,3 +470,8 @@ def test_every_tier_reads_indexes_never_the_whole_table(db):
                     continue
                 plan = qs.only(*RESULT_FIELDS)[:36].explain()
                 assert "Seq Scan" not in plan, (query, terms, tier, plan)
+        # What runs: every branch in one UNION ALL, each capped.
+        readings = [terms for terms, _ in selectors._readings(query)]
+        branches = selectors._candidate_branches(query, readings, cap=36)
+        plan = branches[0].union(*branches[1:], all=True).explain()
+        assert "Seq Scan" not in plan, (query, plan)
