@@ -158,7 +158,7 @@ class SearchToken(models.Model):
     patient's save() and by ``manage.py rotate_keys --blind-index``."""
 
     pk = models.CompositePrimaryKey("patient", "kind", "token")
-    patient = models.ForeignKey(Patient, on_delete=models.CASCADE, related_name="+", db_index=False)
+    patient = models.ForeignKey(Patient, on_delete=models.CASCADE, related_name="search_tokens", db_index=False)
     kind = models.PositiveSmallIntegerField(choices=[(k.value, k.name.lower()) for k in search.Kind])
     token = models.IntegerField()
 

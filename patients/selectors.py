@@ -226,8 +226,12 @@ def _with_tokens(qs: QuerySet[Patient], lookups: Iterable[tuple[search.Kind, lis
     for kind, tokens in lookups:
         if not tokens:
             return qs.none()
-        holders = SearchToken.objects.filter(kind=kind, token__in=tokens).values("patient_id")
-        qs = qs.filter(pk__in=holders)
+        if len(tokens) == 1:
+            # One token: each patient holds it at most once, so a plain join (a nested loop
+            # from the token index that a LIMIT stops early, however common the token).
+            qs = qs.filter(search_tokens__kind=kind, search_tokens__token=tokens[0])
+        else:
+            qs = qs.filter(pk__in=SearchToken.objects.filter(kind=kind, token__in=tokens).values("patient_id"))
     return qs
 
 

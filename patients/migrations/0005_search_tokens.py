@@ -17,7 +17,7 @@ class Migration(migrations.Migration):
                 ('pk', models.CompositePrimaryKey('patient', 'kind', 'token', blank=True, editable=False, primary_key=True, serialize=False)),
                 ('kind', models.PositiveSmallIntegerField(choices=[(1, 'last'), (2, 'prefix'), (3, 'deletion'), (4, 'first'), (5, 'full'), (6, 'phone_suffix')])),
                 ('token', models.IntegerField()),
-                ('patient', models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='+', to='patients.patient')),
+                ('patient', models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='search_tokens', to='patients.patient')),
             ],
             options={
                 'verbose_name': 'search token',
