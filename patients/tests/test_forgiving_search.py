@@ -387,6 +387,14 @@ def test_a_saved_row_whose_names_did_not_change_keeps_its_tokens_without_decrypt
     assert _tokens_in_table(practice["legoff"]) == before
 
 
+def test_deleting_a_patient_deletes_its_tokens(practice):
+    gone = practice["marti"]
+    assert SearchToken.objects.filter(patient=gone).exists()
+    Patient.objects.filter(pk=gone.pk).delete()
+    assert not SearchToken.objects.filter(patient_id=gone.pk).exists()
+    assert SearchToken.objects.filter(patient=practice["martin"]).exists()
+
+
 def test_bulk_created_patients_get_their_tokens_from_search_tokens_write(db):
     rows = [
         Patient(last_name=f"Durand{i}", first_names="Léa", sex="F", birth_date=datetime.date(1990, 1, 1))
