@@ -119,20 +119,6 @@ def my_day(practitioner: Practitioner, day: datetime.date) -> list[Appointment]:
     return list(agenda_appointments([practitioner.pk], start, end))
 
 
-def waiting_room(*, practitioner: Practitioner | None = None) -> list[Appointment]:
-    """Patients who arrived today and are not yet in consultation, longest wait first."""
-    start, end = availability.local_day_bounds(timezone.localdate())
-    qs = Appointment.objects.filter(
-        start__lt=end, start__gt=start - MAX_APPOINTMENT_LENGTH, end__gt=start, status=AppointmentStatus.ARRIVED
-    )
-    if practitioner is not None:
-        qs = qs.filter(practitioner=practitioner)
-    qs = qs.select_related("patient", "appointment_type")
-    return list(
-        qs.select_related("practitioner").only(*AGENDA_FIELDS, "practitioner__display_name").order_by("arrived_at")
-    )
-
-
 def waiting_and_expected(*, practitioner: Practitioner | None = None) -> tuple[list[Appointment], list[Appointment]]:
     """Today's patients who arrived and are not yet in consultation, longest wait first, and
     those expected who have not arrived yet (booked), in order of their start: one query."""
