@@ -28,15 +28,6 @@ INDEX_BITS = {
     "birth_date": 16,
     "phone": 19,
     "email": 19,
-    # Search tokens (patients/search.py, table patients_searchtoken): sized so that one search
-    # meets about 2 unrelated rows at 1,000,000 patients, counting every lookup it makes
-    # (bits = round(log2(entries of that kind x lookups per search / 2)), docs/security-model.md).
-    "search_last": 19,  # ~1.05M entries (the compact name, and the name without particles), 1 lookup
-    "search_prefix": 21,  # ~5.7M entries (prefixes of 3 to 8 letters), 1 lookup: 2.7
-    "search_deletion": 26,  # 10-12.5M entries (the name and its one-letter deletions), ~10 lookups: 1.5-2
-    "search_first": 19,  # ~1M entries; only ever looked up together with a last-name token
-    "search_full": 19,  # ~1.05M entries (last name + first first-name), 1 lookup
-    "search_phone_suffix": 21,  # ~3.75M entries (last 4, 5 and 6 digits of 1.25M phones), 1 lookup: 1.8
 }
 
 _FOLD = re.compile(r"[\s\-\u2010-\u2015'\u2019.]+")

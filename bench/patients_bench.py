@@ -87,14 +87,6 @@ def args_parse(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--profile", action="store_true", help="cProfile the audited pages and print the top entries")
     parser.add_argument("--reset", action="store_true", help="drop and recreate the bench database first")
-    parser.add_argument("--seed-only", action="store_true", help="seed up to --patients, then stop")
-    parser.add_argument("--search-only", action="store_true", help="measure the search ([a]) only")
-    parser.add_argument(
-        "--rebuild-tokens",
-        action="store_true",
-        help="rewrite the search tokens (and the blind-index fingerprint) from the plaintext mirror: "
-        "after a change of patients/search.py or of the token sizes, instead of seeding again",
-    )
     return parser.parse_args(argv)
 
 
@@ -366,7 +358,7 @@ def seed(n: int, plain_model) -> tuple[int, float]:
     from django.db import transaction
 
     from audit.context import system_context
-    from patients.models import Patient, search_tokens_write
+    from patients.models import Patient
 
     existing = Patient.objects.count()
     if existing >= n:
@@ -384,10 +376,7 @@ def seed(n: int, plain_model) -> tuple[int, float]:
                 patients.append(patient)
             with transaction.atomic():
                 Patient.objects.bulk_create(patients)
-                # The search tokens blind_indexes_update computed (save() writes them; bulk_create
-                # does not), then the mirror. Values are still plaintext in memory here (nothing
-                # decrypts, nothing to audit).
-                search_tokens_write(patients, replace=False)
+                # Values are still plaintext in memory here (nothing decrypts, nothing to audit).
                 plain_model.objects.bulk_create([plain_from(plain_model, p) for p in patients])
             elapsed = perf_counter() - started
             done = stop - existing
@@ -448,47 +437,6 @@ def plain_mirror_rebuild(plain_model) -> int:
             print(f"\r  mirrored {copied:,}", end="", flush=True)
     print()
     return copied
-
-
-def tokens_rebuild_from_mirror(plain_model) -> int:
-    """Rewrite every patient's search tokens from the plaintext mirror (nothing decrypted), then
-    record the blind-index fingerprint: what `rotate_keys --blind-index` does, without the
-    decryption it needs and the hours it would take at 1,000,000 patients. The bidx_ columns
-    are left alone: only the token table's derivation or sizes may have changed."""
-    from django.db import connection, transaction
-
-    from audit.keys import canary_write
-    from patients import search
-    from patients.models import SearchToken
-
-    started = perf_counter()
-    with connection.cursor() as cursor:
-        cursor.execute("TRUNCATE patients_searchtoken")
-    done, last = 0, None
-    while True:
-        qs = plain_model.objects.order_by("pk").only("id", "last_name", "first_names", "phone_mobile", "phone_other")
-        if last is not None:
-            qs = qs.filter(pk__gt=last)
-        chunk = list(qs[: BATCH * 5])
-        if not chunk:
-            break
-        rows = [
-            SearchToken(patient_id=p.pk, kind=kind, token=value)
-            for p in chunk
-            for kind, value in search.patient_tokens(
-                last_name=p.last_name, first_names=p.first_names, phones=[p.phone_mobile, p.phone_other]
-            )
-        ]
-        with transaction.atomic():
-            SearchToken.objects.bulk_create(rows, batch_size=10_000)
-        done += len(chunk)
-        last = chunk[-1].pk
-        print(f"\r  tokens of {done:,} patients ({done / (perf_counter() - started):,.0f}/s)", end="", flush=True)
-    print()
-    canary_write(field_key=False, blind_index_key=True)
-    with connection.cursor() as cursor:
-        cursor.execute("VACUUM ANALYZE patients_searchtoken")
-    return done
 
 
 def bench_user():
@@ -803,152 +751,52 @@ def pages_bench(audited, baseline, samples, *, iterations: int, warmup: int) -> 
     return results
 
 
-def _typo(name: str, rng: random.Random) -> str:
-    """One substitution among the letters (not the first: people hear it right)."""
-    letters = [i for i, c in enumerate(name) if c.isalpha()][1:]
-    if not letters:
-        return name
-    i = rng.choice(letters)
-    return name[:i] + ("x" if name[i].lower() != "x" else "z") + name[i + 1 :]
-
-
-def _national(e164: str) -> str:
-    digits = "0" + e164[3:]
-    return " ".join(digits[i : i + 2] for i in range(0, 10, 2))
-
-
-def search_kinds():
-    """(label, side, make query): the exact search as it was (patient_search_exact: the blind-index
-    columns), then the forgiving one (patient_find: tokens, tiers) on the same samples, for exact
-    input and for each misspelling it forgives."""
-    from patients.selectors import PatientQuery, patient_find, patient_search_exact
-
-    rng = random.Random(5)
-    first = lambda s: s["first_names"].split(" ")[0]  # noqa: E731
-    return [
-        ("last name", "exact", patient_search_exact, lambda s: PatientQuery(last_name=s["last_name"])),
-        (
-            "last name + first name",
-            "exact",
-            patient_search_exact,
-            lambda s: PatientQuery(last_name=s["last_name"], first_name=first(s)),
-        ),
-        (
-            "phone 06 12 34 56 78",
-            "exact",
-            patient_search_exact,
-            lambda s: PatientQuery(phone=_national(s["phone_mobile"])),
-        ),
-        ("last name", "forgiving", patient_find, lambda s: PatientQuery(last_name=s["last_name"])),
-        (
-            "last name + first name",
-            "forgiving",
-            patient_find,
-            lambda s: PatientQuery(last_name=s["last_name"], first_name=first(s)),
-        ),
-        ("phone 06 12 34 56 78", "forgiving", patient_find, lambda s: PatientQuery(phone=_national(s["phone_mobile"]))),
-        ("prefix (3 letters)", "forgiving", patient_find, lambda s: PatientQuery(last_name=s["last_name"][:3])),
-        ("prefix (5 letters)", "forgiving", patient_find, lambda s: PatientQuery(last_name=s["last_name"][:5])),
-        ("one typo", "forgiving", patient_find, lambda s: PatientQuery(last_name=_typo(s["last_name"], rng))),
-        (
-            "no space/hyphen (DUPONTMOREAU)",
-            "forgiving",
-            patient_find,
-            lambda s: PatientQuery(last_name=re.sub(r"[\s'-]", "", s["last_name"]).upper()),
-        ),
-        (
-            '"Last First" in the name box',
-            "forgiving",
-            patient_find,
-            lambda s: PatientQuery(last_name=f"{s['last_name']} {first(s)}"),
-        ),
-        (
-            '"First Last" in the name box',
-            "forgiving",
-            patient_find,
-            lambda s: PatientQuery(last_name=f"{first(s)} {s['last_name']}"),
-        ),
-        (
-            "one typo + first name",
-            "forgiving",
-            patient_find,
-            lambda s: PatientQuery(last_name=_typo(s["last_name"], rng), first_name=first(s)),
-        ),
-        ("phone: last 4 digits", "forgiving", patient_find, lambda s: PatientQuery(phone=s["phone_mobile"][-4:])),
-        ("phone: last 6 digits", "forgiving", patient_find, lambda s: PatientQuery(phone=s["phone_mobile"][-6:])),
-    ]
-
-
 def search_bench(user, samples, iterations: int) -> dict:
-    """Each kind on the same samples, one after the other (exact side first), inside an audit
-    context opened for a Secretary: wall and CPU time, rows decrypted, statements, found in the
-    first 10 lines."""
-    from django.db import connection
-
     from audit.context import Actor, AuditContext, opened
+    from patients.selectors import PatientQuery, patient_search
 
     actor = Actor.for_user(user)
-    statements = [0]
 
-    def count(execute, sql, params, many, context):
-        statements[0] += 1
-        return execute(sql, params, many, context)
+    def national(e164: str) -> str:
+        digits = "0" + e164[3:]
+        return " ".join(digits[i : i + 2] for i in range(0, 10, 2))
 
+    kinds = {
+        "last name": lambda s: PatientQuery(last_name=s["last_name"]),
+        "last name + first name": lambda s: PatientQuery(
+            last_name=s["last_name"], first_name=s["first_names"].split(" ")[0]
+        ),
+        "phone (typed 06 12 34 56 78)": lambda s: PatientQuery(phone=national(s["phone_mobile"])),
+    }
     results = {}
-    for label, side, run, make in search_kinds():
+    for kind, make in kinds.items():
         for s in samples[:5]:  # warm-up
             with opened(AuditContext(purpose="bench:search", actor=actor, path="/patients/")):
-                run(make(s))
-        wall, cpu, before_flush, decrypted, queries, found, capped = [], [], [], [], [], 0, 0
+                patient_search(make(s))
+        total, before_flush, decrypted, found, capped = [], [], [], 0, 0
         for i in range(iterations):
             s = samples[i % len(samples)]
             query = make(s)
-            statements[0] = 0
-            t0, c0 = perf_counter(), time.process_time()
-            with (
-                connection.execute_wrapper(count),
-                opened(AuditContext(purpose="bench:search", actor=actor, path="/patients/")) as ctx,
-            ):
-                rows = run(query)
+            t0 = perf_counter()
+            with opened(AuditContext(purpose="bench:search", actor=actor, path="/patients/")) as ctx:
+                rows = patient_search(query)
                 t1 = perf_counter()
                 decrypted.append(ctx.pending)
-            wall.append(perf_counter() - t0)
-            cpu.append(time.process_time() - c0)
+            total.append(perf_counter() - t0)
             before_flush.append(t1 - t0)
-            queries.append(statements[0])
-            capped += bool(rows.more)
-            found += any(str(line.pk) == str(s["id"]) for line in list(rows)[:10])
-        results[(label, side)] = {
-            "total": wall,
-            "cpu": cpu,
+            if rows.more:
+                capped += 1
+            elif any(str(p.pk) == str(s["id"]) for p in rows):
+                found += 1
+        results[kind] = {
+            "total": total,
             "search": before_flush,
             "decrypted": statistics.mean(decrypted),
-            "queries": statistics.mean(queries),
             "found": found,
             "capped": capped,
             "n": iterations,
         }
-    results["load after"] = os.getloadavg()
     return results
-
-
-def search_explain(samples) -> list[str]:
-    """EXPLAIN (ANALYZE, BUFFERS) of the costliest tier of a forgiving search: the typo tier of a
-    last name alone (its ~10 token lookups), first lines."""
-    from django.db import connection
-
-    from patients import search, selectors
-
-    if connection.vendor != "postgresql":
-        return []
-    query = selectors.PatientQuery(last_name=_typo(samples[0]["last_name"], random.Random(9)))
-    terms, _ = selectors._readings(query)[0]
-    qs = selectors._tier_candidates(query, terms, search.Tier.FUZZY).only(*selectors.MASKED_FIELDS)
-    return (
-        qs[: selectors.MASKED_LIMIT + 1 + selectors.FALSE_CANDIDATE_MARGIN]
-        .explain(analyze=True, buffers=True)
-        .splitlines()
-    )
 
 
 def audit_write_bench(rounds: int, rows: int = 10_000) -> dict:
@@ -1146,44 +994,25 @@ def environment_describe(keys_note: str, db_note: str, seeded: tuple[int, float]
     ]
 
 
-def report(env, searches, pages, audit, breakdown, args, explain=()) -> None:
+def report(env, searches, pages, audit, breakdown, args) -> None:
     line = "=" * 100
     print(f"\n{line}\nCabinet patients bench\n{line}")
     for k, v in env:
         print(f"  {k:<18} {v}")
 
-    print(f"\n[a] patient search inside an audit context opened for a Secretary ({args.searches} each, same samples)")
-    print("    exact = patients.selectors.patient_search_exact (the search as it was: bidx_ columns, exact values)")
-    print("    forgiving = patients.selectors.patient_find (tokens; exact, prefix, typo tiers; what the pages call)")
-    print(
-        "    wall = open context + token/index queries + decrypt candidates + check + audit INSERT; cpu = this process"
-    )
-    print(
-        f"    {'query':<32}{'side':<10}{'p50 ms':>8}{'p95 ms':>8}{'cpu p50':>8}{'w/o flush':>10}{'SQL':>5}"
-        f"{'decr.':>7}  found in top 10 / capped"
-    )
-    for key, r in searches.items():
-        if key == "load after":
-            continue
-        label, side = key
+    print(f"\n[a] patient search, patients.selectors.patient_search inside an audit context ({args.searches} each)")
+    print("    server time = open context + blind-index query + decrypt candidates + filter + audit INSERT")
+    print(f"    {'query':<32}{'p50 ms':>9}{'p95 ms':>9}{'p50 w/o flush':>15}{'rows decr.':>11}  found / >50 hits")
+    for kind, r in searches.items():
         verdict = "" if pct(r["total"], 50) * 1000 < TARGET_SEARCH_P50_MS else "  ABOVE 10 ms"
         print(
-            f"    {label:<32}{side:<10}{ms(pct(r['total'], 50)):>8}{ms(pct(r['total'], 95)):>8}"
-            f"{ms(pct(r['cpu'], 50)):>8}{ms(pct(r['search'], 50)):>10}{r['queries']:>5.1f}"
-            f"{r['decrypted']:>7.1f}  {r['found']}/{r['n']}, {r['capped']} capped{verdict}"
+            f"    {kind:<32}{ms(pct(r['total'], 50)):>9}{ms(pct(r['total'], 95)):>9}{ms(pct(r['search'], 50)):>15}"
+            f"{r['decrypted']:>11.1f}  {r['found']}/{r['n']} found, {r['capped']} capped{verdict}"
         )
-    print(f"    load average after the searches: {', '.join(f'{x:.2f}' for x in searches['load after'])}")
     print(
         f"    target (docs/design.md): p50 under {TARGET_SEARCH_P50_MS:.0f} ms among 1,000,000 patients "
         "(this run: N above)"
     )
-    if explain:
-        print("    EXPLAIN ANALYZE of the typo tier (a last name alone, ~10 token lookups):")
-        for row in explain[:24]:
-            print(f"      {row}")
-    if pages is None:  # --search-only
-        print(line)
-        return
 
     print(f"\n[b] pages through django.test.Client, logged in as a Secretary ({args.pages} timed loads per side)")
     print("    wall = time for client.get() (Django + PostgreSQL); cpu = this process's CPU time (Django only)")
@@ -1270,9 +1099,6 @@ def main(argv=None) -> int:
         }
     ).enable()
 
-    if args.rebuild_tokens:
-        call_command("migrate", interactive=False, verbosity=0)
-        tokens_rebuild_from_mirror(plain_model_define())
     problem = canary_problem()
     if problem:
         print(f"The bench database was made with other keys: {problem}\nRun again with --reset.", file=sys.stderr)
@@ -1286,12 +1112,6 @@ def main(argv=None) -> int:
 
     print(f"Seeding up to {args.patients:,} patients (batches of {BATCH:,})...", flush=True)
     seeded = seed(args.patients, plain_model)
-    if args.seed_only:
-        with connection.cursor() as cursor:
-            for table in ("patients_patient", "patients_searchtoken", "bench_plainpatient"):
-                cursor.execute(f"VACUUM ANALYZE {table}")
-        print(f"Seeded {seeded[0]:,} patients in {seeded[1]:,.0f} s.")
-        return 0
     problem = stored_format_problem()
     if problem:
         print(problem, file=sys.stderr)
@@ -1324,10 +1144,6 @@ def measure(args, plain_model, user, audited, baseline, samples, keys_note, db_n
 
     print("Measuring search...", flush=True)
     searches = search_bench(user, samples, args.searches)
-    explain = search_explain(samples)
-    if args.search_only:
-        report(env, searches, None, None, None, args, explain)
-        return 0
     print("Measuring pages...", flush=True)
     with override_settings(READ_BUDGETS=SHIPPED_BUDGETS):
         pages = pages_bench(audited, baseline, samples, iterations=args.pages, warmup=args.warmup)
@@ -1336,7 +1152,7 @@ def measure(args, plain_model, user, audited, baseline, samples, keys_note, db_n
     audit["threshold"] = settings.AUDIT_FLUSH_THRESHOLD
     print("Measuring the pieces...", flush=True)
     breakdown = breakdown_bench(plain_model, samples)
-    report(env, searches, pages, audit, breakdown, args, explain)
+    report(env, searches, pages, audit, breakdown, args)
     if args.profile:
         print(profile_pages(audited, samples))
     return 0

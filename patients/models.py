@@ -2,7 +2,7 @@ import uuid
 from typing import Any
 
 from django.conf import settings
-from django.db import models, transaction
+from django.db import models
 from django.urls import reverse
 from django.utils.translation import gettext_lazy as _
 
@@ -15,7 +15,6 @@ from audit.fields import (
     EncryptedTextField,
     Sealed,
 )
-from patients import search
 
 
 class Sex(models.TextChoices):
@@ -93,15 +92,7 @@ class Patient(EncryptedModel):
 
     def save(self, *args: Any, **kwargs: Any) -> None:
         self.blind_indexes_update()
-        with transaction.atomic(using=kwargs.get("using")):
-            super().save(*args, **kwargs)
-            search_tokens_write([self])
-
-    @staticmethod
-    def blind_tokens_write(batch: list["Patient"]) -> int:
-        """After ``blind_indexes_update(force=True)`` and a bulk update of a batch (the index
-        rebuild of ``rotate_keys``): replace their search tokens."""
-        return search_tokens_write(batch)
+        super().save(*args, **kwargs)
 
     def get_absolute_url(self) -> str:
         return reverse("patients:detail", args=[self.pk])
@@ -135,66 +126,6 @@ class Patient(EncryptedModel):
             self.bidx_phone_other = blind.blind_index("phone", blind.normalize_phone(self.phone_other))
         if fresh("email"):
             self.bidx_email = blind.blind_index("email", blind.normalize_email(self.email))
-        # Search tokens of the kinds whose fields changed, written by save() (or, after a
-        # bulk_create, by search_tokens_write) once the row exists.
-        kinds = [kind for kind, names in search.KIND_FIELDS.items() if any(fresh(n) for n in names)]
-        if kinds:
-            needs = {name for kind in kinds for name in search.KIND_FIELDS[kind]}
-            self._search_tokens_pending = (
-                kinds,
-                search.patient_tokens(
-                    last_name=self.last_name if "last_name" in needs else "",
-                    first_names=self.first_names if "first_names" in needs else "",
-                    phones=[self.phone_mobile, self.phone_other] if needs & {"phone_mobile", "phone_other"} else [],
-                    kinds=kinds,
-                ),
-            )
-
-
-class SearchToken(models.Model):
-    """One search token of a patient (patients/search.py): a truncated keyed HMAC of a compact
-    form of their last name, first name or phone (a prefix, a one-letter deletion, a phone
-    number's last digits...), never a value. Looked up by (kind, token); rewritten by the
-    patient's save() and by ``manage.py rotate_keys --blind-index``."""
-
-    pk = models.CompositePrimaryKey("patient", "kind", "token")
-    patient = models.ForeignKey(Patient, on_delete=models.CASCADE, related_name="search_tokens", db_index=False)
-    kind = models.PositiveSmallIntegerField(choices=[(k.value, k.name.lower()) for k in search.Kind])
-    token = models.IntegerField()
-
-    class Meta:
-        verbose_name = _("search token")
-        verbose_name_plural = _("search tokens")
-        indexes = [
-            # The lookup: an index-only scan gives the patients holding a token.
-            models.Index(fields=["kind", "token", "patient"], name="search_token_lookup"),
-        ]
-
-    def __str__(self) -> str:
-        return f"{self.get_kind_display()} token"
-
-
-def search_tokens_write(patients: list[Patient], *, replace: bool = True) -> int:
-    """Write the search tokens ``blind_indexes_update`` computed for these saved patients,
-    replacing their tokens of the same kinds. ``replace=False`` for rows just bulk-created
-    (they have none). Returns the rows written."""
-    rows: list[SearchToken] = []
-    stale: list[tuple[uuid.UUID, list[search.Kind]]] = []
-    for patient in patients:
-        pending = patient.__dict__.pop("_search_tokens_pending", None)
-        if pending is None:
-            continue
-        kinds, tokens = pending
-        stale.append((patient.pk, kinds))
-        rows.extend(SearchToken(patient_id=patient.pk, kind=kind, token=value) for kind, value in tokens)
-    if replace:
-        by_kinds: dict[tuple[int, ...], list[uuid.UUID]] = {}
-        for pk, kinds in stale:
-            by_kinds.setdefault(tuple(sorted(int(k) for k in kinds)), []).append(pk)
-        for kinds, pks in by_kinds.items():
-            SearchToken.objects.filter(patient_id__in=pks, kind__in=kinds).delete()
-    SearchToken.objects.bulk_create(rows, batch_size=5000)
-    return len(rows)
 
 
 def full_name_index(last_name: str, first_names: str) -> int | None:

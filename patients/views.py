@@ -37,7 +37,8 @@ from patients.selectors import (
     PatientQuery,
     name_order,
     patient_duplicates,
-    patient_find,
+    patient_search,
+    patient_search_masked,
     patients_for_export,
     patients_today,
 )
@@ -85,11 +86,9 @@ def _open_patient(request: HttpRequest, pk: UUID, *, only) -> Patient:
 @require_http_methods(["GET", "POST"])
 def patient_list(request: HttpRequest) -> HttpResponse:
     """The search form and today's patients (each explained by their appointment); nobody else
-    until the user searches. Search is a POST: names stay out of URLs and logs. The name is
-    forgiven (a prefix, one typo, spaces and particles, last and first name together): see
-    patients/search.py. A search by last name alone shows masked lines (initial, birth year)
-    until one is chosen; with a first name (typed apart or in the name box), a birth date, a
-    whole phone number or an e-mail it shows full lines."""
+    until the user searches. Search is a POST: names stay out of URLs and logs. A search by last
+    name alone shows masked lines (initial, birth year) until one is chosen; with a first name,
+    a birth date, a phone or an e-mail it shows full lines."""
     _require_front_desk(request)
     form = PatientSearchForm(request.POST or None)
     results: list[Patient] = []
@@ -97,10 +96,13 @@ def patient_list(request: HttpRequest) -> HttpResponse:
     too_many, searched = False, False
     if request.method == "POST" and form.is_valid():
         searched = True
-        found = patient_find(PatientQuery(**form.cleaned_data))
-        results = [line for line in found if isinstance(line, Patient)]
-        masked = [line for line in found if isinstance(line, MaskedLine)]
-        too_many = found.more
+        query = PatientQuery(**form.cleaned_data)
+        if query.last_name_only:
+            masked = patient_search_masked(query)
+            too_many = masked.more
+        else:
+            results = patient_search(query)
+            too_many = results.more
     today = [] if searched else sorted(patients_today(day=timezone.localdate()), key=name_order)
     context = {
         "form": form,

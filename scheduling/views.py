@@ -48,7 +48,8 @@ from patients.selectors import (
     MaskedLine,
     PatientQuery,
     patient_duplicates,
-    patient_find,
+    patient_search,
+    patient_search_masked,
 )
 from practice.http import AuthenticatedHttpRequest
 from practice.models import FormSubmission, Practitioner
@@ -497,9 +498,9 @@ def _search(find: PatientFindForm) -> Sequence[Patient | MaskedLine]:
     if not find.is_valid():
         return []
     query = PatientQuery(last_name=find.cleaned_data["last_name"].strip(), birth_date=find.cleaned_data["birth_date"])
-    # Forgiving (patients/search.py); a last name alone gives masked lines (initial, birth
-    # year) until one is chosen (audit/explain.py), a first name in the box full ones.
-    return patient_find(query)
+    if query.last_name_only:  # masked lines (initial, birth year) until one is chosen (audit/explain.py)
+        return patient_search_masked(query)
+    return patient_search(query)
 
 
 def _slot_of(form: BookingForm) -> dict:

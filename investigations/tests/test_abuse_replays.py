@@ -27,7 +27,7 @@ from audit.context import SESSION_KEY, system_context
 from audit.models import EXPLAINED, AuditEvent, EventType, Explanation, ReadBlock
 from config.testing import at, client_for, make_doctor, make_type, today, totp_next_code, user_create
 from investigations.reports import breach_scope
-from patients.models import Patient, search_tokens_write
+from patients.models import Patient
 from practice.roles import PRACTITIONER
 from scheduling.models import Appointment, AppointmentStatus
 
@@ -72,7 +72,6 @@ def _patients(count: int, *, rng: random.Random) -> list[Patient]:
         people.append(patient)
     with system_context("tests:fixture"):
         Patient.objects.bulk_create(people, batch_size=500)
-        search_tokens_write(people, replace=False)
     return people
 
 

@@ -1,9 +1,7 @@
 """Patient search through blind indexes (docs/security-model.md, "Blind indexes").
 
 Finds by normalized name, birth date, phone and e-mail; drops blind-index false candidates;
-uses the indexed column instead of scanning; refuses to filter encrypted columns. What the
-search forgives (prefixes, typos, particles, names together, phone ends) is in
-test_forgiving_search.py.
+uses the indexed column instead of scanning; refuses to filter encrypted columns.
 """
 
 import datetime
@@ -19,9 +17,8 @@ from audit.context import system_context
 from audit.fields import EncryptedLookupError
 from audit.models import AuditEvent, EventType
 from config.testing import client_for, make_patient
-from patients import search as search_tokens
 from patients import selectors
-from patients.models import Patient, SearchToken, search_tokens_write
+from patients.models import Patient
 from patients.selectors import RESULT_FIELDS, PatientQuery, patient_search
 from patients.services import patient_archive
 
@@ -84,10 +81,7 @@ def search(**criteria) -> list:
     ],
 )
 def test_it_finds_by_normalized_name_birth_date_and_email(people, criteria):
-    found = search(**criteria)
-    assert found[0] == people["lefevre"].pk
-    # LEFEBVRE Anne is one typo from LEFEVRE: shown after the exact match, never before.
-    assert found[1:] in ([], [people["lefebvre"].pk])
+    assert search(**criteria) == [people["lefevre"].pk]
 
 
 def test_it_folds_hyphens_and_spaces_in_last_names(people):
@@ -125,7 +119,7 @@ def test_it_combines_criteria(people):
     "criteria",
     [
         {"last_name": "Nobody"},
-        {"last_name": "Lfvr"},  # two letters away
+        {"last_name": "Lefevr"},  # no prefix search: the index is exact
         {"last_name": "Lefevre", "first_name": "Jean"},
         {"birth_date": datetime.date(1999, 1, 1)},
         {"phone": "07 77 77 77 77"},
@@ -144,9 +138,7 @@ def test_it_excludes_archived_patients_unless_asked(people):
     assert archived not in search(last_name="Lefevre")
     assert search(last_name="Lefevre", first_name="Paul") == []
     assert search(last_name="Lefevre", first_name="Paul", include_archived=True) == [archived]
-    found = search(last_name="LEFEVRE", include_archived=True)
-    assert set(found[:2]) == {people["lefevre"].pk, archived}  # the exact ones, then the typo
-    assert found[2:] == [people["lefebvre"].pk]
+    assert set(search(last_name="LEFEVRE", include_archived=True)) == {people["lefevre"].pk, archived}
 
 
 def test_it_searches_from_the_patient_list_as_a_secretary(people, secretary):
@@ -156,14 +148,13 @@ def test_it_searches_from_the_patient_list_as_a_secretary(people, secretary):
     page = response.content.decode()
     assert "LEFÈVRE Anne-Marie" in page
     assert "MARTIN" not in page
-    # LEFEBVRE Anne is one typo away from LEFEVRE Anne: listed, after the exact match.
-    assert page.index("LEFÈVRE Anne-Marie") < page.index("LEFEBVRE Anne")
+    assert "LEFEBVRE" not in page
     assert "Paul" not in page
     assert "no-store" in response["Cache-Control"]
 
-    # Only the shown rows were decrypted, and only the columns a result line needs.
+    # Only the shown row was decrypted, and only the columns a result line needs.
     reads = AuditEvent.objects.filter(event_type=EventType.READ, actor_username=secretary.username)
-    assert {e.patient_id for e in reads} == {people["lefevre"].pk, people["lefebvre"].pk}
+    assert {e.patient_id for e in reads} == {people["lefevre"].pk}
     for event in reads:
         assert set(event.fields) <= set(RESULT_FIELDS)
 
@@ -186,32 +177,28 @@ def test_it_searches_from_the_patient_list_as_a_secretary(people, secretary):
 
 @pytest.fixture
 def one_bit_last_name_index():
-    """Blind indexes and exact search tokens of last names cut to 1 bit: every other name
-    collides with probability 1/2."""
-    saved = {name: blind.INDEX_BITS[name] for name in ("last_name", "search_last")}
-    blind.INDEX_BITS.update(dict.fromkeys(saved, 1))
+    """Blind indexes of last names cut to 1 bit: every other name collides with probability 1/2."""
+    saved = blind.INDEX_BITS["last_name"]
+    blind.INDEX_BITS["last_name"] = 1
     try:
         yield
     finally:
-        blind.INDEX_BITS.update(saved)
+        blind.INDEX_BITS["last_name"] = saved
 
 
 def test_it_discards_blind_index_false_candidates(people, one_bit_last_name_index):
-    def last_token(name: str) -> int | None:
-        return search_tokens.token(search_tokens.Kind.LAST, search_tokens.compact(name))
-
-    target = last_token("Lefèvre")
+    target = blind.blind_index("last_name", blind.normalize_name("Lefèvre"))
     others = ["Bernard", "Dubois", "Thomas", "Robert", "Richard", "Petit", "Durand", "Leroy", "Moreau", "Simon"]
-    colliding = [n for n in others if last_token(n) == target][:2]
+    colliding = [n for n in others if blind.blind_index("last_name", blind.normalize_name(n)) == target][:2]
     assert colliding, "ten names and not one collision on one bit: astronomically unlikely"
     decoys = [make_patient(last_name=name, first_names="Anne-Marie", nir="") for name in colliding]
 
     call_command("rotate_keys", "--blind-index", "--restart", "--no-progress", stdout=io.StringIO())
-    candidates = SearchToken.objects.filter(kind=search_tokens.Kind.LAST, token=target)
-    assert {d.pk for d in decoys} <= set(candidates.values_list("patient_id", flat=True))
+    candidates = Patient.objects.filter(bidx_last_name=target, is_archived=False)
+    assert {d.pk for d in decoys} <= set(candidates.values_list("pk", flat=True))
 
     last_event = AuditEvent.objects.order_by("-id").values_list("id", flat=True).first()
-    assert search(last_name="LEFEVRE") == [people["lefevre"].pk, people["lefebvre"].pk]
+    assert search(last_name="LEFEVRE") == [people["lefevre"].pk]
     # The false candidates were decrypted to be ruled out: that is audited like any read.
     reads = AuditEvent.objects.filter(id__gt=last_event, event_type=EventType.READ)
     assert {e.patient_id for e in reads} >= {people["lefevre"].pk, *(d.pk for d in decoys)}
@@ -244,7 +231,6 @@ def test_it_uses_the_blind_index_column_in_the_query_plan(db):
         patient.blind_indexes_update()
         patients.append(patient)
     Patient.objects.bulk_create(patients, batch_size=500)
-    search_tokens_write(patients, replace=False)
     with connection.cursor() as cursor:
         cursor.execute(f"ANALYZE {connection.ops.quote_name(Patient._meta.db_table)}")
 
@@ -261,8 +247,7 @@ def test_it_uses_the_blind_index_column_in_the_query_plan(db):
 
     with system_context("tests:search"):
         found = patient_search(PatientQuery(last_name="NOM0734"))
-    assert found[0].pk == patients[734].pk  # then the names one typo away (Nom0733, Nom0744...)
-    assert all(search_tokens.within_one_edit("nom0734", search_tokens.compact(p.last_name)) for p in found)
+    assert [p.pk for p in found] == [patients[734].pk]
 
 
 @pytest.mark.parametrize(

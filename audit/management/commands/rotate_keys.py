@@ -4,10 +4,7 @@ system job.
 
 Re-encryption uses MultiFernet.rotate: the plaintext never reaches our code, and the row
 binding inside the token is kept. Rebuilding blind indexes does decrypt the indexed fields
-(there is no other way): those reads are audited under `system:command:rotate_keys`. A model
-whose indexes live partly in a table of their own (the patients' search tokens) says so with
-a ``blind_tokens_write(batch)`` method: the batch's tokens are rewritten in the batch's
-transaction, so they resume and are recorded with it.
+(there is no other way): those reads are audited under `system:command:rotate_keys`.
 
 Rules enforced here:
 - the trail holds what was done, even by a run killed halfway (`kill -9`): each batch commits
@@ -154,8 +151,3 @@ class Command(AuditedCommand):
         for obj in batch:
             obj.blind_indexes_update(force=True)
         model._base_manager.bulk_update(batch, index_fields)
-        # Indexes kept in a table of their own (the patients' search tokens), rebuilt with the
-        # batch: same transaction, same progress, same reads.
-        tokens_write = getattr(model, "blind_tokens_write", None)
-        if tokens_write is not None:
-            tokens_write(batch)

@@ -53,7 +53,7 @@ from tqdm import tqdm
 from audit.management.audited import AuditedCommand
 from audit.models import EventType
 from audit.services import audit_event_write
-from patients.models import Language, Patient, Sex, search_tokens_write
+from patients.models import Language, Patient, Sex
 from patients.validators import nir_key
 from practice.models import Practitioner, Specialty
 from practice.roles import PRACTICE_ADMIN, PRACTITIONER, SECRETARY, roles_sync
@@ -495,7 +495,6 @@ class Command(AuditedCommand):
                 for patient in batch:
                     patient.blind_indexes_update()  # save() would; bulk_create does not
                 Patient.objects.bulk_create(batch, batch_size=BATCH_SIZE)
-                search_tokens_write(batch, replace=False)  # the search tokens save() would write
                 done += len(batch)
                 bar.update(len(batch))
         audit_event_write(event_type=EventType.CREATE, model_label=Patient._meta.label, extra={"seeded": missing})
