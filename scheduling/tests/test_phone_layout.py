@@ -87,9 +87,10 @@ def _fits_a_phone(page) -> list[str]:
     ("who", "path", "actions"),
     [
         # Booked: arrived, no-show; two arrived: start each; in consultation: done; done: none.
+        # The waiting room: the two who arrived (start each), then the one expected (arrived, no-show).
         ("practitioner", "/my-day/", 5),
-        ("practitioner", "/waiting-room/", 2),
-        ("secretary", "/waiting-room/", 2),
+        ("practitioner", "/waiting-room/", 4),
+        ("secretary", "/waiting-room/", 4),
         ("other_practitioner", "/my-day/", 0),
         ("other_practitioner", "/waiting-room/", 0),
     ],
